@@ -1,0 +1,136 @@
+use bytes::{BufMut, BytesMut};
+use tokio_util::codec::Decoder;
+
+use super::scanner::ValueScanner;
+use super::{check_size, CodecError, Reply, DEFAULT_MAX_FRAME_SIZE};
+use crate::wire::{go_json, Command, Response, RpcType};
+
+/// Writes `command` as a request frame: type byte, JSON, newline.
+///
+/// The whole frame is built in `dst` so that it can go out in one write:
+/// a Go server that sees the newline arrive in a later segment misreads it
+/// as the next request's type and drops the connection.
+pub fn encode_request(command: &Command, dst: &mut BytesMut) -> Result<(), CodecError> {
+    let json_error = |source| CodecError::Json {
+        what: "request",
+        source,
+    };
+    dst.put_u8(command.rpc_type() as u8);
+    let mut writer = dst.writer();
+    match command {
+        Command::Sync(r) => go_json::to_writer(&mut writer, r).map_err(json_error)?,
+        Command::EagerSync(r) => go_json::to_writer(&mut writer, r).map_err(json_error)?,
+        Command::FastForward(r) => go_json::to_writer(&mut writer, r).map_err(json_error)?,
+        Command::Join(r) => go_json::to_writer(&mut writer, r).map_err(json_error)?,
+    }
+    writer.get_mut().put_u8(b'\n');
+    Ok(())
+}
+
+/// Client side of a connection: decodes the reply to the request last
+/// sent, whose type is given with [`ClientCodec::expect`].
+#[derive(Debug)]
+pub struct ClientCodec {
+    max_frame_size: usize,
+    expecting: Option<RpcType>,
+    state: ReplyState,
+}
+
+#[derive(Debug)]
+enum ReplyState {
+    /// Reading the error string.
+    Error(ValueScanner),
+    /// The error string ends at `error_end`; reading the response.
+    Response {
+        error_end: usize,
+        scanner: ValueScanner,
+    },
+}
+
+impl ClientCodec {
+    /// A codec refusing replies larger than `max_frame_size` bytes.
+    pub fn new(max_frame_size: usize) -> Self {
+        ClientCodec {
+            max_frame_size,
+            expecting: None,
+            state: ReplyState::Error(ValueScanner::starting_at(0)),
+        }
+    }
+
+    /// Prepares to read the reply to a request of type `rpc_type`.
+    pub fn expect(&mut self, rpc_type: RpcType) {
+        self.expecting = Some(rpc_type);
+        self.state = ReplyState::Error(ValueScanner::starting_at(0));
+    }
+}
+
+impl Default for ClientCodec {
+    fn default() -> Self {
+        ClientCodec::new(DEFAULT_MAX_FRAME_SIZE)
+    }
+}
+
+impl Decoder for ClientCodec {
+    type Item = Reply;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, CodecError> {
+        if src.is_empty() {
+            return Ok(None);
+        }
+        let rpc_type = self.expecting.ok_or(CodecError::UnexpectedReply)?;
+        if let ReplyState::Error(scanner) = &mut self.state {
+            let Some(error_end) = scanner.scan(src)? else {
+                check_size(src.len(), self.max_frame_size)?;
+                return Ok(None);
+            };
+            self.state = ReplyState::Response {
+                error_end,
+                scanner: ValueScanner::starting_at(error_end),
+            };
+        }
+        let ReplyState::Response { error_end, scanner } = &mut self.state else {
+            unreachable!("the error string was scanned above");
+        };
+        let error_end = *error_end;
+        let Some(end) = scanner.scan(src)? else {
+            check_size(src.len(), self.max_frame_size)?;
+            return Ok(None);
+        };
+        check_size(end, self.max_frame_size)?;
+        self.expecting = None;
+        self.state = ReplyState::Error(ValueScanner::starting_at(0));
+        let frame = src.split_to(end);
+        let error = serde_json::from_slice(&frame[..error_end]).map_err(|source| {
+            CodecError::Json {
+                what: "reply error",
+                source,
+            }
+        })?;
+        let response = decode_response(rpc_type, &frame[error_end..])?;
+        Ok(Some(Reply { error, response }))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, CodecError> {
+        match self.decode(src)? {
+            Some(reply) => Ok(Some(reply)),
+            None if src.iter().all(u8::is_ascii_whitespace) => Ok(None),
+            None => Err(CodecError::Truncated),
+        }
+    }
+}
+
+fn decode_response(rpc_type: RpcType, json: &[u8]) -> Result<Option<Response>, CodecError> {
+    fn parse<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<Option<T>, CodecError> {
+        serde_json::from_slice(json).map_err(|source| CodecError::Json {
+            what: "response",
+            source,
+        })
+    }
+    Ok(match rpc_type {
+        RpcType::Sync => parse(json)?.map(Response::Sync),
+        RpcType::EagerSync => parse(json)?.map(Response::EagerSync),
+        RpcType::FastForward => parse(json)?.map(Response::FastForward),
+        RpcType::Join => parse(json)?.map(Response::Join),
+    })
+}

@@ -1,0 +1,172 @@
+//! Finds where a JSON value ends in a growing buffer.
+//!
+//! The wire format has no length prefix: a frame ends where its JSON value
+//! ends. Re-parsing the buffer after every read would be quadratic for a
+//! large snapshot, so this scanner walks each byte once, resuming where it
+//! stopped, and only tracks what decides the end of a value: nesting depth,
+//! strings and escapes. Full validation is left to serde_json, which parses
+//! the value once it is complete.
+
+use memchr::memchr2;
+
+use super::CodecError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Skipping whitespace before the value.
+    Start,
+    /// Inside an object or array, outside any string.
+    Container,
+    /// Inside a string; `top_level` when the string is the whole value.
+    String { top_level: bool },
+    /// Just after a backslash inside a string.
+    Escape { top_level: bool },
+    /// Inside a number, `true`, `false` or `null` at the top level.
+    Literal { start: usize },
+}
+
+/// Incremental end-of-value finder, see the module docs.
+#[derive(Clone, Debug)]
+pub(crate) struct ValueScanner {
+    /// Next byte to look at, as an index into the buffer given to `scan`.
+    pos: usize,
+    depth: usize,
+    state: State,
+}
+
+impl ValueScanner {
+    /// A scanner for a value that starts at `offset` (after optional
+    /// whitespace) in the buffers it will be given.
+    pub(crate) fn starting_at(offset: usize) -> Self {
+        ValueScanner {
+            pos: offset,
+            depth: 0,
+            state: State::Start,
+        }
+    }
+
+    /// Looks at the bytes of `buf` not yet seen. Returns the index just past
+    /// the value once it is complete, `None` while more bytes are needed.
+    ///
+    /// `buf` must start with the bytes given to earlier calls.
+    pub(crate) fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, CodecError> {
+        while self.pos < buf.len() {
+            let byte = buf[self.pos];
+            match self.state {
+                State::Start => match byte {
+                    b' ' | b'\t' | b'\r' | b'\n' => self.pos += 1,
+                    b'{' | b'[' => {
+                        self.depth = 1;
+                        self.state = State::Container;
+                        self.pos += 1;
+                    }
+                    b'"' => {
+                        self.state = State::String { top_level: true };
+                        self.pos += 1;
+                    }
+                    b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
+                        self.state = State::Literal { start: self.pos };
+                        self.pos += 1;
+                    }
+                    other => return Err(CodecError::Syntax(unexpected(other))),
+                },
+                State::Container => {
+                    self.pos += 1;
+                    match byte {
+                        b'"' => self.state = State::String { top_level: false },
+                        b'{' | b'[' => self.depth += 1,
+                        b'}' | b']' => {
+                            self.depth -= 1;
+                            if self.depth == 0 {
+                                return Ok(Some(self.pos));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                State::String { top_level } => match memchr2(b'"', b'\\', &buf[self.pos..]) {
+                    None => self.pos = buf.len(),
+                    Some(offset) => {
+                        self.pos += offset + 1;
+                        if buf[self.pos - 1] == b'\\' {
+                            self.state = State::Escape { top_level };
+                        } else if top_level {
+                            return Ok(Some(self.pos));
+                        } else {
+                            self.state = State::Container;
+                        }
+                    }
+                },
+                State::Escape { top_level } => {
+                    self.pos += 1;
+                    self.state = State::String { top_level };
+                }
+                State::Literal { start } => {
+                    if !matches!(byte, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'+' | b'-')
+                    {
+                        return Ok(Some(self.pos));
+                    }
+                    self.pos += 1;
+                    // Keywords are complete without a delimiter; numbers
+                    // are not (the next byte could be another digit).
+                    if matches!(&buf[start..self.pos], b"null" | b"true" | b"false") {
+                        return Ok(Some(self.pos));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn unexpected(byte: u8) -> String {
+    if byte.is_ascii_graphic() {
+        format!("unexpected '{}' where a JSON value should start", byte as char)
+    } else {
+        format!("unexpected byte 0x{byte:02x} where a JSON value should start")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end_of(input: &[u8]) -> Option<usize> {
+        ValueScanner::starting_at(0).scan(input).unwrap()
+    }
+
+    #[test]
+    fn finds_the_end_of_objects_strings_and_keywords() {
+        assert_eq!(end_of(br#"{"a":[1,{"b":"}"}]}xyz"#), Some(19));
+        assert_eq!(end_of(br#"  "a\"b" "#), Some(8));
+        assert_eq!(end_of(b"null\n"), Some(4));
+        assert_eq!(end_of(b"\n-12 "), Some(4));
+    }
+
+    #[test]
+    fn waits_for_more_bytes_when_the_value_is_incomplete() {
+        assert_eq!(end_of(br#"{"a":"}"#), None);
+        assert_eq!(end_of(b"12"), None);
+        assert_eq!(end_of(b"nu"), None);
+    }
+
+    #[test]
+    fn gives_the_same_answer_byte_by_byte() {
+        let input = br#" {"k":"v\\\"}","n":[true,null,{"x":-1.5e3}]} "#;
+        let mut scanner = ValueScanner::starting_at(0);
+        let mut found = None;
+        for len in 1..=input.len() {
+            if let Some(end) = scanner.scan(&input[..len]).unwrap() {
+                found = Some(end);
+                break;
+            }
+        }
+        assert_eq!(found, end_of(input));
+        assert_eq!(found, Some(input.len() - 1));
+    }
+
+    #[test]
+    fn refuses_a_byte_that_cannot_start_a_value() {
+        assert!(ValueScanner::starting_at(0).scan(b"}").is_err());
+    }
+}

@@ -1,0 +1,151 @@
+//! An incoming RPC and the means to answer it.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
+
+use crate::codec::Reply;
+use crate::wire::{Command, Response, RpcType};
+
+/// What a caller is told when the node drops an RPC without answering it.
+pub const DROPPED_WITHOUT_ANSWER: &str = "the node dropped the request without answering";
+
+/// An RPC received from a peer, to be answered exactly once.
+///
+/// Answer with [`Rpc::respond`]. Dropping an `Rpc` (or its [`Responder`])
+/// unanswered is safe: the caller gets an error saying so instead of
+/// waiting for its timeout.
+///
+/// ```
+/// # use babble_net_actors::rpc::Rpc;
+/// # use babble_net_actors::wire::{Command, Response, SyncResponse};
+/// fn handle(rpc: Rpc) {
+///     match &rpc.command {
+///         Command::Sync(request) => {
+///             let known = request.known.clone();
+///             rpc.respond(Ok(Response::Sync(SyncResponse { from_id: 1, events: None, known })));
+///         }
+///         _ => rpc.respond(Err("not supported here".into())),
+///     }
+/// }
+/// ```
+pub struct Rpc {
+    /// The request.
+    pub command: Command,
+    /// Where it came from: the peer's address when the transport knows it.
+    pub from: Option<String>,
+    responder: Responder,
+}
+
+impl actix::Message for Rpc {
+    type Result = ();
+}
+
+impl fmt::Debug for Rpc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rpc")
+            .field("rpc", &self.command.rpc_type())
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rpc {
+    /// An RPC for `command` and the future its answer will complete.
+    pub fn new(command: Command, from: Option<String>) -> (Rpc, PendingReply) {
+        let (tx, rx) = oneshot::channel();
+        let responder = Responder {
+            rpc_type: command.rpc_type(),
+            tx,
+        };
+        let rpc = Rpc {
+            command,
+            from,
+            responder,
+        };
+        (rpc, PendingReply { rx })
+    }
+
+    /// Which RPC this is.
+    pub fn rpc_type(&self) -> RpcType {
+        self.command.rpc_type()
+    }
+
+    /// Answers the RPC: a response of the same kind as the command, or an
+    /// error message for the caller.
+    pub fn respond(self, result: Result<Response, String>) {
+        self.responder.respond(result)
+    }
+
+    /// Splits the RPC, so the command can be moved out and answered later.
+    pub fn into_parts(self) -> (Command, Responder) {
+        (self.command, self.responder)
+    }
+}
+
+/// The answering half of an [`Rpc`].
+pub struct Responder {
+    rpc_type: RpcType,
+    tx: oneshot::Sender<Reply>,
+}
+
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responder")
+            .field("rpc", &self.rpc_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Responder {
+    /// Answers the RPC, see [`Rpc::respond`].
+    ///
+    /// A response of the wrong kind (a Join response to a Sync) is not
+    /// sent; the caller gets an error naming the mismatch instead.
+    pub fn respond(self, result: Result<Response, String>) {
+        let reply = match result {
+            Ok(response) if response.rpc_type() == self.rpc_type => Reply::ok(response),
+            Ok(response) => Reply::error(format!(
+                "the node answered a {} request with a {} response",
+                self.rpc_type,
+                response.rpc_type()
+            )),
+            Err(message) => Reply::error(message),
+        };
+        self.respond_with(reply);
+    }
+
+    /// Sends `reply` as it is, error and response both, the way a Go
+    /// handler may.
+    pub fn respond_with(self, reply: Reply) {
+        // The caller may have given up already; nothing is left to tell.
+        let _ = self.tx.send(reply);
+    }
+
+    /// Whether the caller has stopped waiting for the answer.
+    pub fn is_abandoned(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// The answer to an [`Rpc`], as seen by whoever delivered it.
+///
+/// Resolves to a reply saying the request was dropped when the [`Rpc`] is
+/// dropped unanswered.
+#[must_use = "a pending reply does nothing unless awaited"]
+pub struct PendingReply {
+    rx: oneshot::Receiver<Reply>,
+}
+
+impl Future for PendingReply {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|result| result.unwrap_or_else(|_| Reply::error(DROPPED_WITHOUT_ANSWER)))
+    }
+}

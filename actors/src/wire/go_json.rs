@@ -1,0 +1,323 @@
+//! JSON the way Go's `encoding/json` writes it.
+//!
+//! Go Babble nodes hash and sign the JSON of what they exchange, so a Rust
+//! node has to produce the very bytes a Go node would. serde_json already
+//! writes compact JSON with integers the way Go does; what differs is
+//! covered here:
+//!
+//! * strings: `<`, `>`, `&`, U+2028 and U+2029 are escaped as `\u003c`,
+//!   `\u003e`, `\u0026`, `\u2028`, `\u2029`; backspace and form feed are
+//!   written `\u0008` and `\u000c` (not `\b`, `\f`);
+//! * `[]byte` is standard base64 with padding ([`bytes`], [`bytes_list`]);
+//! * map keys are sorted as strings, so `"10"` comes before `"2"`
+//!   ([`string_sorted_map`]).
+
+use std::fmt;
+use std::io;
+
+use serde::Serialize;
+use serde_json::ser::{CharEscape, Formatter};
+
+/// A serde_json [`Formatter`] that escapes strings exactly like Go's
+/// `encoding/json` (with its default HTML-safe escaping).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GoFormatter;
+
+impl Formatter for GoFormatter {
+    #[inline]
+    fn write_string_fragment<W>(&mut self, writer: &mut W, fragment: &str) -> io::Result<()>
+    where
+        W: ?Sized + io::Write,
+    {
+        let bytes = fragment.as_bytes();
+        let mut start = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            let escape: &[u8] = match bytes[i] {
+                b'<' => b"\\u003c",
+                b'>' => b"\\u003e",
+                b'&' => b"\\u0026",
+                // U+2028 and U+2029 are E2 80 A8 / E2 80 A9 in UTF-8.
+                0xE2 if bytes.get(i + 1) == Some(&0x80) => match bytes.get(i + 2) {
+                    Some(0xA8) => b"\\u2028",
+                    Some(0xA9) => b"\\u2029",
+                    _ => {
+                        i += 1;
+                        continue;
+                    }
+                },
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            writer.write_all(&bytes[start..i])?;
+            writer.write_all(escape)?;
+            i += if bytes[i] == 0xE2 { 3 } else { 1 };
+            start = i;
+        }
+        writer.write_all(&bytes[start..])
+    }
+
+    #[inline]
+    fn write_char_escape<W>(&mut self, writer: &mut W, char_escape: CharEscape) -> io::Result<()>
+    where
+        W: ?Sized + io::Write,
+    {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let short: &[u8] = match char_escape {
+            CharEscape::Quote => b"\\\"",
+            CharEscape::ReverseSolidus => b"\\\\",
+            CharEscape::Solidus => b"/",
+            CharEscape::LineFeed => b"\\n",
+            CharEscape::CarriageReturn => b"\\r",
+            CharEscape::Tab => b"\\t",
+            CharEscape::Backspace => b"\\u0008",
+            CharEscape::FormFeed => b"\\u000c",
+            CharEscape::AsciiControl(byte) => {
+                let escaped = [
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[(byte >> 4) as usize],
+                    HEX[(byte & 0xF) as usize],
+                ];
+                return writer.write_all(&escaped);
+            }
+        };
+        writer.write_all(short)
+    }
+}
+
+/// Writes `value` as Go's `json.Marshal` would (no trailing newline).
+pub fn to_writer<W: io::Write, T: ?Sized + Serialize>(
+    writer: W,
+    value: &T,
+) -> serde_json::Result<()> {
+    let mut serializer = serde_json::Serializer::with_formatter(writer, GoFormatter);
+    value.serialize(&mut serializer)
+}
+
+/// Returns `value` as Go's `json.Marshal` would.
+pub fn to_vec<T: ?Sized + Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(128);
+    to_writer(&mut out, value)?;
+    Ok(out)
+}
+
+/// The base64 flavour of Go's `encoding/json`: standard alphabet with
+/// padding; like Go, stray bits in the last character are tolerated.
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireCanonical),
+);
+
+fn decode_base64<E: serde::de::Error>(text: &str) -> Result<Vec<u8>, E> {
+    use base64::Engine;
+    BASE64
+        .decode(text)
+        .map_err(|err| E::custom(format_args!("invalid base64 in a []byte field: {err}")))
+}
+
+/// Streams base64 into the serializer without an intermediate `String`
+/// (a FastForward snapshot can be tens of MiB).
+struct Base64Text<'a>(&'a [u8]);
+
+impl fmt::Display for Base64Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&base64::display::Base64Display::new(self.0, &BASE64), f)
+    }
+}
+
+/// Go `[]byte` as `Option<Vec<u8>>`: `None` is Go's nil slice (`null`),
+/// `Some` is base64 text (`""` when empty).
+pub mod bytes {
+    use serde::de::{Deserializer, Visitor};
+    use serde::Serializer;
+    use std::fmt;
+
+    /// Serializes a Go `[]byte`.
+    pub fn serialize<S: Serializer>(value: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            None => s.serialize_none(),
+            Some(bytes) => s.collect_str(&super::Base64Text(bytes)),
+        }
+    }
+
+    /// Deserializes a Go `[]byte`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        d.deserialize_option(OptionalBytes)
+    }
+
+    pub(super) struct OptionalBytes;
+
+    impl<'de> Visitor<'de> for OptionalBytes {
+        type Value = Option<Vec<u8>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a base64 string or null")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            super::decode_base64(text).map(Some)
+        }
+    }
+}
+
+/// Go `[][]byte` as `Option<Vec<Option<Vec<u8>>>>`: the outer and every
+/// inner slice can be nil.
+pub mod bytes_list {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Serialize, Serializer};
+    use std::fmt;
+
+    struct Item<'a>(&'a Option<Vec<u8>>);
+
+    impl Serialize for Item<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            super::bytes::serialize(self.0, s)
+        }
+    }
+
+    struct OwnedItem(Option<Vec<u8>>);
+
+    impl<'de> Deserialize<'de> for OwnedItem {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            super::bytes::deserialize(d).map(OwnedItem)
+        }
+    }
+
+    /// Serializes a Go `[][]byte`.
+    pub fn serialize<S: Serializer>(
+        value: &Option<Vec<Option<Vec<u8>>>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            None => s.serialize_none(),
+            Some(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&Item(item))?;
+                }
+                seq.end()
+            }
+        }
+    }
+
+    /// Deserializes a Go `[][]byte`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<Option<Vec<u8>>>>, D::Error> {
+        struct ListVisitor;
+
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = Option<Vec<Option<Vec<u8>>>>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of base64 strings or null")
+            }
+
+            fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_seq(self)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(OwnedItem(item)) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Some(items))
+            }
+        }
+
+        d.deserialize_option(ListVisitor)
+    }
+}
+
+/// A Go map as `Option<BTreeMap<K, V>>` (`None` is a nil map), written with
+/// its keys sorted as strings the way Go does (`"10"` before `"2"`).
+/// Decoding accepts the keys in any order.
+pub mod string_sorted_map {
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+    use std::fmt::Display;
+
+    /// Serializes a Go map with non-string keys.
+    pub fn serialize<K, V, S>(value: &Option<BTreeMap<K, V>>, s: S) -> Result<S::Ok, S::Error>
+    where
+        K: Display,
+        V: Serialize,
+        S: Serializer,
+    {
+        let Some(map) = value else {
+            return s.serialize_none();
+        };
+        let mut entries: Vec<(String, &V)> =
+            map.iter().map(|(k, v)| (k.to_string(), v)).collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut out = s.serialize_map(Some(entries.len()))?;
+        for (key, value) in entries {
+            out.serialize_entry(&key, value)?;
+        }
+        out.end()
+    }
+
+    /// Deserializes a Go map with non-string keys.
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<Option<BTreeMap<K, V>>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Option::<BTreeMap<K, V>>::deserialize(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn go(s: &str) -> String {
+        String::from_utf8(to_vec(s).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn escapes_html_characters_and_line_separators_like_go() {
+        assert_eq!(go("<a>&"), r#""\u003ca\u003e\u0026""#);
+        assert_eq!(go("x\u{2028}y\u{2029}"), r#""x\u2028y\u2029""#);
+        assert_eq!(go("\u{2027}é😀/"), "\"\u{2027}é😀/\"");
+    }
+
+    #[test]
+    fn writes_control_characters_in_go_1_19_form() {
+        assert_eq!(
+            go("\u{0}\u{8}\t\n\u{c}\r\u{1b}\u{7f}\"\\"),
+            r#""\u0000\u0008\t\n\u000c\r\u001b"#.to_owned() + "\u{7f}" + r#"\"\\""#
+        );
+    }
+}

@@ -1,0 +1,258 @@
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::go_json;
+use super::{Block, Frame, InternalTransaction, Peer, WireEvent};
+
+/// The first byte of a request frame: which RPC follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RpcType {
+    /// A request to join the group.
+    Join = 0,
+    /// Pull: ask a peer for the events we do not know.
+    Sync = 1,
+    /// Push: hand a peer the events it does not know.
+    EagerSync = 2,
+    /// Ask for a block, frame and snapshot to start from.
+    FastForward = 3,
+}
+
+impl RpcType {
+    /// The RPC type for a frame's first byte, if it is one.
+    pub fn from_byte(byte: u8) -> Option<RpcType> {
+        match byte {
+            0 => Some(RpcType::Join),
+            1 => Some(RpcType::Sync),
+            2 => Some(RpcType::EagerSync),
+            3 => Some(RpcType::FastForward),
+            _ => None,
+        }
+    }
+
+    /// A short lowercase name, as used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            RpcType::Join => "join",
+            RpcType::Sync => "sync",
+            RpcType::EagerSync => "eager_sync",
+            RpcType::FastForward => "fast_forward",
+        }
+    }
+}
+
+impl fmt::Display for RpcType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How much a node knows: creator ID to the index of the last event it has
+/// from that creator (Go `map[uint32]int`; `None` is a nil map).
+pub type Known = Option<BTreeMap<u32, i64>>;
+
+/// The pull half of gossip: "send me what I do not know".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SyncRequest {
+    /// ID of the requesting node.
+    #[serde(rename = "FromID")]
+    pub from_id: u32,
+    /// What the requester already knows.
+    #[serde(rename = "Known", with = "go_json::string_sorted_map")]
+    pub known: Known,
+    /// The most events the requester wants back.
+    #[serde(rename = "SyncLimit")]
+    pub sync_limit: i64,
+}
+
+/// The events a [`SyncRequest`] asked for, and what the responder knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SyncResponse {
+    /// ID of the responding node.
+    #[serde(rename = "FromID")]
+    pub from_id: u32,
+    /// The events, in topological order; `None` when there are none.
+    #[serde(rename = "Events")]
+    pub events: Option<Vec<WireEvent>>,
+    /// What the responder knows.
+    #[serde(rename = "Known", with = "go_json::string_sorted_map")]
+    pub known: Known,
+}
+
+/// The push half of gossip: events the receiver is missing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EagerSyncRequest {
+    /// ID of the pushing node.
+    #[serde(rename = "FromID")]
+    pub from_id: u32,
+    /// The pushed events.
+    #[serde(rename = "Events")]
+    pub events: Option<Vec<WireEvent>>,
+}
+
+/// Whether an [`EagerSyncRequest`] was applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EagerSyncResponse {
+    /// ID of the responding node.
+    #[serde(rename = "FromID")]
+    pub from_id: u32,
+    /// True when the events were inserted.
+    #[serde(rename = "Success")]
+    pub success: bool,
+}
+
+/// Asks a peer for a state to fast-forward from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FastForwardRequest {
+    /// ID of the requesting node.
+    #[serde(rename = "FromID")]
+    pub from_id: u32,
+}
+
+/// A block, its frame and the application snapshot to restart from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FastForwardResponse {
+    /// ID of the responding node.
+    #[serde(rename = "FromID")]
+    pub from_id: u32,
+    /// The block to start from.
+    #[serde(rename = "Block")]
+    pub block: Block,
+    /// The frame the block was built from.
+    #[serde(rename = "Frame")]
+    pub frame: Frame,
+    /// The application's state at that block (Go `[]byte`).
+    #[serde(rename = "Snapshot", with = "go_json::bytes")]
+    pub snapshot: Option<Vec<u8>>,
+}
+
+/// A request to join the group, carried as a PEER_ADD internal transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JoinRequest {
+    /// The signed PEER_ADD transaction.
+    #[serde(rename = "InternalTransaction")]
+    pub internal_transaction: InternalTransaction,
+}
+
+/// The group's verdict on a [`JoinRequest`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JoinResponse {
+    /// ID of the responding node.
+    #[serde(rename = "FromID")]
+    pub from_id: u32,
+    /// Whether the join was accepted.
+    #[serde(rename = "Accepted")]
+    pub accepted: bool,
+    /// The round from which the new peer takes part.
+    #[serde(rename = "AcceptedRound")]
+    pub accepted_round: i64,
+    /// The peer set the newcomer joins (elements are Go pointers).
+    #[serde(rename = "Peers")]
+    pub peers: Option<Vec<Option<Peer>>>,
+}
+
+/// An incoming request, as decoded from a request frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// See [`SyncRequest`].
+    Sync(SyncRequest),
+    /// See [`EagerSyncRequest`].
+    EagerSync(EagerSyncRequest),
+    /// See [`FastForwardRequest`].
+    FastForward(FastForwardRequest),
+    /// See [`JoinRequest`].
+    Join(JoinRequest),
+}
+
+impl Command {
+    /// Which RPC this is.
+    pub fn rpc_type(&self) -> RpcType {
+        match self {
+            Command::Sync(_) => RpcType::Sync,
+            Command::EagerSync(_) => RpcType::EagerSync,
+            Command::FastForward(_) => RpcType::FastForward,
+            Command::Join(_) => RpcType::Join,
+        }
+    }
+}
+
+/// The answer to a [`Command`]; its variant must match the command's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// See [`SyncResponse`].
+    Sync(SyncResponse),
+    /// See [`EagerSyncResponse`].
+    EagerSync(EagerSyncResponse),
+    /// See [`FastForwardResponse`].
+    FastForward(FastForwardResponse),
+    /// See [`JoinResponse`].
+    Join(JoinResponse),
+}
+
+impl Response {
+    /// Which RPC this answers.
+    pub fn rpc_type(&self) -> RpcType {
+        match self {
+            Response::Sync(_) => RpcType::Sync,
+            Response::EagerSync(_) => RpcType::EagerSync,
+            Response::FastForward(_) => RpcType::FastForward,
+            Response::Join(_) => RpcType::Join,
+        }
+    }
+
+    /// The zero value of the response to `rpc_type`, which is what a Go
+    /// client is left with when the server sends `null` and no error.
+    pub fn zero(rpc_type: RpcType) -> Response {
+        match rpc_type {
+            RpcType::Sync => Response::Sync(SyncResponse::default()),
+            RpcType::EagerSync => Response::EagerSync(EagerSyncResponse::default()),
+            RpcType::FastForward => Response::FastForward(FastForwardResponse::default()),
+            RpcType::Join => Response::Join(JoinResponse::default()),
+        }
+    }
+}
+
+macro_rules! rpc_conversions {
+    ($($variant:ident: $request:ident => $response:ident),* $(,)?) => {$(
+        impl From<$request> for Command {
+            fn from(request: $request) -> Command {
+                Command::$variant(request)
+            }
+        }
+
+        impl From<$response> for Response {
+            fn from(response: $response) -> Response {
+                Response::$variant(response)
+            }
+        }
+
+        impl TryFrom<Response> for $response {
+            type Error = Response;
+
+            /// Gives the response back when it is of another RPC.
+            fn try_from(response: Response) -> Result<$response, Response> {
+                match response {
+                    Response::$variant(inner) => Ok(inner),
+                    other => Err(other),
+                }
+            }
+        }
+    )*};
+}
+
+rpc_conversions! {
+    Sync: SyncRequest => SyncResponse,
+    EagerSync: EagerSyncRequest => EagerSyncResponse,
+    FastForward: FastForwardRequest => FastForwardResponse,
+    Join: JoinRequest => JoinResponse,
+}

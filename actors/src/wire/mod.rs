@@ -1,0 +1,27 @@
+//! The data Babble nodes exchange, with Go Babble v0.8's field names and
+//! order, and the JSON rules that make their encoding byte-identical to Go's.
+//!
+//! Go's nil and empty are different on the wire (`null` versus `[]`, `{}` or
+//! `""`), and nodes sign those bytes, so the types keep the difference:
+//! a Go slice, map or `[]byte` is an `Option`, and a Go pointer inside a
+//! slice or map is an `Option` too.
+
+mod block;
+mod event;
+mod frame;
+pub mod go_json;
+mod messages;
+mod peer;
+mod transaction;
+
+pub use block::{Block, BlockBody, BlockSignature};
+pub use event::{Event, EventBody, WireBlockSignature, WireBody, WireEvent};
+pub use frame::{Frame, FrameEvent, Root};
+pub use messages::{
+    Command, EagerSyncRequest, EagerSyncResponse, FastForwardRequest, FastForwardResponse,
+    JoinRequest, JoinResponse, Known, Response, RpcType, SyncRequest, SyncResponse,
+};
+pub use peer::Peer;
+pub use transaction::{
+    InternalTransaction, InternalTransactionBody, InternalTransactionReceipt, TransactionType,
+};
