@@ -1,8 +1,8 @@
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::Decoder;
 
 use super::scanner::ValueScanner;
-use super::{check_size, CodecError, Reply, DEFAULT_MAX_FRAME_SIZE};
+use super::{check_size, is_json_whitespace, CodecError, Reply, DEFAULT_MAX_FRAME_SIZE};
 use crate::wire::{go_json, Command, Response, RpcType};
 
 /// Writes `command` as a request frame: type byte, JSON, newline.
@@ -75,10 +75,16 @@ impl Decoder for ClientCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, CodecError> {
-        if src.is_empty() {
-            return Ok(None);
-        }
-        let rpc_type = self.expecting.ok_or(CodecError::UnexpectedReply)?;
+        let Some(rpc_type) = self.expecting else {
+            // The newline ending the last reply may arrive late; anything
+            // else is a reply nobody asked for.
+            let blank = src.iter().take_while(|b| is_json_whitespace(**b)).count();
+            src.advance(blank);
+            return match src.is_empty() {
+                true => Ok(None),
+                false => Err(CodecError::UnexpectedReply),
+            };
+        };
         if let ReplyState::Error(scanner) = &mut self.state {
             let Some(error_end) = scanner.scan(src)? else {
                 check_size(src.len(), self.max_frame_size)?;

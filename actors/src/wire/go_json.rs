@@ -7,10 +7,18 @@
 //!
 //! * strings: `<`, `>`, `&`, U+2028 and U+2029 are escaped as `\u003c`,
 //!   `\u003e`, `\u0026`, `\u2028`, `\u2029`; backspace and form feed are
-//!   written `\u0008` and `\u000c` (not `\b`, `\f`);
+//!   written `\u0008` and `\u000c` (not `\b`, `\f`); U+FFFD is written
+//!   `\ufffd` (see below);
 //! * `[]byte` is standard base64 with padding ([`bytes`], [`bytes_list`]);
 //! * map keys are sorted as strings, so `"10"` comes before `"2"`
 //!   ([`string_sorted_map`]).
+//!
+//! One case cannot be exact both ways. A Go string may hold invalid UTF-8,
+//! which Go writes as `\ufffd`, while it writes a genuine U+FFFD raw. Both
+//! decode to U+FFFD, the only thing a Rust `String` can hold. This encoder
+//! writes U+FFFD as `\ufffd`, which reproduces what a Go node sent for a
+//! string with invalid bytes (Go Babble's own vectors have such strings)
+//! and differs from Go only for a string that held U+FFFD itself.
 
 use std::fmt;
 use std::io;
@@ -46,6 +54,8 @@ impl Formatter for GoFormatter {
                         continue;
                     }
                 },
+                // U+FFFD is EF BF BD.
+                0xEF if bytes.get(i + 1..i + 3) == Some(&[0xBF, 0xBD]) => b"\\ufffd",
                 _ => {
                     i += 1;
                     continue;
@@ -53,7 +63,7 @@ impl Formatter for GoFormatter {
             };
             writer.write_all(&bytes[start..i])?;
             writer.write_all(escape)?;
-            i += if bytes[i] == 0xE2 { 3 } else { 1 };
+            i += if bytes[i] >= 0x80 { 3 } else { 1 };
             start = i;
         }
         writer.write_all(&bytes[start..])
@@ -311,6 +321,7 @@ mod tests {
         assert_eq!(go("<a>&"), r#""\u003ca\u003e\u0026""#);
         assert_eq!(go("x\u{2028}y\u{2029}"), r#""x\u2028y\u2029""#);
         assert_eq!(go("\u{2027}é😀/"), "\"\u{2027}é😀/\"");
+        assert_eq!(go("bad:\u{fffd}"), r#""bad:\ufffd""#);
     }
 
     #[test]

@@ -1,0 +1,196 @@
+//! An in-memory transport, for tests and simulations.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use actix::{Addr, Recipient};
+use async_trait::async_trait;
+use babble_net_actors::dispatcher::{Dispatch, DispatchStats, Dispatcher};
+use slog::{debug, o, Logger};
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{Consumer, Inbox};
+use crate::transport::reply_to_result;
+use crate::{logging, Command, Config, Response, Rpc, Transport, TransportError};
+
+/// Transport between nodes of one process: RPCs go straight to the target's
+/// Dispatcher, through the same consumer path as on the network, so a node
+/// behaves the same on every transport.
+///
+/// Peers are wired explicitly with [`connect`](InmemTransport::connect).
+/// Clones share the same transport.
+///
+/// ```
+/// use babble_net::{InmemTransport, SyncRequest, Transport};
+///
+/// # actix_rt::System::new().block_on(async {
+/// let a = InmemTransport::new(None);
+/// let b = InmemTransport::new(None);
+/// a.connect(b.local_addr(), &b);
+/// let mut rpcs = b.consumer();
+/// actix_rt::spawn(async move {
+///     while let Some(rpc) = rpcs.recv().await {
+///         rpc.respond(Err("busy".into()));
+///     }
+/// });
+/// let err = a.sync(&b.local_addr(), SyncRequest::default()).await.unwrap_err();
+/// assert_eq!(err.to_string(), "remote node answered with an error: busy");
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct InmemTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: String,
+    config: Config,
+    inbox: Inbox,
+    peers: RwLock<HashMap<String, PeerLink>>,
+    shutdown: CancellationToken,
+    log: Logger,
+}
+
+/// What a transport keeps of a connected peer: no strong reference to the
+/// peer itself, so that two connected transports can still be dropped.
+#[derive(Clone)]
+struct PeerLink {
+    dispatcher: Addr<Dispatcher>,
+    shutdown: CancellationToken,
+}
+
+impl InmemTransport {
+    /// A transport at `addr`, or at a random UUID when `None`, with the
+    /// default configuration and no logging.
+    pub fn new(addr: Option<String>) -> InmemTransport {
+        InmemTransport::with_config(addr, &Config::default(), logging::discard())
+    }
+
+    /// A transport using `config`'s timeouts and consumer buffer.
+    pub fn with_config(addr: Option<String>, config: &Config, log: Logger) -> InmemTransport {
+        let addr = addr.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let log = log.new(o!("transport" => "inmem", "local" => addr.clone()));
+        let inbox = Inbox::start(config.consumer_buffer, log.clone());
+        InmemTransport {
+            inner: Arc::new(Inner {
+                addr,
+                config: config.clone(),
+                inbox,
+                peers: RwLock::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+                log,
+            }),
+        }
+    }
+
+    /// Routes calls for `peer` to `transport`.
+    pub fn connect(&self, peer: impl Into<String>, transport: &InmemTransport) {
+        let link = PeerLink {
+            dispatcher: transport.inner.inbox.dispatcher().clone(),
+            shutdown: transport.inner.shutdown.clone(),
+        };
+        self.peers().insert(peer.into(), link);
+    }
+
+    /// Forgets the route to `peer`; calls to it fail with
+    /// [`TransportError::UnknownPeer`].
+    pub fn disconnect(&self, peer: &str) {
+        self.peers().remove(peer);
+    }
+
+    /// Forgets every route.
+    pub fn disconnect_all(&self) {
+        self.peers().clear();
+    }
+
+    /// Counts of the RPCs this transport has received.
+    pub async fn stats(&self) -> Result<DispatchStats, TransportError> {
+        self.inner.inbox.stats().await
+    }
+
+    fn peers(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, PeerLink>> {
+        self.inner.peers.write().expect("peer table lock")
+    }
+
+    async fn deliver(&self, target: &str, command: Command) -> Result<Response, TransportError> {
+        let link = self
+            .inner
+            .peers
+            .read()
+            .expect("peer table lock")
+            .get(target)
+            .cloned()
+            .ok_or_else(|| TransportError::UnknownPeer(target.to_owned()))?;
+        if link.shutdown.is_cancelled() {
+            return Err(TransportError::Connect {
+                peer: target.to_owned(),
+                source: io::Error::new(io::ErrorKind::ConnectionRefused, "peer transport is closed"),
+            });
+        }
+        let rpc_type = command.rpc_type();
+        let after = self.inner.config.timeout_for(rpc_type);
+        let (rpc, reply) = Rpc::new(command, Some(self.inner.addr.clone()));
+        let exchange = async {
+            // A closed Dispatcher drops the RPC, which answers `reply`.
+            let _ = link.dispatcher.send(Dispatch(rpc)).await;
+            reply.await
+        };
+        let reply = tokio::time::timeout(after, exchange)
+            .await
+            .map_err(|_| TransportError::Timeout {
+                peer: target.to_owned(),
+                after,
+            })?;
+        reply_to_result(reply, rpc_type)
+    }
+}
+
+#[async_trait]
+impl Transport for InmemTransport {
+    fn listen(&self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    fn consumer(&self) -> Consumer {
+        self.inner.inbox.consumer()
+    }
+
+    fn consume_with(&self, recipient: Recipient<Rpc>) {
+        self.inner.inbox.consume_with(recipient)
+    }
+
+    fn local_addr(&self) -> String {
+        self.inner.addr.clone()
+    }
+
+    fn advertise_addr(&self) -> String {
+        self.inner.addr.clone()
+    }
+
+    async fn call(&self, target: &str, command: Command) -> Result<Response, TransportError> {
+        if self.is_shutdown() {
+            return Err(TransportError::Shutdown);
+        }
+        let rpc = command.rpc_type();
+        let started = Instant::now();
+        let result = tokio::select! {
+            result = self.deliver(target, command) => result,
+            _ = self.inner.shutdown.cancelled() => Err(TransportError::Shutdown),
+        };
+        debug!(self.inner.log, "rpc done";
+            "peer" => target, "rpc" => %rpc, "duration" => ?started.elapsed(), "ok" => result.is_ok());
+        result
+    }
+
+    async fn close(&self) -> Result<(), TransportError> {
+        self.inner.shutdown.cancel();
+        self.inner.inbox.close();
+        Ok(())
+    }
+
+    fn is_shutdown(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+}
