@@ -44,7 +44,7 @@ mod transport;
 pub use babble_net_actors::codec::{self, Reply};
 pub use babble_net_actors::dispatcher::DispatchStats;
 pub use babble_net_actors::error::TransportError;
-pub use babble_net_actors::rpc::{Responder, Rpc};
+pub use babble_net_actors::rpc::{Responder, Rpc, DROPPED_WITHOUT_ANSWER};
 pub use babble_net_actors::wire::{self, *};
 pub use config::Config;
 pub use consumer::Consumer;

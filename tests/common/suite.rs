@@ -1,0 +1,316 @@
+//! The behaviour every transport must show, written once and run against
+//! each of them through [`transport_suite!`].
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use babble_net::DROPPED_WITHOUT_ANSWER;
+use babble_net::*;
+use futures::future::join_all;
+use tokio::sync::mpsc;
+
+use super::vectors;
+
+/// A client transport, a server transport, and the server's address as the
+/// client must name it.
+pub struct Pair {
+    pub client: Arc<dyn Transport>,
+    pub server: Arc<dyn Transport>,
+    pub target: String,
+}
+
+/// Commands a test server received, in order.
+pub type Received = Arc<Mutex<Vec<Command>>>;
+
+/// Answers every RPC of `transport` with `handler(&command)`, recording
+/// the commands.
+pub fn serve<F>(transport: &dyn Transport, handler: F) -> Received
+where
+    F: Fn(&Command) -> Result<Response, String> + 'static,
+{
+    let received = Received::default();
+    let log = received.clone();
+    let mut rpcs = transport.consumer();
+    actix_rt::spawn(async move {
+        while let Some(rpc) = rpcs.recv().await {
+            log.lock().unwrap().push(rpc.command.clone());
+            let answer = handler(&rpc.command);
+            rpc.respond(answer);
+        }
+    });
+    received
+}
+
+/// Takes every RPC of `transport` without answering, and reports each on
+/// the returned channel (holding it, so it stays unanswered).
+pub fn hold(transport: &dyn Transport) -> mpsc::UnboundedReceiver<Rpc> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut rpcs = transport.consumer();
+    actix_rt::spawn(async move {
+        while let Some(rpc) = rpcs.recv().await {
+            if tx.send(rpc).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The answers the Go vectors hold, by RPC.
+pub fn vector_answer(command: &Command) -> Result<Response, String> {
+    Ok(match command {
+        Command::Sync(_) => vectors::response("sync_response", RpcType::Sync),
+        Command::EagerSync(_) => vectors::response("eager_sync_response", RpcType::EagerSync),
+        Command::FastForward(_) => {
+            vectors::response("fast_forward_response", RpcType::FastForward)
+        }
+        Command::Join(_) => vectors::response("join_response", RpcType::Join),
+    })
+}
+
+pub async fn start_and_stop(pair: Pair) {
+    pair.server.listen().unwrap();
+    pair.server.listen().unwrap();
+    assert!(!pair.server.is_shutdown());
+    pair.server.close().await.unwrap();
+    pair.server.close().await.unwrap();
+    assert!(pair.server.is_shutdown());
+    pair.client.close().await.unwrap();
+}
+
+async fn round_trip(pair: Pair, request: &str) {
+    let received = serve(&*pair.server, vector_answer);
+    let command = vectors::request(request);
+    let expected = vector_answer(&command).unwrap();
+    let target = pair.target.as_str();
+    let got = match command.clone() {
+        Command::Sync(r) => Response::Sync(pair.client.sync(target, r).await.unwrap()),
+        Command::EagerSync(r) => {
+            Response::EagerSync(pair.client.eager_sync(target, r).await.unwrap())
+        }
+        Command::FastForward(r) => {
+            Response::FastForward(pair.client.fast_forward(target, r).await.unwrap())
+        }
+        Command::Join(r) => Response::Join(pair.client.join(target, r).await.unwrap()),
+    };
+    assert_eq!(got, expected);
+    assert_eq!(*received.lock().unwrap(), vec![command]);
+    pair.client.close().await.unwrap();
+    pair.server.close().await.unwrap();
+}
+
+pub async fn sync_round_trip(pair: Pair) {
+    round_trip(pair, "sync_request").await
+}
+
+pub async fn eager_sync_round_trip(pair: Pair) {
+    round_trip(pair, "eager_sync_request").await
+}
+
+pub async fn fast_forward_round_trip(pair: Pair) {
+    round_trip(pair, "fast_forward_request").await
+}
+
+pub async fn join_round_trip(pair: Pair) {
+    round_trip(pair, "join_request").await
+}
+
+pub async fn handler_error_reaches_the_caller_verbatim(pair: Pair) {
+    serve(&*pair.server, |_| Err("100% sure: <boom>".to_owned()));
+    let err = pair
+        .client
+        .sync(&pair.target, SyncRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Remote(message) if message == "100% sure: <boom>"),
+        "{err}"
+    );
+}
+
+/// Builds the pair with this timeout.
+pub fn short_timeout() -> Config {
+    Config {
+        timeout: Duration::from_millis(300),
+        ..Config::default()
+    }
+}
+
+pub async fn unanswered_call_times_out(pair: Pair) {
+    let mut held = hold(&*pair.server);
+    let started = Instant::now();
+    let err = pair
+        .client
+        .sync(&pair.target, SyncRequest::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(300), "gave up after {elapsed:?}");
+    assert!(held.recv().await.is_some(), "the server got the request");
+}
+
+pub async fn calls_after_close_fail_with_shutdown(pair: Pair) {
+    serve(&*pair.server, vector_answer);
+    pair.client.close().await.unwrap();
+    let err = pair
+        .client
+        .sync(&pair.target, SyncRequest::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_shutdown(), "{err}");
+    let err = pair
+        .client
+        .join(&pair.target, JoinRequest::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_shutdown(), "{err}");
+}
+
+pub async fn close_fails_calls_in_flight_with_shutdown(pair: Pair) {
+    let mut held = hold(&*pair.server);
+    let client = pair.client.clone();
+    let target = pair.target.clone();
+    let call = actix_rt::spawn(async move {
+        client
+            .join(&target, JoinRequest::default())
+            .await
+            .unwrap_err()
+    });
+    let _rpc = held.recv().await.expect("the call reached the server");
+    pair.client.close().await.unwrap();
+    let err = call.await.unwrap();
+    assert!(err.is_shutdown(), "{err}");
+}
+
+pub async fn dropped_consumer_gives_callers_an_error(pair: Pair) {
+    drop(pair.server.consumer());
+    let err = pair
+        .client
+        .sync(&pair.target, SyncRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Remote(m) if m == "the node is not consuming RPCs"),
+        "{err}"
+    );
+}
+
+pub async fn dropped_responder_gives_the_caller_an_error(pair: Pair) {
+    let mut rpcs = pair.server.consumer();
+    actix_rt::spawn(async move {
+        while let Some(rpc) = rpcs.recv().await {
+            drop(rpc);
+        }
+    });
+    let err = pair
+        .client
+        .eager_sync(&pair.target, EagerSyncRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Remote(m) if m == DROPPED_WITHOUT_ANSWER),
+        "{err}"
+    );
+}
+
+/// Answers each Sync with the caller's `from_id`, so that every caller can
+/// check it got its own answer.
+pub fn echo_from_id(command: &Command) -> Result<Response, String> {
+    match command {
+        Command::Sync(r) => Ok(Response::Sync(SyncResponse {
+            from_id: r.from_id,
+            events: None,
+            known: r.known.clone(),
+        })),
+        _ => Err("only sync".to_owned()),
+    }
+}
+
+pub async fn hundred_concurrent_callers_get_their_own_answers(pair: Pair) {
+    let received = serve(&*pair.server, echo_from_id);
+    let calls = (0..100u32).map(|id| {
+        let client = pair.client.clone();
+        let target = pair.target.clone();
+        async move {
+            let request = SyncRequest {
+                from_id: id,
+                known: Some([(id, i64::from(id))].into_iter().collect()),
+                sync_limit: 10,
+            };
+            let response = client.sync(&target, request.clone()).await.unwrap();
+            assert_eq!(response.from_id, id);
+            assert_eq!(response.known, request.known);
+        }
+    });
+    join_all(calls).await;
+    assert_eq!(received.lock().unwrap().len(), 100);
+}
+
+/// Generates one `#[actix_rt::test]` per suite case for a transport.
+/// `$pair` is an async fn taking a [`Config`] and returning a [`Pair`].
+#[macro_export]
+macro_rules! transport_suite {
+    ($pair:path) => {
+        mod suite_cases {
+            use super::*;
+            use $crate::common::suite;
+
+            #[actix_rt::test]
+            async fn start_and_stop() {
+                suite::start_and_stop($pair(Config::default()).await).await
+            }
+            #[actix_rt::test]
+            async fn sync_round_trip() {
+                suite::sync_round_trip($pair(Config::default()).await).await
+            }
+            #[actix_rt::test]
+            async fn eager_sync_round_trip() {
+                suite::eager_sync_round_trip($pair(Config::default()).await).await
+            }
+            #[actix_rt::test]
+            async fn fast_forward_round_trip() {
+                suite::fast_forward_round_trip($pair(Config::default()).await).await
+            }
+            #[actix_rt::test]
+            async fn join_round_trip() {
+                suite::join_round_trip($pair(Config::default()).await).await
+            }
+            #[actix_rt::test]
+            async fn handler_error_reaches_the_caller_verbatim() {
+                suite::handler_error_reaches_the_caller_verbatim($pair(Config::default()).await)
+                    .await
+            }
+            #[actix_rt::test]
+            async fn unanswered_call_times_out() {
+                suite::unanswered_call_times_out($pair(suite::short_timeout()).await).await
+            }
+            #[actix_rt::test]
+            async fn calls_after_close_fail_with_shutdown() {
+                suite::calls_after_close_fail_with_shutdown($pair(Config::default()).await).await
+            }
+            #[actix_rt::test]
+            async fn close_fails_calls_in_flight_with_shutdown() {
+                suite::close_fails_calls_in_flight_with_shutdown($pair(Config::default()).await)
+                    .await
+            }
+            #[actix_rt::test]
+            async fn dropped_consumer_gives_callers_an_error() {
+                suite::dropped_consumer_gives_callers_an_error($pair(Config::default()).await)
+                    .await
+            }
+            #[actix_rt::test]
+            async fn dropped_responder_gives_the_caller_an_error() {
+                suite::dropped_responder_gives_the_caller_an_error($pair(Config::default()).await)
+                    .await
+            }
+            #[actix_rt::test]
+            async fn hundred_concurrent_callers_get_their_own_answers() {
+                suite::hundred_concurrent_callers_get_their_own_answers(
+                    $pair(Config::default()).await,
+                )
+                .await
+            }
+        }
+    };
+}
