@@ -8,7 +8,7 @@
 //! consumer gone) is answered with an error at once, so no caller hangs.
 
 use actix::prelude::*;
-use slog::{debug, warn, Logger};
+use slog::{debug, Logger};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -124,7 +124,7 @@ impl Handler<Dispatch> for Dispatcher {
                     });
                 }
                 Err(SendError::Closed(rpc)) => {
-                    warn!(self.log, "the consumer actor is gone");
+                    debug!(self.log, "the consumer actor is gone");
                     self.refuse(rpc, NOT_CONSUMING)
                 }
             },

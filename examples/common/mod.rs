@@ -1,0 +1,382 @@
+//! A toy gossip node shared by the cluster examples.
+//!
+//! Each node is an actix actor that receives RPCs from its transport as
+//! messages, creates one event per tick, pulls what it misses from a random
+//! peer (Sync) and pushes back what that peer misses (EagerSync). A
+//! newcomer first joins through a sponsor (Join) and starts from the
+//! sponsor's state (FastForward).
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use babble_net::{
+    wire::go_json, Command, EagerSyncRequest, EagerSyncResponse, FastForwardRequest,
+    FastForwardResponse, Frame, InternalTransaction, JoinRequest, JoinResponse, Peer, Rpc,
+    SyncRequest, SyncResponse, TransactionType, Transport, TransportError, WireBody, WireEvent,
+};
+use rand::seq::SliceRandom;
+
+/// Counters of a whole cluster, printed once a second and at the end.
+#[derive(Default)]
+pub struct Stats {
+    pub syncs: AtomicU64,
+    pub eager_syncs: AtomicU64,
+    pub fast_forwards: AtomicU64,
+    pub joins: AtomicU64,
+    /// Calls that failed although their target was up.
+    pub errors: AtomicU64,
+    /// Calls that failed because their target was down on purpose.
+    pub unreachable: AtomicU64,
+    pub events: AtomicU64,
+    /// Addresses of nodes that are down on purpose (for the counts above).
+    pub down: Mutex<HashSet<String>>,
+    /// Set when the run is over: failures caused by the shutdown itself
+    /// are not counted.
+    pub finished: AtomicBool,
+}
+
+impl Stats {
+    fn count(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn failed(&self, target: &str, err: &TransportError, log: &slog::Logger) {
+        if self.finished.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.down.lock().unwrap().contains(target) {
+            self.count(&self.unreachable);
+        } else {
+            slog::warn!(log, "call failed"; "peer" => target, "error" => %err);
+            self.count(&self.errors);
+        }
+    }
+
+    /// One line of progress.
+    pub fn progress(&self, secs: u64) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "t={secs}s syncs={} eager_syncs={} fast_forwards={} joins={} events_created={} errors={} unreachable={}",
+            get(&self.syncs),
+            get(&self.eager_syncs),
+            get(&self.fast_forwards),
+            get(&self.joins),
+            get(&self.events),
+            get(&self.errors),
+            get(&self.unreachable),
+        )
+    }
+
+    /// The final JSON line; `extra` adds fields such as `"restarts"`.
+    pub fn summary(&self, transport: &str, nodes: usize, extra: &[(&str, u64)]) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut line = format!(
+            r#"{{"transport":"{transport}","nodes":{nodes},"syncs":{},"eager_syncs":{},"fast_forwards":{},"joins":{},"errors":{}"#,
+            get(&self.syncs),
+            get(&self.eager_syncs),
+            get(&self.fast_forwards),
+            get(&self.joins),
+            get(&self.errors),
+        );
+        for (key, value) in extra {
+            line.push_str(&format!(r#","{key}":{value}"#));
+        }
+        line.push('}');
+        line
+    }
+}
+
+/// How a node enters the cluster.
+#[derive(Clone)]
+pub enum Start {
+    /// A founding member gossiping with these addresses.
+    Member { peers: Vec<String> },
+    /// A newcomer joining through `sponsor`, then fast-forwarding from it.
+    Newcomer { sponsor: String },
+}
+
+/// See the module docs.
+pub struct ToyNode {
+    id: u32,
+    me: Peer,
+    transport: Arc<dyn Transport>,
+    start: Start,
+    peers: Vec<String>,
+    events: Vec<WireEvent>,
+    known: BTreeMap<u32, i64>,
+    stats: Arc<Stats>,
+    period: Duration,
+    log: slog::Logger,
+}
+
+impl ToyNode {
+    pub fn new(
+        id: u32,
+        transport: Arc<dyn Transport>,
+        start: Start,
+        stats: Arc<Stats>,
+        period: Duration,
+        log: slog::Logger,
+    ) -> Self {
+        let me = Peer::new(
+            transport.advertise_addr(),
+            format!("0X{:04X}", id),
+            format!("node{id}"),
+        );
+        ToyNode {
+            id,
+            me,
+            transport,
+            start,
+            peers: Vec::new(),
+            events: Vec::new(),
+            known: BTreeMap::new(),
+            stats,
+            period,
+            log,
+        }
+    }
+
+    fn insert(&mut self, events: Option<Vec<WireEvent>>) {
+        for event in events.into_iter().flatten() {
+            let last = self.known.get(&event.body.creator_id).copied().unwrap_or(-1);
+            if event.body.index > last {
+                self.known.insert(event.body.creator_id, event.body.index);
+                self.events.push(event);
+            }
+        }
+    }
+
+    /// The events a node that knows `known` is missing, oldest first.
+    fn missing_for(&self, known: &BTreeMap<u32, i64>, limit: usize) -> Option<Vec<WireEvent>> {
+        let missing: Vec<WireEvent> = self
+            .events
+            .iter()
+            .filter(|e| e.body.index > known.get(&e.body.creator_id).copied().unwrap_or(-1))
+            .take(limit)
+            .cloned()
+            .collect();
+        (!missing.is_empty()).then_some(missing)
+    }
+
+    fn create_event(&mut self) {
+        let index = self.known.get(&self.id).copied().unwrap_or(-1) + 1;
+        let event = WireEvent {
+            body: WireBody {
+                transactions: Some(vec![Some(format!("tx {} of node {}", index, self.id).into_bytes())]),
+                creator_id: self.id,
+                index,
+                self_parent_index: index - 1,
+                timestamp: 1_700_000_000 + index,
+                ..Default::default()
+            },
+            signature: format!("{:064x}", u64::from(self.id) << 32 | index as u64),
+        };
+        self.stats.count(&self.stats.events);
+        self.insert(Some(vec![event]));
+    }
+
+    fn answer(&mut self, command: &Command) -> Result<babble_net::Response, String> {
+        Ok(match command {
+            Command::Sync(request) => {
+                let known = request.known.clone().unwrap_or_default();
+                SyncResponse {
+                    from_id: self.id,
+                    events: self.missing_for(&known, request.sync_limit.max(0) as usize),
+                    known: Some(self.known.clone()),
+                }
+                .into()
+            }
+            Command::EagerSync(request) => {
+                self.insert(request.events.clone());
+                EagerSyncResponse {
+                    from_id: self.id,
+                    success: true,
+                }
+                .into()
+            }
+            Command::FastForward(_) => FastForwardResponse {
+                from_id: self.id,
+                frame: Frame {
+                    round: self.events.len() as i64,
+                    peers: Some(self.peers_with_me()),
+                    ..Default::default()
+                },
+                snapshot: Some(go_json::to_vec(&self.events).map_err(|e| e.to_string())?),
+                ..Default::default()
+            }
+            .into(),
+            Command::Join(request) => {
+                let newcomer = request.internal_transaction.body.peer.clone();
+                if !self.peers.contains(&newcomer.net_addr) {
+                    self.peers.push(newcomer.net_addr.clone());
+                }
+                JoinResponse {
+                    from_id: self.id,
+                    accepted: true,
+                    accepted_round: self.events.len() as i64,
+                    peers: Some(self.peers_with_me()),
+                }
+                .into()
+            }
+        })
+    }
+
+    fn peers_with_me(&self) -> Vec<Option<Peer>> {
+        let mut peers: Vec<Option<Peer>> = self
+            .peers
+            .iter()
+            .map(|addr| Some(Peer::new(addr.clone(), "", "")))
+            .collect();
+        peers.push(Some(self.me.clone()));
+        peers
+    }
+
+    fn gossip(&mut self, ctx: &mut Context<Self>) {
+        self.create_event();
+        let Some(target) = self.peers.choose(&mut rand::thread_rng()).cloned() else {
+            return;
+        };
+        let transport = self.transport.clone();
+        let request = SyncRequest {
+            from_id: self.id,
+            known: Some(self.known.clone()),
+            sync_limit: 100,
+        };
+        let sync = async move {
+            let result = transport.sync(&target, request).await;
+            (target, result)
+        };
+        ctx.spawn(sync.into_actor(self).map(|(target, result), node, ctx| match result {
+            Ok(response) => {
+                node.stats.count(&node.stats.syncs);
+                node.insert(response.events);
+                node.push(target, response.known.unwrap_or_default(), ctx);
+            }
+            Err(err) => node.stats.failed(&target, &err, &node.log),
+        }));
+    }
+
+    /// EagerSync: hands `target` what it told us it is missing.
+    fn push(&mut self, target: String, known: BTreeMap<u32, i64>, ctx: &mut Context<Self>) {
+        let Some(events) = self.missing_for(&known, 100) else {
+            return;
+        };
+        let transport = self.transport.clone();
+        let request = EagerSyncRequest {
+            from_id: self.id,
+            events: Some(events),
+        };
+        let push = async move {
+            let result = transport.eager_sync(&target, request).await;
+            (target, result)
+        };
+        ctx.spawn(push.into_actor(self).map(|(target, result), node, _| match result {
+            Ok(_) => node.stats.count(&node.stats.eager_syncs),
+            Err(err) => node.stats.failed(&target, &err, &node.log),
+        }));
+    }
+
+    fn start_gossip(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(self.period, |node, ctx| node.gossip(ctx));
+    }
+
+    /// Join through `sponsor`, fast-forward from it, then gossip.
+    fn join_then_fast_forward(&mut self, sponsor: String, ctx: &mut Context<Self>) {
+        let transport = self.transport.clone();
+        let join = JoinRequest {
+            internal_transaction: InternalTransaction::new(TransactionType::PEER_ADD, self.me.clone()),
+        };
+        let id = self.id;
+        let steps = async move {
+            let joined = transport.join(&sponsor, join).await;
+            let state = match &joined {
+                Ok(_) => Some(transport.fast_forward(&sponsor, FastForwardRequest { from_id: id }).await),
+                Err(_) => None,
+            };
+            (sponsor, joined, state)
+        };
+        ctx.spawn(steps.into_actor(self).map(|(sponsor, joined, state), node, ctx| {
+            match joined {
+                Ok(response) if response.accepted => {
+                    node.stats.count(&node.stats.joins);
+                    node.peers = response
+                        .peers
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|p| p.net_addr)
+                        .filter(|addr| *addr != node.me.net_addr)
+                        .collect();
+                }
+                Ok(_) => slog::warn!(node.log, "join refused"),
+                Err(err) => node.stats.failed(&sponsor, &err, &node.log),
+            }
+            match state {
+                Some(Ok(response)) => {
+                    node.stats.count(&node.stats.fast_forwards);
+                    let events: Vec<WireEvent> = response
+                        .snapshot
+                        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                        .unwrap_or_default();
+                    node.insert(Some(events));
+                }
+                Some(Err(err)) => node.stats.failed(&sponsor, &err, &node.log),
+                None => {}
+            }
+            node.start_gossip(ctx);
+        }));
+    }
+}
+
+impl Actor for ToyNode {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.transport.consume_with(ctx.address().recipient());
+        match self.start.clone() {
+            Start::Member { peers } => {
+                self.peers = peers;
+                self.start_gossip(ctx);
+            }
+            Start::Newcomer { sponsor } => self.join_then_fast_forward(sponsor, ctx),
+        }
+    }
+}
+
+impl Handler<Rpc> for ToyNode {
+    type Result = ();
+
+    fn handle(&mut self, rpc: Rpc, _: &mut Context<Self>) {
+        let answer = self.answer(&rpc.command);
+        rpc.respond(answer);
+    }
+}
+
+/// Stops a node: its timers and calls in flight end with it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopNode;
+
+impl Handler<StopNode> for ToyNode {
+    type Result = ();
+
+    fn handle(&mut self, _: StopNode, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// Runs `tick` once a second for `secs` seconds, printing progress.
+pub async fn report_every_second(stats: &Stats, secs: u64, mut tick: impl FnMut(u64)) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.tick().await;
+    for second in 1..=secs {
+        interval.tick().await;
+        println!("{}", stats.progress(second));
+        tick(second);
+    }
+}
