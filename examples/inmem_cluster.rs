@@ -57,16 +57,26 @@ async fn main() {
     }
 
     let stats = Arc::new(Stats::default());
-    let founders: Vec<String> = transports[..args.nodes - 1].iter().map(|t| t.local_addr()).collect();
+    let founders: Vec<String> = transports[..args.nodes - 1]
+        .iter()
+        .map(|t| t.local_addr())
+        .collect();
     let nodes: Vec<_> = transports
         .iter()
         .enumerate()
         .map(|(i, transport)| {
             let start = if i + 1 < args.nodes {
-                let peers = founders.iter().filter(|a| **a != transport.local_addr()).cloned();
-                Start::Member { peers: peers.collect() }
+                let peers = founders
+                    .iter()
+                    .filter(|a| **a != transport.local_addr())
+                    .cloned();
+                Start::Member {
+                    peers: peers.collect(),
+                }
             } else {
-                Start::Newcomer { sponsor: founders[0].clone() }
+                Start::Newcomer {
+                    sponsor: founders[0].clone(),
+                }
             };
             ToyNode::new(
                 i as u32,
@@ -82,7 +92,9 @@ async fn main() {
 
     common::report_every_second(&stats, args.secs, |_| {}).await;
 
-    stats.finished.store(true, std::sync::atomic::Ordering::Relaxed);
+    stats
+        .finished
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     for node in &nodes {
         let _ = node.send(StopNode).await;
     }

@@ -165,9 +165,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused_with_a_clear_error() {
-        let err = Config::from_toml_str("max-pol = 3").unwrap_err().to_string();
+        let err = Config::from_toml_str("max-pol = 3")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max-pol"), "{err}");
-        let err = Config::from_toml_str("timeout = \"0s\"").unwrap_err().to_string();
+        let err = Config::from_toml_str("timeout = \"0s\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("timeout must be greater than zero"), "{err}");
     }
 }

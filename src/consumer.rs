@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use actix::{Actor, Addr, Recipient};
 use babble_net_actors::dispatcher::{
-    CloseDispatcher, Delivery, Dispatch, DispatchStats, Dispatcher, GetStats, SetDelivery,
+    CloseDispatcher, Delivery, DispatchStats, Dispatcher, GetStats, SetDelivery,
 };
 use futures::Stream;
 use slog::Logger;
@@ -82,13 +82,8 @@ impl Inbox {
 
     pub(crate) fn consume_with(&self, recipient: Recipient<Rpc>) {
         self.first.lock().expect("consumer lock").take();
-        self.dispatcher.do_send(SetDelivery(Delivery::Actor(recipient)));
-    }
-
-    /// Hands `rpc` over; resolves when it was taken (or refused). If the
-    /// Dispatcher is gone the RPC is dropped, which answers its caller.
-    pub(crate) async fn dispatch(&self, rpc: Rpc) {
-        let _ = self.dispatcher.send(Dispatch(rpc)).await;
+        self.dispatcher
+            .do_send(SetDelivery(Delivery::Actor(recipient)));
     }
 
     pub(crate) async fn stats(&self) -> Result<DispatchStats, TransportError> {

@@ -126,7 +126,10 @@ impl InmemTransport {
         if link.shutdown.is_cancelled() {
             return Err(TransportError::Connect {
                 peer: target.to_owned(),
-                source: io::Error::new(io::ErrorKind::ConnectionRefused, "peer transport is closed"),
+                source: io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "peer transport is closed",
+                ),
             });
         }
         let rpc_type = command.rpc_type();
@@ -137,12 +140,13 @@ impl InmemTransport {
             let _ = link.dispatcher.send(Dispatch(rpc)).await;
             reply.await
         };
-        let reply = tokio::time::timeout(after, exchange)
-            .await
-            .map_err(|_| TransportError::Timeout {
-                peer: target.to_owned(),
-                after,
-            })?;
+        let reply =
+            tokio::time::timeout(after, exchange)
+                .await
+                .map_err(|_| TransportError::Timeout {
+                    peer: target.to_owned(),
+                    after,
+                })?;
         reply_to_result(reply, rpc_type)
     }
 }

@@ -80,7 +80,11 @@ pub trait Transport: Send + Sync {
     }
 
     /// Asks `target` to let us join the group. Uses the join timeout.
-    async fn join(&self, target: &str, request: JoinRequest) -> Result<JoinResponse, TransportError> {
+    async fn join(
+        &self,
+        target: &str,
+        request: JoinRequest,
+    ) -> Result<JoinResponse, TransportError> {
         typed(self.call(target, request.into()).await)
     }
 }

@@ -51,29 +51,29 @@ fn wire_event() -> impl Strategy<Value = WireEvent> {
         bytes_list(),
         internal_transactions(),
         option::of(vec(
-            (any::<i64>(), text()).prop_map(|(index, signature)| WireBlockSignature {
-                index,
-                signature,
-            }),
+            (any::<i64>(), text())
+                .prop_map(|(index, signature)| WireBlockSignature { index, signature }),
             0..3,
         )),
         any::<(u32, u32, i64, i64, i64, i64)>(),
         text(),
     )
-        .prop_map(|(transactions, internal, signatures, numbers, signature)| WireEvent {
-            body: WireBody {
-                transactions,
-                internal_transactions: internal,
-                block_signatures: signatures,
-                creator_id: numbers.0,
-                other_parent_creator_id: numbers.1,
-                index: numbers.2,
-                self_parent_index: numbers.3,
-                other_parent_index: numbers.4,
-                timestamp: numbers.5,
+        .prop_map(
+            |(transactions, internal, signatures, numbers, signature)| WireEvent {
+                body: WireBody {
+                    transactions,
+                    internal_transactions: internal,
+                    block_signatures: signatures,
+                    creator_id: numbers.0,
+                    other_parent_creator_id: numbers.1,
+                    index: numbers.2,
+                    self_parent_index: numbers.3,
+                    other_parent_index: numbers.4,
+                    timestamp: numbers.5,
+                },
+                signature,
             },
-            signature,
-        })
+        )
 }
 
 fn known() -> impl Strategy<Value = Known> {
@@ -145,14 +145,16 @@ fn frame() -> impl Strategy<Value = Frame> {
         frame_events(),
         option::of(btree_map(any::<i64>(), peers(), 0..3)),
     )
-        .prop_map(|((round, timestamp), peers, roots, events, peer_sets)| Frame {
-            round,
-            peers,
-            roots,
-            events,
-            peer_sets,
-            timestamp,
-        })
+        .prop_map(
+            |((round, timestamp), peers, roots, events, peer_sets)| Frame {
+                round,
+                peers,
+                roots,
+                events,
+                peer_sets,
+                timestamp,
+            },
+        )
 }
 
 fn block() -> impl Strategy<Value = Block> {
@@ -172,20 +174,22 @@ fn block() -> impl Strategy<Value = Block> {
         )),
         option::of(btree_map(text(), text(), 0..3)),
     )
-        .prop_map(|(numbers, hashes, transactions, internal, receipts, signatures)| Block {
-            body: BlockBody {
-                index: numbers.0,
-                round_received: numbers.1,
-                timestamp: numbers.2,
-                state_hash: hashes.0,
-                frame_hash: hashes.1,
-                peers_hash: hashes.2,
-                transactions,
-                internal_transactions: internal,
-                internal_transaction_receipts: receipts,
+        .prop_map(
+            |(numbers, hashes, transactions, internal, receipts, signatures)| Block {
+                body: BlockBody {
+                    index: numbers.0,
+                    round_received: numbers.1,
+                    timestamp: numbers.2,
+                    state_hash: hashes.0,
+                    frame_hash: hashes.1,
+                    peers_hash: hashes.2,
+                    transactions,
+                    internal_transactions: internal,
+                    internal_transaction_receipts: receipts,
+                },
+                signatures,
             },
-            signatures,
-        })
+        )
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -200,8 +204,9 @@ fn command() -> impl Strategy<Value = Command> {
         (any::<u32>(), option::of(vec(wire_event(), 0..3)))
             .prop_map(|(from_id, events)| Command::EagerSync(EagerSyncRequest { from_id, events })),
         any::<u32>().prop_map(|from_id| Command::FastForward(FastForwardRequest { from_id })),
-        internal_transaction()
-            .prop_map(|internal_transaction| Command::Join(JoinRequest { internal_transaction })),
+        internal_transaction().prop_map(|internal_transaction| Command::Join(JoinRequest {
+            internal_transaction
+        })),
     ]
 }
 

@@ -30,15 +30,25 @@ async fn a_transport_without_an_address_gets_a_random_uuid() {
     let b = InmemTransport::new(None);
     assert_ne!(a.local_addr(), b.local_addr());
     assert_eq!(a.local_addr(), a.advertise_addr());
-    assert!(uuid::Uuid::parse_str(&a.local_addr()).is_ok(), "{}", a.local_addr());
-    assert_eq!(InmemTransport::new(Some("node7".into())).local_addr(), "node7");
+    assert!(
+        uuid::Uuid::parse_str(&a.local_addr()).is_ok(),
+        "{}",
+        a.local_addr()
+    );
+    assert_eq!(
+        InmemTransport::new(Some("node7".into())).local_addr(),
+        "node7"
+    );
 }
 
 #[actix_rt::test]
 async fn calling_an_unknown_peer_fails_at_once() {
     let a = InmemTransport::new(None);
     let err = a.sync("nobody", SyncRequest::default()).await.unwrap_err();
-    assert!(matches!(&err, TransportError::UnknownPeer(p) if p == "nobody"), "{err}");
+    assert!(
+        matches!(&err, TransportError::UnknownPeer(p) if p == "nobody"),
+        "{err}"
+    );
 }
 
 #[actix_rt::test]
@@ -50,15 +60,25 @@ async fn disconnect_removes_routes() {
     suite::serve(&c, suite::echo_from_id);
     a.connect(b.local_addr(), &b);
     a.connect(c.local_addr(), &c);
-    a.sync(&b.local_addr(), SyncRequest::default()).await.unwrap();
+    a.sync(&b.local_addr(), SyncRequest::default())
+        .await
+        .unwrap();
 
     a.disconnect(&b.local_addr());
-    let err = a.sync(&b.local_addr(), SyncRequest::default()).await.unwrap_err();
+    let err = a
+        .sync(&b.local_addr(), SyncRequest::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, TransportError::UnknownPeer(_)), "{err}");
-    a.sync(&c.local_addr(), SyncRequest::default()).await.unwrap();
+    a.sync(&c.local_addr(), SyncRequest::default())
+        .await
+        .unwrap();
 
     a.disconnect_all();
-    let err = a.sync(&c.local_addr(), SyncRequest::default()).await.unwrap_err();
+    let err = a
+        .sync(&c.local_addr(), SyncRequest::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, TransportError::UnknownPeer(_)), "{err}");
 }
 
@@ -82,7 +102,10 @@ async fn the_dispatcher_counts_rpcs_by_type() {
     a.sync("b", SyncRequest::default()).await.unwrap();
     a.join("b", JoinRequest::default()).await.unwrap();
     let stats = b.stats().await.unwrap();
-    assert_eq!((stats.sync, stats.join, stats.eager_sync, stats.total()), (2, 1, 0, 3));
+    assert_eq!(
+        (stats.sync, stats.join, stats.eager_sync, stats.total()),
+        (2, 1, 0, 3)
+    );
     assert_eq!(a.stats().await.unwrap().total(), 0);
 }
 
@@ -118,7 +141,9 @@ async fn rpcs_can_be_delivered_to_an_actor() {
 #[actix_rt::test]
 async fn answering_with_the_wrong_kind_of_response_is_an_error_for_the_caller() {
     let pair = pair(Config::default()).await;
-    suite::serve(&*pair.server, |_| Ok(Response::Join(JoinResponse::default())));
+    suite::serve(&*pair.server, |_| {
+        Ok(Response::Join(JoinResponse::default()))
+    });
     let err = pair
         .client
         .sync(&pair.target, SyncRequest::default())

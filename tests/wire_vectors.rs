@@ -16,14 +16,26 @@ fn rpc_type(byte: u8) -> RpcType {
 #[test]
 fn every_vector_reencodes_to_identical_bytes() {
     let manifest = vectors::manifest();
-    assert!(manifest.len() >= 30, "manifest lists {} vectors", manifest.len());
-    for vector in manifest.iter().filter(|v| v.name != "unknown_rpc_type_request") {
+    assert!(
+        manifest.len() >= 30,
+        "manifest lists {} vectors",
+        manifest.len()
+    );
+    for vector in manifest
+        .iter()
+        .filter(|v| v.name != "unknown_rpc_type_request")
+    {
         let wire = vectors::bytes(vector.name.as_str());
         assert_eq!(wire.len(), vector.size, "{}", vector.name);
         let mut encoded = BytesMut::new();
         if vector.direction == "request" {
             let command = vectors::request(&vector.name);
-            assert_eq!(command.rpc_type() as u8, vector.rpc_type_byte, "{}", vector.name);
+            assert_eq!(
+                command.rpc_type() as u8,
+                vector.rpc_type_byte,
+                "{}",
+                vector.name
+            );
             encode_request(&command, &mut encoded).unwrap();
         } else {
             let reply = vectors::reply(&vector.name, rpc_type(vector.rpc_type_byte));
@@ -41,7 +53,10 @@ fn every_vector_reencodes_to_identical_bytes() {
 
 #[test]
 fn remote_errors_are_taken_literally() {
-    for vector in vectors::manifest().iter().filter(|v| v.go_client_error.is_some()) {
+    for vector in vectors::manifest()
+        .iter()
+        .filter(|v| v.go_client_error.is_some())
+    {
         let reply = vectors::reply(&vector.name, rpc_type(vector.rpc_type_byte));
         // Go's client runs the string through fmt.Errorf; `%` survives here.
         let literal = std::str::from_utf8(&vectors::bytes(&vector.name))
@@ -59,7 +74,10 @@ fn remote_errors_are_taken_literally() {
 
 #[test]
 fn vectors_decode_when_fed_one_byte_at_a_time() {
-    for vector in vectors::manifest().iter().filter(|v| v.name != "unknown_rpc_type_request") {
+    for vector in vectors::manifest()
+        .iter()
+        .filter(|v| v.name != "unknown_rpc_type_request")
+    {
         let wire = vectors::bytes(&vector.name);
         let mut buf = BytesMut::new();
         let mut decoded = false;
@@ -100,7 +118,12 @@ fn unknown_rpc_type_is_refused() {
 #[test]
 fn requests_decode_without_their_newline_and_back_to_back() {
     let mut wire = Vec::new();
-    for name in ["sync_request", "join_request", "eager_sync_request", "fast_forward_request"] {
+    for name in [
+        "sync_request",
+        "join_request",
+        "eager_sync_request",
+        "fast_forward_request",
+    ] {
         let frame = vectors::bytes(name);
         wire.extend_from_slice(&frame[..frame.len() - 1]);
     }
@@ -112,7 +135,12 @@ fn requests_decode_without_their_newline_and_back_to_back() {
     }
     assert_eq!(
         types,
-        [RpcType::Sync, RpcType::Join, RpcType::EagerSync, RpcType::FastForward]
+        [
+            RpcType::Sync,
+            RpcType::Join,
+            RpcType::EagerSync,
+            RpcType::FastForward
+        ]
     );
 }
 
@@ -123,7 +151,10 @@ fn a_frame_over_the_limit_is_refused_before_it_is_complete() {
     codec.expect(RpcType::Sync);
     let mut buf = BytesMut::from(&wire[..1001]);
     let err = codec.decode(&mut buf).unwrap_err();
-    assert!(matches!(err, CodecError::FrameTooLarge { max: 1000, .. }), "{err}");
+    assert!(
+        matches!(err, CodecError::FrameTooLarge { max: 1000, .. }),
+        "{err}"
+    );
 
     let request = vectors::bytes("join_strings_request");
     let mut buf = BytesMut::from(&request[..200]);
@@ -155,13 +186,15 @@ fn truncated_and_malformed_frames_are_errors() {
 
 #[test]
 fn go_decoding_leniency_unknown_fields_and_missing_fields() {
-    let mut buf =
-        BytesMut::from(&b"\x01 {\"Extra\":[1,{\"a\":null}],\"SyncLimit\":7}"[..]);
+    let mut buf = BytesMut::from(&b"\x01 {\"Extra\":[1,{\"a\":null}],\"SyncLimit\":7}"[..]);
     let command = ServerCodec::default().decode(&mut buf).unwrap().unwrap();
     let Command::Sync(request) = command else {
         panic!("not a sync")
     };
-    assert_eq!((request.from_id, request.known, request.sync_limit), (0, None, 7));
+    assert_eq!(
+        (request.from_id, request.known, request.sync_limit),
+        (0, None, 7)
+    );
 }
 
 #[test]

@@ -143,7 +143,11 @@ impl ToyNode {
 
     fn insert(&mut self, events: Option<Vec<WireEvent>>) {
         for event in events.into_iter().flatten() {
-            let last = self.known.get(&event.body.creator_id).copied().unwrap_or(-1);
+            let last = self
+                .known
+                .get(&event.body.creator_id)
+                .copied()
+                .unwrap_or(-1);
             if event.body.index > last {
                 self.known.insert(event.body.creator_id, event.body.index);
                 self.events.push(event);
@@ -167,7 +171,9 @@ impl ToyNode {
         let index = self.known.get(&self.id).copied().unwrap_or(-1) + 1;
         let event = WireEvent {
             body: WireBody {
-                transactions: Some(vec![Some(format!("tx {} of node {}", index, self.id).into_bytes())]),
+                transactions: Some(vec![Some(
+                    format!("tx {} of node {}", index, self.id).into_bytes(),
+                )]),
                 creator_id: self.id,
                 index,
                 self_parent_index: index - 1,
@@ -251,14 +257,17 @@ impl ToyNode {
             let result = transport.sync(&target, request).await;
             (target, result)
         };
-        ctx.spawn(sync.into_actor(self).map(|(target, result), node, ctx| match result {
-            Ok(response) => {
-                node.stats.count(&node.stats.syncs);
-                node.insert(response.events);
-                node.push(target, response.known.unwrap_or_default(), ctx);
-            }
-            Err(err) => node.stats.failed(&target, &err, &node.log),
-        }));
+        ctx.spawn(
+            sync.into_actor(self)
+                .map(|(target, result), node, ctx| match result {
+                    Ok(response) => {
+                        node.stats.count(&node.stats.syncs);
+                        node.insert(response.events);
+                        node.push(target, response.known.unwrap_or_default(), ctx);
+                    }
+                    Err(err) => node.stats.failed(&target, &err, &node.log),
+                }),
+        );
     }
 
     /// EagerSync: hands `target` what it told us it is missing.
@@ -275,10 +284,13 @@ impl ToyNode {
             let result = transport.eager_sync(&target, request).await;
             (target, result)
         };
-        ctx.spawn(push.into_actor(self).map(|(target, result), node, _| match result {
-            Ok(_) => node.stats.count(&node.stats.eager_syncs),
-            Err(err) => node.stats.failed(&target, &err, &node.log),
-        }));
+        ctx.spawn(
+            push.into_actor(self)
+                .map(|(target, result), node, _| match result {
+                    Ok(_) => node.stats.count(&node.stats.eager_syncs),
+                    Err(err) => node.stats.failed(&target, &err, &node.log),
+                }),
+        );
     }
 
     fn start_gossip(&mut self, ctx: &mut Context<Self>) {
@@ -289,47 +301,58 @@ impl ToyNode {
     fn join_then_fast_forward(&mut self, sponsor: String, ctx: &mut Context<Self>) {
         let transport = self.transport.clone();
         let join = JoinRequest {
-            internal_transaction: InternalTransaction::new(TransactionType::PEER_ADD, self.me.clone()),
+            internal_transaction: InternalTransaction::new(
+                TransactionType::PEER_ADD,
+                self.me.clone(),
+            ),
         };
         let id = self.id;
         let steps = async move {
             let joined = transport.join(&sponsor, join).await;
             let state = match &joined {
-                Ok(_) => Some(transport.fast_forward(&sponsor, FastForwardRequest { from_id: id }).await),
+                Ok(_) => Some(
+                    transport
+                        .fast_forward(&sponsor, FastForwardRequest { from_id: id })
+                        .await,
+                ),
                 Err(_) => None,
             };
             (sponsor, joined, state)
         };
-        ctx.spawn(steps.into_actor(self).map(|(sponsor, joined, state), node, ctx| {
-            match joined {
-                Ok(response) if response.accepted => {
-                    node.stats.count(&node.stats.joins);
-                    node.peers = response
-                        .peers
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                        .map(|p| p.net_addr)
-                        .filter(|addr| *addr != node.me.net_addr)
-                        .collect();
-                }
-                Ok(_) => slog::warn!(node.log, "join refused"),
-                Err(err) => node.stats.failed(&sponsor, &err, &node.log),
-            }
-            match state {
-                Some(Ok(response)) => {
-                    node.stats.count(&node.stats.fast_forwards);
-                    let events: Vec<WireEvent> = response
-                        .snapshot
-                        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-                        .unwrap_or_default();
-                    node.insert(Some(events));
-                }
-                Some(Err(err)) => node.stats.failed(&sponsor, &err, &node.log),
-                None => {}
-            }
-            node.start_gossip(ctx);
-        }));
+        ctx.spawn(
+            steps
+                .into_actor(self)
+                .map(|(sponsor, joined, state), node, ctx| {
+                    match joined {
+                        Ok(response) if response.accepted => {
+                            node.stats.count(&node.stats.joins);
+                            node.peers = response
+                                .peers
+                                .into_iter()
+                                .flatten()
+                                .flatten()
+                                .map(|p| p.net_addr)
+                                .filter(|addr| *addr != node.me.net_addr)
+                                .collect();
+                        }
+                        Ok(_) => slog::warn!(node.log, "join refused"),
+                        Err(err) => node.stats.failed(&sponsor, &err, &node.log),
+                    }
+                    match state {
+                        Some(Ok(response)) => {
+                            node.stats.count(&node.stats.fast_forwards);
+                            let events: Vec<WireEvent> = response
+                                .snapshot
+                                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                                .unwrap_or_default();
+                            node.insert(Some(events));
+                        }
+                        Some(Err(err)) => node.stats.failed(&sponsor, &err, &node.log),
+                        None => {}
+                    }
+                    node.start_gossip(ctx);
+                }),
+        );
     }
 }
 

@@ -61,9 +61,7 @@ pub fn vector_answer(command: &Command) -> Result<Response, String> {
     Ok(match command {
         Command::Sync(_) => vectors::response("sync_response", RpcType::Sync),
         Command::EagerSync(_) => vectors::response("eager_sync_response", RpcType::EagerSync),
-        Command::FastForward(_) => {
-            vectors::response("fast_forward_response", RpcType::FastForward)
-        }
+        Command::FastForward(_) => vectors::response("fast_forward_response", RpcType::FastForward),
         Command::Join(_) => vectors::response("join_response", RpcType::Join),
     })
 }
@@ -146,7 +144,10 @@ pub async fn unanswered_call_times_out(pair: Pair) {
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(300), "gave up after {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "gave up after {elapsed:?}"
+    );
     assert!(held.recv().await.is_some(), "the server got the request");
 }
 
@@ -296,8 +297,7 @@ macro_rules! transport_suite {
             }
             #[actix_rt::test]
             async fn dropped_consumer_gives_callers_an_error() {
-                suite::dropped_consumer_gives_callers_an_error($pair(Config::default()).await)
-                    .await
+                suite::dropped_consumer_gives_callers_an_error($pair(Config::default()).await).await
             }
             #[actix_rt::test]
             async fn dropped_responder_gives_the_caller_an_error() {

@@ -48,11 +48,16 @@ pub fn reply(name: &str, rpc_type: RpcType) -> Reply {
     let mut buf = BytesMut::from(&bytes(name)[..]);
     let mut codec = ClientCodec::default();
     codec.expect(rpc_type);
-    codec.decode_eof(&mut buf).expect("decodes").expect("complete")
+    codec
+        .decode_eof(&mut buf)
+        .expect("decodes")
+        .expect("complete")
 }
 
 /// The response a vector holds.
 #[allow(dead_code)]
 pub fn response(name: &str, rpc_type: RpcType) -> Response {
-    reply(name, rpc_type).response.expect("vector has a response")
+    reply(name, rpc_type)
+        .response
+        .expect("vector has a response")
 }

@@ -107,12 +107,11 @@ impl Decoder for ClientCodec {
         self.expecting = None;
         self.state = ReplyState::Error(ValueScanner::starting_at(0));
         let frame = src.split_to(end);
-        let error = serde_json::from_slice(&frame[..error_end]).map_err(|source| {
-            CodecError::Json {
+        let error =
+            serde_json::from_slice(&frame[..error_end]).map_err(|source| CodecError::Json {
                 what: "reply error",
                 source,
-            }
-        })?;
+            })?;
         let response = decode_response(rpc_type, &frame[error_end..])?;
         Ok(Some(Reply { error, response }))
     }

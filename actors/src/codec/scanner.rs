@@ -121,7 +121,10 @@ impl ValueScanner {
 
 fn unexpected(byte: u8) -> String {
     if byte.is_ascii_graphic() {
-        format!("unexpected '{}' where a JSON value should start", byte as char)
+        format!(
+            "unexpected '{}' where a JSON value should start",
+            byte as char
+        )
     } else {
         format!("unexpected byte 0x{byte:02x} where a JSON value should start")
     }

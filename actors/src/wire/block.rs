@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::go_json;
+use super::{go_json, ByteSlice, ByteSlices};
 use super::{InternalTransaction, InternalTransactionReceipt};
 
 /// A validator's signature of a block.
@@ -11,7 +11,7 @@ use super::{InternalTransaction, InternalTransactionReceipt};
 pub struct BlockSignature {
     /// Public key of the validator (Go `[]byte`).
     #[serde(rename = "Validator", with = "go_json::bytes")]
-    pub validator: Option<Vec<u8>>,
+    pub validator: ByteSlice,
     /// Index of the signed block.
     #[serde(rename = "Index")]
     pub index: i64,
@@ -35,16 +35,16 @@ pub struct BlockBody {
     pub timestamp: i64,
     /// Application state after the block (Go `[]byte`).
     #[serde(rename = "StateHash", with = "go_json::bytes")]
-    pub state_hash: Option<Vec<u8>>,
+    pub state_hash: ByteSlice,
     /// Hash of the frame the block was built from (Go `[]byte`).
     #[serde(rename = "FrameHash", with = "go_json::bytes")]
-    pub frame_hash: Option<Vec<u8>>,
+    pub frame_hash: ByteSlice,
     /// Hash of the peer set (Go `[]byte`).
     #[serde(rename = "PeersHash", with = "go_json::bytes")]
-    pub peers_hash: Option<Vec<u8>>,
+    pub peers_hash: ByteSlice,
     /// Application transactions (Go `[][]byte`).
     #[serde(rename = "Transactions", with = "go_json::bytes_list")]
-    pub transactions: Option<Vec<Option<Vec<u8>>>>,
+    pub transactions: ByteSlices,
     /// Transactions that change the group.
     #[serde(rename = "InternalTransactions")]
     pub internal_transactions: Option<Vec<InternalTransaction>>,

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::go_json;
+use super::{go_json, ByteSlice, ByteSlices};
 use super::{BlockSignature, InternalTransaction};
 
 /// A block signature inside a [`WireBody`]: the validator is implied by the
@@ -23,7 +23,7 @@ pub struct WireBlockSignature {
 pub struct WireBody {
     /// Application transactions (Go `[][]byte`; `None` is nil).
     #[serde(rename = "Transactions", with = "go_json::bytes_list")]
-    pub transactions: Option<Vec<Option<Vec<u8>>>>,
+    pub transactions: ByteSlices,
     /// Transactions that change the group.
     #[serde(rename = "InternalTransactions")]
     pub internal_transactions: Option<Vec<InternalTransaction>>,
@@ -69,7 +69,7 @@ pub struct WireEvent {
 pub struct EventBody {
     /// Application transactions (Go `[][]byte`; `None` is nil).
     #[serde(rename = "Transactions", with = "go_json::bytes_list")]
-    pub transactions: Option<Vec<Option<Vec<u8>>>>,
+    pub transactions: ByteSlices,
     /// Transactions that change the group.
     #[serde(rename = "InternalTransactions")]
     pub internal_transactions: Option<Vec<InternalTransaction>>,
@@ -78,7 +78,7 @@ pub struct EventBody {
     pub parents: Option<Vec<String>>,
     /// Public key of the creator (Go `[]byte`).
     #[serde(rename = "Creator", with = "go_json::bytes")]
-    pub creator: Option<Vec<u8>>,
+    pub creator: ByteSlice,
     /// Index of this event in its creator's chain.
     #[serde(rename = "Index")]
     pub index: i64,

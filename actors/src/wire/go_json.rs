@@ -189,9 +189,10 @@ pub mod bytes {
     }
 }
 
-/// Go `[][]byte` as `Option<Vec<Option<Vec<u8>>>>`: the outer and every
+/// Go `[][]byte` as [`ByteSlices`](crate::wire::ByteSlices): the list and every
 /// inner slice can be nil.
 pub mod bytes_list {
+    use crate::wire::ByteSlices;
     use serde::de::{Deserializer, SeqAccess, Visitor};
     use serde::ser::SerializeSeq;
     use serde::{Deserialize, Serialize, Serializer};
@@ -214,10 +215,7 @@ pub mod bytes_list {
     }
 
     /// Serializes a Go `[][]byte`.
-    pub fn serialize<S: Serializer>(
-        value: &Option<Vec<Option<Vec<u8>>>>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(value: &ByteSlices, s: S) -> Result<S::Ok, S::Error> {
         match value {
             None => s.serialize_none(),
             Some(items) => {
@@ -231,13 +229,11 @@ pub mod bytes_list {
     }
 
     /// Deserializes a Go `[][]byte`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Vec<Option<Vec<u8>>>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSlices, D::Error> {
         struct ListVisitor;
 
         impl<'de> Visitor<'de> for ListVisitor {
-            type Value = Option<Vec<Option<Vec<u8>>>>;
+            type Value = ByteSlices;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an array of base64 strings or null")
@@ -287,8 +283,7 @@ pub mod string_sorted_map {
         let Some(map) = value else {
             return s.serialize_none();
         };
-        let mut entries: Vec<(String, &V)> =
-            map.iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let mut entries: Vec<(String, &V)> = map.iter().map(|(k, v)| (k.to_string(), v)).collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut out = s.serialize_map(Some(entries.len()))?;
         for (key, value) in entries {

@@ -3,7 +3,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::go_json;
+use super::{go_json, ByteSlice};
 use super::{Block, Frame, InternalTransaction, Peer, WireEvent};
 
 /// The first byte of a request frame: which RPC follows.
@@ -131,7 +131,7 @@ pub struct FastForwardResponse {
     pub frame: Frame,
     /// The application's state at that block (Go `[]byte`).
     #[serde(rename = "Snapshot", with = "go_json::bytes")]
-    pub snapshot: Option<Vec<u8>>,
+    pub snapshot: ByteSlice,
 }
 
 /// A request to join the group, carried as a PEER_ADD internal transaction.
@@ -187,6 +187,9 @@ impl Command {
 }
 
 /// The answer to a [`Command`]; its variant must match the command's.
+// A FastForward response is a few hundred bytes inline (its snapshot is on
+// the heap); boxing it would only make matching on it clumsier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response {
     /// See [`SyncResponse`].

@@ -14,6 +14,13 @@ mod messages;
 mod peer;
 mod transaction;
 
+/// A Go `[]byte`: `None` is nil (`null` on the wire), `Some` is base64 text.
+pub type ByteSlice = Option<Vec<u8>>;
+
+/// A Go `[][]byte`, such as a list of transactions: the list and each
+/// element can be nil.
+pub type ByteSlices = Option<Vec<ByteSlice>>;
+
 pub use block::{Block, BlockBody, BlockSignature};
 pub use event::{Event, EventBody, WireBlockSignature, WireBody, WireEvent};
 pub use frame::{Frame, FrameEvent, Root};
