@@ -9,6 +9,7 @@
 //!
 //! Transports:
 //! * [`InmemTransport`]: inside one process, for tests and simulations.
+//! * [`NetworkTransport::tcp`]: TCP, with a pool of connections per peer.
 //!
 //! ```
 //! use babble_net::{InmemTransport, Response, SyncRequest, SyncResponse, Transport};
@@ -39,14 +40,20 @@ mod config;
 mod consumer;
 mod inmem;
 pub mod logging;
+mod network;
+mod tcp;
 mod transport;
 
 pub use babble_net_actors::codec::{self, Reply};
 pub use babble_net_actors::dispatcher::DispatchStats;
 pub use babble_net_actors::error::TransportError;
+pub use babble_net_actors::peer_pool::PoolStats;
 pub use babble_net_actors::rpc::{Responder, Rpc, DROPPED_WITHOUT_ANSWER};
+pub use babble_net_actors::stream::{BoxConnection, Connection, StreamLayer};
 pub use babble_net_actors::wire::{self, *};
 pub use config::Config;
 pub use consumer::Consumer;
 pub use inmem::InmemTransport;
+pub use network::NetworkTransport;
+pub use tcp::TcpStreamLayer;
 pub use transport::Transport;

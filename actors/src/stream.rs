@@ -1,0 +1,45 @@
+//! The byte streams a network transport runs on.
+
+use std::io;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A connection: any bidirectional byte stream.
+pub trait Connection: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Connection for T {}
+
+/// A boxed [`Connection`], so that TCP sockets and WebRTC data channels
+/// travel through the same actors.
+pub type BoxConnection = Box<dyn Connection>;
+
+/// What a network transport needs from the network below it: accept
+/// connections, dial peers, and say where it can be reached.
+///
+/// TCP and WebRTC implement it, and `NetworkTransport` runs on either.
+pub trait StreamLayer: Send + Sync + 'static {
+    /// Waits for the next inbound connection; returns it with a name for
+    /// the remote end (for logs). Errors are retried by the caller after a
+    /// pause, so a transient one (out of file descriptors) must not be
+    /// permanent. After [`close`](StreamLayer::close) it fails for good.
+    fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, String)>>;
+
+    /// Opens a connection to `address`, giving up after `timeout`.
+    fn dial(
+        &self,
+        address: &str,
+        timeout: Duration,
+    ) -> BoxFuture<'static, io::Result<BoxConnection>>;
+
+    /// The address this layer is bound to.
+    fn local_addr(&self) -> String;
+
+    /// The address peers should dial to reach it.
+    fn advertise_addr(&self) -> String;
+
+    /// Stops accepting and releases the listening resources (the port, the
+    /// signaling session). Idempotent.
+    fn close(&self);
+}
