@@ -1,0 +1,224 @@
+//! Toy gossip nodes over TCP.
+//!
+//! All nodes in one process, on 127.0.0.1 ephemeral ports, with one node
+//! killed and restarted half-way through to show the others recover:
+//! ```text
+//! cargo run --example tcp_cluster -- --nodes 4 --secs 3
+//! ```
+//! One node per process, so that a cluster can span processes or machines
+//! (start each of the three in its own terminal):
+//! ```text
+//! cargo run --example tcp_cluster -- --node-config config/node1.toml --secs 10
+//! cargo run --example tcp_cluster -- --node-config config/node2.toml --secs 10
+//! cargo run --example tcp_cluster -- --node-config config/node3.toml --secs 10
+//! ```
+//! Prints progress once a second, then one JSON line with the totals.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use babble_net::{logging, Config, NetworkTransport, Transport};
+use clap::Parser;
+use common::{Start, Stats, StopNode, ToyNode};
+use serde::Deserialize;
+
+#[derive(Parser)]
+#[command(about = "Runs toy gossip nodes over TCP")]
+struct Args {
+    /// Number of nodes in this process (at least 3); the last one joins late.
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 3)]
+    secs: u64,
+    /// Run one node described by this file instead (see config/node1.toml).
+    #[arg(long)]
+    node_config: Option<PathBuf>,
+    /// Milliseconds between two gossip rounds of a node.
+    #[arg(long, default_value_t = 20)]
+    period_ms: u64,
+    /// Log level (error, warn, info, debug, trace).
+    #[arg(long, default_value = "warn")]
+    log_level: String,
+}
+
+/// A node's file: its place in the cluster and its transport settings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    node: NodeSection,
+    #[serde(default)]
+    transport: Config,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSection {
+    id: u32,
+    /// Addresses of the other members.
+    #[serde(default)]
+    peers: Vec<String>,
+    /// Join through this member (and fast-forward from it) instead.
+    sponsor: Option<String>,
+}
+
+fn fail(message: String) -> ! {
+    eprintln!("{message}");
+    std::process::exit(2)
+}
+
+#[actix_rt::main]
+async fn main() {
+    let args = Args::parse();
+    let level = logging::parse_level(&args.log_level)
+        .unwrap_or_else(|| fail(format!("unknown --log-level {}", args.log_level)));
+    let log = logging::terminal(level);
+    match &args.node_config {
+        Some(path) => run_one_node(&args, path, log).await,
+        None => run_cluster(&args, log).await,
+    }
+}
+
+async fn run_one_node(args: &Args, path: &PathBuf, log: slog::Logger) {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|err| fail(format!("cannot read {}: {err}", path.display())));
+    let file: NodeFile =
+        toml::from_str(&text).unwrap_or_else(|err| fail(format!("{}: {err}", path.display())));
+    let transport = NetworkTransport::tcp(&file.transport, log.clone())
+        .unwrap_or_else(|err| fail(err.to_string()));
+    transport.listen().unwrap_or_else(|err| fail(err.to_string()));
+    println!("node {} listening on {}", file.node.id, transport.local_addr());
+    let start = match file.node.sponsor {
+        Some(sponsor) => Start::Newcomer { sponsor },
+        None => Start::Member {
+            peers: file.node.peers,
+        },
+    };
+    let stats = Arc::new(Stats::default());
+    let node = ToyNode::new(
+        file.node.id,
+        Arc::new(transport.clone()),
+        start,
+        stats.clone(),
+        Duration::from_millis(args.period_ms),
+        log,
+    )
+    .start();
+    common::report_every_second(&stats, args.secs, |_| {}).await;
+    stats.finished.store(true, Ordering::Relaxed);
+    let _ = node.send(StopNode).await;
+    let _ = transport.close().await;
+    println!("{}", stats.summary("tcp", 1, &[]));
+}
+
+/// Starts node `id` on `config` and returns it with its transport.
+fn start_node(
+    id: u32,
+    config: &Config,
+    start: Start,
+    stats: &Arc<Stats>,
+    args: &Args,
+    log: &slog::Logger,
+) -> (NetworkTransport, Addr<ToyNode>) {
+    let transport =
+        NetworkTransport::tcp(config, log.clone()).unwrap_or_else(|err| fail(err.to_string()));
+    transport.listen().unwrap_or_else(|err| fail(err.to_string()));
+    let node = ToyNode::new(
+        id,
+        Arc::new(transport.clone()),
+        start,
+        stats.clone(),
+        Duration::from_millis(args.period_ms),
+        log.clone(),
+    )
+    .start();
+    (transport, node)
+}
+
+async fn run_cluster(args: &Args, log: slog::Logger) {
+    if args.nodes < 3 {
+        fail("--nodes must be at least 3".into());
+    }
+    let stats = Arc::new(Stats::default());
+    let ephemeral = Config {
+        bind_addr: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    // Bind every founder first, so that each knows the others' ports.
+    let founders: Vec<NetworkTransport> = (0..args.nodes - 1)
+        .map(|_| NetworkTransport::tcp(&ephemeral, log.clone()).unwrap_or_else(|e| fail(e.to_string())))
+        .collect();
+    let addrs: Vec<String> = founders.iter().map(|t| t.advertise_addr()).collect();
+    let peers_of = |me: &str| -> Vec<String> { addrs.iter().filter(|a| *a != me).cloned().collect() };
+
+    let mut nodes: Vec<(NetworkTransport, Addr<ToyNode>)> = Vec::new();
+    for (id, transport) in founders.into_iter().enumerate() {
+        transport.listen().unwrap_or_else(|err| fail(err.to_string()));
+        let start = Start::Member {
+            peers: peers_of(&transport.advertise_addr()),
+        };
+        let node = ToyNode::new(
+            id as u32,
+            Arc::new(transport.clone()),
+            start,
+            stats.clone(),
+            Duration::from_millis(args.period_ms),
+            log.clone(),
+        )
+        .start();
+        nodes.push((transport, node));
+    }
+    let newcomer = Start::Newcomer {
+        sponsor: addrs[0].clone(),
+    };
+    nodes.push(start_node(args.nodes as u32 - 1, &ephemeral, newcomer, &stats, args, &log));
+
+    // Half-way through, node 1 dies; a second later it comes back on the
+    // same address and catches up through gossip.
+    let victim = 1;
+    let kill_at = (args.secs / 2).max(1);
+    let mut restarts = 0u64;
+    let mut pending: Option<u64> = None;
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.tick().await;
+    for second in 1..=args.secs {
+        interval.tick().await;
+        println!("{}", stats.progress(second));
+        if second == kill_at {
+            let (transport, node) = &nodes[victim];
+            stats.down.lock().unwrap().insert(addrs[victim].clone());
+            let _ = node.send(StopNode).await;
+            let _ = transport.close().await;
+            println!("node {victim} killed");
+            pending = Some(second + 1);
+        }
+        if pending == Some(second) || (pending.is_some() && second == args.secs) {
+            let config = Config {
+                bind_addr: addrs[victim].clone(),
+                ..Config::default()
+            };
+            let start = Start::Member {
+                peers: peers_of(&addrs[victim]),
+            };
+            nodes[victim] = start_node(victim as u32, &config, start, &stats, args, &log);
+            stats.down.lock().unwrap().remove(&addrs[victim]);
+            restarts += 1;
+            pending = None;
+            println!("node {victim} restarted on {}", addrs[victim]);
+        }
+    }
+
+    stats.finished.store(true, Ordering::Relaxed);
+    for (_, node) in &nodes {
+        let _ = node.send(StopNode).await;
+    }
+    for (transport, _) in &nodes {
+        let _ = transport.close().await;
+    }
+    println!("{}", stats.summary("tcp", args.nodes, &[("restarts", restarts)]));
+}
