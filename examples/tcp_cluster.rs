@@ -91,8 +91,14 @@ async fn run_one_node(args: &Args, path: &PathBuf, log: slog::Logger) {
         toml::from_str(&text).unwrap_or_else(|err| fail(format!("{}: {err}", path.display())));
     let transport = NetworkTransport::tcp(&file.transport, log.clone())
         .unwrap_or_else(|err| fail(err.to_string()));
-    transport.listen().unwrap_or_else(|err| fail(err.to_string()));
-    println!("node {} listening on {}", file.node.id, transport.local_addr());
+    transport
+        .listen()
+        .unwrap_or_else(|err| fail(err.to_string()));
+    println!(
+        "node {} listening on {}",
+        file.node.id,
+        transport.local_addr()
+    );
     let start = match file.node.sponsor {
         Some(sponsor) => Start::Newcomer { sponsor },
         None => Start::Member {
@@ -127,7 +133,9 @@ fn start_node(
 ) -> (NetworkTransport, Addr<ToyNode>) {
     let transport =
         NetworkTransport::tcp(config, log.clone()).unwrap_or_else(|err| fail(err.to_string()));
-    transport.listen().unwrap_or_else(|err| fail(err.to_string()));
+    transport
+        .listen()
+        .unwrap_or_else(|err| fail(err.to_string()));
     let node = ToyNode::new(
         id,
         Arc::new(transport.clone()),
@@ -151,14 +159,19 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
     };
     // Bind every founder first, so that each knows the others' ports.
     let founders: Vec<NetworkTransport> = (0..args.nodes - 1)
-        .map(|_| NetworkTransport::tcp(&ephemeral, log.clone()).unwrap_or_else(|e| fail(e.to_string())))
+        .map(|_| {
+            NetworkTransport::tcp(&ephemeral, log.clone()).unwrap_or_else(|e| fail(e.to_string()))
+        })
         .collect();
     let addrs: Vec<String> = founders.iter().map(|t| t.advertise_addr()).collect();
-    let peers_of = |me: &str| -> Vec<String> { addrs.iter().filter(|a| *a != me).cloned().collect() };
+    let peers_of =
+        |me: &str| -> Vec<String> { addrs.iter().filter(|a| *a != me).cloned().collect() };
 
     let mut nodes: Vec<(NetworkTransport, Addr<ToyNode>)> = Vec::new();
     for (id, transport) in founders.into_iter().enumerate() {
-        transport.listen().unwrap_or_else(|err| fail(err.to_string()));
+        transport
+            .listen()
+            .unwrap_or_else(|err| fail(err.to_string()));
         let start = Start::Member {
             peers: peers_of(&transport.advertise_addr()),
         };
@@ -176,7 +189,14 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
     let newcomer = Start::Newcomer {
         sponsor: addrs[0].clone(),
     };
-    nodes.push(start_node(args.nodes as u32 - 1, &ephemeral, newcomer, &stats, args, &log));
+    nodes.push(start_node(
+        args.nodes as u32 - 1,
+        &ephemeral,
+        newcomer,
+        &stats,
+        args,
+        &log,
+    ));
 
     // Half-way through, node 1 dies; a second later it comes back on the
     // same address and catches up through gossip.
@@ -220,5 +240,8 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
     for (transport, _) in &nodes {
         let _ = transport.close().await;
     }
-    println!("{}", stats.summary("tcp", args.nodes, &[("restarts", restarts)]));
+    println!(
+        "{}",
+        stats.summary("tcp", args.nodes, &[("restarts", restarts)])
+    );
 }

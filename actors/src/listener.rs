@@ -274,3 +274,110 @@ async fn serve_connection(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
+    use futures::FutureExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::dispatcher::Delivery;
+    use crate::wire::{Response, SyncResponse};
+
+    /// Fails its first `failures` accepts, then hands out `connection`.
+    struct FlakyLayer {
+        failures: Mutex<u32>,
+        attempts: Mutex<Vec<Instant>>,
+        connection: Mutex<Option<BoxConnection>>,
+    }
+
+    impl StreamLayer for FlakyLayer {
+        fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, String)>> {
+            self.attempts.lock().unwrap().push(Instant::now());
+            let mut failures = self.failures.lock().unwrap();
+            if *failures > 0 {
+                *failures -= 1;
+                return futures::future::ready(Err(io::Error::other("too many open files")))
+                    .boxed();
+            }
+            match self.connection.lock().unwrap().take() {
+                Some(connection) => futures::future::ready(Ok((connection, "test".into()))).boxed(),
+                None => futures::future::pending().boxed(),
+            }
+        }
+
+        fn dial(&self, _: &str, _: Duration) -> BoxFuture<'static, io::Result<BoxConnection>> {
+            futures::future::ready(Err(io::Error::other("this layer only accepts"))).boxed()
+        }
+
+        fn local_addr(&self) -> String {
+            "flaky".into()
+        }
+
+        fn advertise_addr(&self) -> String {
+            "flaky".into()
+        }
+
+        fn close(&self) {}
+    }
+
+    #[actix_rt::test]
+    async fn accept_errors_are_retried_with_growing_pauses() {
+        let (client, server) = tokio::io::duplex(4096);
+        let layer = Arc::new(FlakyLayer {
+            failures: Mutex::new(5),
+            attempts: Mutex::new(Vec::new()),
+            connection: Mutex::new(Some(Box::new(server))),
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Rpc>(4);
+        let log = Logger::root(slog::Discard, slog::o!());
+        let dispatcher = Dispatcher::new(Delivery::Stream(tx), log.clone()).start();
+        let limits = ListenerLimits {
+            max_inbound: 4,
+            idle_timeout: Duration::from_secs(5),
+            max_frame_size: 1024,
+        };
+        let shutdown = CancellationToken::new();
+        let listener = Listener::new(
+            layer.clone(),
+            dispatcher,
+            limits,
+            Arc::default(),
+            shutdown.clone(),
+            log,
+        )
+        .start();
+
+        // The sixth accept succeeds and the connection is served.
+        let mut client = client;
+        client
+            .write_all(b"\x01{\"FromID\":1,\"Known\":null,\"SyncLimit\":1}\n")
+            .await
+            .unwrap();
+        let rpc = rx.recv().await.unwrap();
+        rpc.respond(Ok(Response::Sync(SyncResponse::default())));
+        let mut reply = [0u8; 43];
+        client.read_exact(&mut reply).await.unwrap();
+        assert_eq!(
+            &reply,
+            b"\"\"\n{\"FromID\":0,\"Events\":null,\"Known\":null}\n"
+        );
+
+        let attempts = layer.attempts.lock().unwrap().clone();
+        assert!(attempts.len() >= 6);
+        let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+        for (i, gap) in gaps.iter().take(5).enumerate() {
+            let pause = Duration::from_millis(5) * 2u32.pow(i as u32);
+            assert!(
+                *gap >= pause,
+                "retry {i} came after {gap:?}, before the {pause:?} pause"
+            );
+        }
+        listener.send(StopListener).await.unwrap();
+    }
+}
