@@ -84,7 +84,7 @@ impl ValueScanner {
                         _ => {}
                     }
                 }
-                State::String { top_level } => match memchr2(b'"', b'\\', &buf[self.pos..]) {
+                State::String { top_level } => match find_quote_or_backslash(&buf[self.pos..]) {
                     None => self.pos = buf.len(),
                     Some(offset) => {
                         self.pos += offset + 1;
@@ -117,6 +117,21 @@ impl ValueScanner {
         }
         Ok(None)
     }
+}
+
+/// The first `"` or `\\`: a plain loop over the first bytes (most strings
+/// are short keys), then a SIMD search (base64 payloads can be megabytes).
+#[inline]
+fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+    const SHORT: usize = 24;
+    let head = &bytes[..bytes.len().min(SHORT)];
+    if let Some(found) = head.iter().position(|b| *b == b'"' || *b == b'\\') {
+        return Some(found);
+    }
+    if bytes.len() <= SHORT {
+        return None;
+    }
+    memchr2(b'"', b'\\', &bytes[SHORT..]).map(|found| found + SHORT)
 }
 
 fn unexpected(byte: u8) -> String {

@@ -39,32 +39,28 @@ impl Formatter for GoFormatter {
     {
         let bytes = fragment.as_bytes();
         let mut start = 0;
-        let mut i = 0;
-        while i < bytes.len() {
-            let escape: &[u8] = match bytes[i] {
-                b'<' => b"\\u003c",
-                b'>' => b"\\u003e",
-                b'&' => b"\\u0026",
-                // U+2028 and U+2029 are E2 80 A8 / E2 80 A9 in UTF-8.
-                0xE2 if bytes.get(i + 1) == Some(&0x80) => match bytes.get(i + 2) {
-                    Some(0xA8) => b"\\u2028",
-                    Some(0xA9) => b"\\u2029",
+        while let Some(offset) = find_go_escape(&bytes[start..]) {
+            let at = start + offset;
+            let (escape, len): (&[u8], usize) = match bytes[at] {
+                b'<' => (b"\\u003c", 1),
+                b'>' => (b"\\u003e", 1),
+                b'&' => (b"\\u0026", 1),
+                // E2 80 A8 / E2 80 A9 are U+2028 / U+2029; EF BF BD is U+FFFD.
+                _ => match &bytes[at..at + 3] {
+                    [0xE2, 0x80, 0xA8] => (b"\\u2028", 3),
+                    [0xE2, 0x80, 0xA9] => (b"\\u2029", 3),
+                    [0xEF, 0xBF, 0xBD] => (b"\\ufffd", 3),
+                    // Another character starting with the same byte.
                     _ => {
-                        i += 1;
+                        writer.write_all(&bytes[start..at + 1])?;
+                        start = at + 1;
                         continue;
                     }
                 },
-                // U+FFFD is EF BF BD.
-                0xEF if bytes.get(i + 1..i + 3) == Some(&[0xBF, 0xBD]) => b"\\ufffd",
-                _ => {
-                    i += 1;
-                    continue;
-                }
             };
-            writer.write_all(&bytes[start..i])?;
+            writer.write_all(&bytes[start..at])?;
             writer.write_all(escape)?;
-            i += if bytes[i] >= 0x80 { 3 } else { 1 };
-            start = i;
+            start = at + len;
         }
         writer.write_all(&bytes[start..])
     }
@@ -98,6 +94,26 @@ impl Formatter for GoFormatter {
         };
         writer.write_all(short)
     }
+}
+
+/// Where the next byte that may need a Go-only escape is: `<`, `>`, `&`, or
+/// the first byte of U+2028, U+2029 or U+FFFD (always a 3-byte sequence in
+/// valid UTF-8). Most strings on the wire are base64 or hex, so this has to
+/// be fast: a plain loop for short strings (keys, signatures), SIMD
+/// searches for long ones, and none for non-ASCII bytes in ASCII text.
+#[inline]
+fn find_go_escape(bytes: &[u8]) -> Option<usize> {
+    const SHORT: usize = 32;
+    let special = |b: &u8| matches!(b, b'<' | b'>' | b'&' | 0xE2 | 0xEF);
+    if bytes.len() <= SHORT {
+        return bytes.iter().position(special);
+    }
+    let html = memchr::memchr3(b'<', b'>', b'&', bytes);
+    if bytes.is_ascii() {
+        return html;
+    }
+    let haystack = &bytes[..html.unwrap_or(bytes.len())];
+    memchr::memchr2(0xE2, 0xEF, haystack).or(html)
 }
 
 /// Writes `value` as Go's `json.Marshal` would (no trailing newline).

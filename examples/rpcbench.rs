@@ -1,0 +1,334 @@
+//! rpcbench: the benchmark every transport is measured with (BENCH.md).
+//!
+//! ```text
+//! cargo run --release --example rpcbench -- serve --listen 127.0.0.1:7000
+//! cargo run --release --example rpcbench -- call --target 127.0.0.1:7000 \
+//!     --rpc sync --calls 20000 --concurrency 1 --max-pool 2 --sync-limit 0
+//! cargo run --release --example rpcbench -- call --transport inmem --rpc sync ...
+//! cargo run --release --example rpcbench -- echo-serve --listen 127.0.0.1:7001
+//! cargo run --release --example rpcbench -- echo-call --target 127.0.0.1:7001 --calls 20000
+//! cargo run --release --example rpcbench -- codec --sync-limit 1000
+//! ```
+//! `call` speaks the wire format to any server, Go Babble's included, and
+//! `serve` answers any client. `call` prints one JSON line last.
+
+#[path = "rpcbench/codec_limit.rs"]
+mod codec_limit;
+#[path = "rpcbench/echo.rs"]
+mod echo;
+#[path = "rpcbench/report.rs"]
+mod report;
+#[path = "rpcbench/workload.rs"]
+mod workload;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use babble_net::codec::{encode_request, Reply, ServerCodec};
+use babble_net::{logging, Command, Config, InmemTransport, NetworkTransport, Response, Transport};
+use bytes::BytesMut;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use report::Report;
+use tokio_util::codec::Encoder;
+use workload::Shape;
+
+#[derive(Parser)]
+#[command(about = "Measures babble-net transports with the BENCH.md workload")]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Answer every incoming RPC as BENCH.md says.
+    Serve(ServeArgs),
+    /// Make RPCs to a server and report throughput and latency.
+    Call(CallArgs),
+    /// The raw TCP limit, server side: answer each ping-sized request.
+    EchoServe(EchoServeArgs),
+    /// The raw TCP limit, client side: ping-sized round trips.
+    EchoCall(EchoCallArgs),
+    /// The in-memory codec limit: encode+decode rate of a Sync reply.
+    Codec(CodecArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TransportKind {
+    Tcp,
+    Inmem,
+}
+
+#[derive(Args)]
+struct ShapeArgs {
+    /// Transactions per generated event.
+    #[arg(long, default_value_t = 4)]
+    tx_per_event: usize,
+    /// Bytes per transaction.
+    #[arg(long, default_value_t = 100)]
+    tx_size: usize,
+}
+
+impl ShapeArgs {
+    fn shape(&self) -> Shape {
+        Shape {
+            tx_per_event: self.tx_per_event,
+            tx_size: self.tx_size,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    listen: String,
+    #[arg(long, value_enum, default_value = "tcp")]
+    transport: TransportKind,
+    #[command(flatten)]
+    shape: ShapeArgs,
+}
+
+#[derive(Args)]
+struct CallArgs {
+    /// The server's address (ignored with --transport inmem).
+    #[arg(long, default_value = "")]
+    target: String,
+    /// sync, eager, fastforward or join.
+    #[arg(long, default_value = "sync")]
+    rpc: String,
+    #[arg(long, default_value_t = 20000)]
+    calls: u64,
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 2)]
+    max_pool: usize,
+    /// Events per Sync reply / EagerSync request.
+    #[arg(long, default_value_t = 0)]
+    sync_limit: usize,
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// tcp: call --target; inmem: serve and call inside this process.
+    #[arg(long, value_enum, default_value = "tcp")]
+    transport: TransportKind,
+    #[command(flatten)]
+    shape: ShapeArgs,
+}
+
+#[derive(Args)]
+struct EchoServeArgs {
+    #[arg(long)]
+    listen: String,
+}
+
+#[derive(Args)]
+struct EchoCallArgs {
+    #[arg(long)]
+    target: String,
+    #[arg(long, default_value_t = 20000)]
+    calls: u64,
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+}
+
+#[derive(Args)]
+struct CodecArgs {
+    #[arg(long, default_value_t = 1000)]
+    sync_limit: usize,
+    #[arg(long, default_value_t = 200)]
+    iterations: u32,
+    /// Only run our codec (for profiling it alone).
+    #[arg(long)]
+    ours_only: bool,
+    #[command(flatten)]
+    shape: ShapeArgs,
+}
+
+fn fail(message: impl std::fmt::Display) -> ! {
+    eprintln!("rpcbench: {message}");
+    std::process::exit(2)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.role {
+        Role::Serve(args) => actix_rt::System::new().block_on(serve(args)),
+        Role::Call(args) => {
+            let report = actix_rt::System::new().block_on(call(args));
+            println!("{}", report.json());
+        }
+        Role::EchoServe(args) => {
+            let (request, reply) = ping_frames();
+            echo::serve(&args.listen, request.len(), reply).unwrap_or_else(|e| fail(e));
+        }
+        Role::EchoCall(args) => {
+            let (request, reply) = ping_frames();
+            let report = echo::call(&args.target, args.calls, args.concurrency, request, reply.len());
+            println!("{}", report.json());
+        }
+        Role::Codec(args) => {
+            println!("{}", codec_limit::run(args.sync_limit, args.shape.shape(), args.iterations, args.ours_only))
+        }
+    }
+}
+
+/// The exact bytes of a `ping`: a Sync request with SyncLimit 0 and its
+/// reply.
+fn ping_frames() -> (Vec<u8>, Vec<u8>) {
+    let shape = Shape::default();
+    let command = workload::request("sync", 0, shape).expect("sync is known");
+    let reply = Reply::ok(workload::answer(&command, shape, &[]));
+    (request_frame(&command), reply_frame(&reply))
+}
+
+fn request_frame(command: &Command) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    encode_request(command, &mut buf).expect("encodes");
+    buf.to_vec()
+}
+
+fn reply_frame(reply: &Reply) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    ServerCodec::default().encode(reply, &mut buf).expect("encodes");
+    buf.to_vec()
+}
+
+/// Answers the RPCs of `transport` until it closes. Sync replies of the
+/// same size share their generated events.
+fn answer_all(transport: &dyn Transport, shape: Shape) {
+    let mut rpcs = transport.consumer();
+    let snapshot = workload::snapshot();
+    let mut cache: HashMap<i64, Response> = HashMap::new();
+    actix_rt::spawn(async move {
+        while let Some(rpc) = rpcs.recv().await {
+            let response = match &rpc.command {
+                Command::Sync(request) => {
+                    let cached = cache
+                        .entry(request.sync_limit)
+                        .or_insert_with(|| workload::answer(&rpc.command, shape, &snapshot));
+                    let mut response = cached.clone();
+                    if let Response::Sync(sync) = &mut response {
+                        sync.known = request.known.clone();
+                    }
+                    response
+                }
+                command => workload::answer(command, shape, &snapshot),
+            };
+            rpc.respond(Ok(response));
+        }
+    });
+}
+
+async fn serve(args: ServeArgs) {
+    let config = Config {
+        bind_addr: args.listen.clone(),
+        max_inbound: 4096,
+        ..Config::default()
+    };
+    let transport = match args.transport {
+        TransportKind::Tcp => NetworkTransport::tcp(&config, logging::terminal(slog::Level::Warning))
+            .unwrap_or_else(|e| fail(e)),
+        TransportKind::Inmem => fail("serve --transport inmem makes no sense: use call --transport inmem"),
+    };
+    transport.listen().unwrap_or_else(|e| fail(e));
+    answer_all(&transport, args.shape.shape());
+    println!("rpcbench serve listening on {}", transport.local_addr());
+    let _ = tokio::signal::ctrl_c().await;
+    let _ = transport.close().await;
+}
+
+async fn call(args: CallArgs) -> Report {
+    let shape = args.shape.shape();
+    let command = workload::request(&args.rpc, args.sync_limit, shape)
+        .unwrap_or_else(|| fail(format!("unknown --rpc {} (sync, eager, fastforward, join)", args.rpc)));
+    let expected = workload::answer(&command, shape, &workload::snapshot());
+    let bytes_out = request_frame(&command).len() as u64;
+    let bytes_in = reply_frame(&Reply::ok(expected.clone())).len() as u64;
+    let config = Config {
+        bind_addr: "127.0.0.1:0".into(),
+        max_pool: args.max_pool,
+        timeout: Duration::from_millis(args.timeout_ms),
+        join_timeout: Duration::from_millis(args.timeout_ms),
+        ..Config::default()
+    };
+    let (client, target): (Arc<dyn Transport>, String) = match args.transport {
+        TransportKind::Tcp => {
+            if args.target.is_empty() {
+                fail("call needs --target");
+            }
+            let client = NetworkTransport::tcp(&config, logging::terminal(slog::Level::Error))
+                .unwrap_or_else(|e| fail(e));
+            (Arc::new(client), args.target.clone())
+        }
+        TransportKind::Inmem => {
+            let server = InmemTransport::with_config(Some("server".into()), &config, logging::discard());
+            answer_all(&server, shape);
+            let client = InmemTransport::with_config(None, &config, logging::discard());
+            client.connect("server", &server);
+            (Arc::new(client), "server".to_owned())
+        }
+    };
+
+    let remaining = Rc::new(RefCell::new(args.calls));
+    let expected = Rc::new(expected);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.concurrency.max(1))
+        .map(|_| {
+            let (client, target, command, expected, remaining) =
+                (client.clone(), target.clone(), command.clone(), expected.clone(), remaining.clone());
+            actix_rt::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                loop {
+                    {
+                        let mut left = remaining.borrow_mut();
+                        if *left == 0 {
+                            break;
+                        }
+                        *left -= 1;
+                    }
+                    let t0 = Instant::now();
+                    match client.call(&target, command.clone()).await {
+                        Ok(response) if response == *expected => {
+                            latencies.push(t0.elapsed().as_micros() as u64)
+                        }
+                        Ok(_) => {
+                            errors += 1;
+                            eprintln!("rpcbench: the answer differs from the expected one");
+                        }
+                        Err(err) => {
+                            errors += 1;
+                            if errors <= 3 {
+                                eprintln!("rpcbench: {err}");
+                            }
+                        }
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut report = Report {
+        rpc: args.rpc.clone(),
+        calls: args.calls,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::with_capacity(args.calls as usize),
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    for worker in workers {
+        let (latencies, errors) = worker.await.expect("worker ran");
+        report.latencies_us.extend(latencies);
+        report.errors += errors;
+    }
+    report.elapsed = started.elapsed();
+    let ok = report.calls - report.errors;
+    report.bytes_in = ok * bytes_in;
+    report.bytes_out = ok * bytes_out;
+    let _ = client.close().await;
+    report
+}
