@@ -71,18 +71,29 @@ impl ValueScanner {
                     other => return Err(CodecError::Syntax(unexpected(other))),
                 },
                 State::Container => {
-                    self.pos += 1;
-                    match byte {
-                        b'"' => self.state = State::String { top_level: false },
-                        b'{' | b'[' => self.depth += 1,
-                        b'}' | b']' => {
-                            self.depth -= 1;
-                            if self.depth == 0 {
-                                return Ok(Some(self.pos));
+                    // A tight loop over the structural bytes between two
+                    // strings; state is only re-examined when one is found.
+                    let rest = &buf[self.pos..];
+                    let mut consumed = rest.len();
+                    for (offset, byte) in rest.iter().enumerate() {
+                        match byte {
+                            b'"' => {
+                                self.state = State::String { top_level: false };
+                                consumed = offset + 1;
+                                break;
                             }
+                            b'{' | b'[' => self.depth += 1,
+                            b'}' | b']' => {
+                                self.depth -= 1;
+                                if self.depth == 0 {
+                                    self.pos += offset + 1;
+                                    return Ok(Some(self.pos));
+                                }
+                            }
+                            _ => {}
                         }
-                        _ => {}
                     }
+                    self.pos += consumed;
                 }
                 State::String { top_level } => match find_quote_or_backslash(&buf[self.pos..]) {
                     None => self.pos = buf.len(),
