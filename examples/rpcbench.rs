@@ -166,11 +166,25 @@ fn main() {
         }
         Role::EchoCall(args) => {
             let (request, reply) = ping_frames();
-            let report = echo::call(&args.target, args.calls, args.concurrency, request, reply.len());
+            let report = echo::call(
+                &args.target,
+                args.calls,
+                args.concurrency,
+                request,
+                reply.len(),
+            );
             println!("{}", report.json());
         }
         Role::Codec(args) => {
-            println!("{}", codec_limit::run(args.sync_limit, args.shape.shape(), args.iterations, args.ours_only))
+            println!(
+                "{}",
+                codec_limit::run(
+                    args.sync_limit,
+                    args.shape.shape(),
+                    args.iterations,
+                    args.ours_only
+                )
+            )
         }
     }
 }
@@ -192,7 +206,9 @@ fn request_frame(command: &Command) -> Vec<u8> {
 
 fn reply_frame(reply: &Reply) -> Vec<u8> {
     let mut buf = BytesMut::new();
-    ServerCodec::default().encode(reply, &mut buf).expect("encodes");
+    ServerCodec::default()
+        .encode(reply, &mut buf)
+        .expect("encodes");
     buf.to_vec()
 }
 
@@ -229,9 +245,13 @@ async fn serve(args: ServeArgs) {
         ..Config::default()
     };
     let transport = match args.transport {
-        TransportKind::Tcp => NetworkTransport::tcp(&config, logging::terminal(slog::Level::Warning))
-            .unwrap_or_else(|e| fail(e)),
-        TransportKind::Inmem => fail("serve --transport inmem makes no sense: use call --transport inmem"),
+        TransportKind::Tcp => {
+            NetworkTransport::tcp(&config, logging::terminal(slog::Level::Warning))
+                .unwrap_or_else(|e| fail(e))
+        }
+        TransportKind::Inmem => {
+            fail("serve --transport inmem makes no sense: use call --transport inmem")
+        }
     };
     transport.listen().unwrap_or_else(|e| fail(e));
     answer_all(&transport, args.shape.shape());
@@ -242,8 +262,12 @@ async fn serve(args: ServeArgs) {
 
 async fn call(args: CallArgs) -> Report {
     let shape = args.shape.shape();
-    let command = workload::request(&args.rpc, args.sync_limit, shape)
-        .unwrap_or_else(|| fail(format!("unknown --rpc {} (sync, eager, fastforward, join)", args.rpc)));
+    let command = workload::request(&args.rpc, args.sync_limit, shape).unwrap_or_else(|| {
+        fail(format!(
+            "unknown --rpc {} (sync, eager, fastforward, join)",
+            args.rpc
+        ))
+    });
     let expected = workload::answer(&command, shape, &workload::snapshot());
     let bytes_out = request_frame(&command).len() as u64;
     let bytes_in = reply_frame(&Reply::ok(expected.clone())).len() as u64;
@@ -264,7 +288,8 @@ async fn call(args: CallArgs) -> Report {
             (Arc::new(client), args.target.clone())
         }
         TransportKind::Inmem => {
-            let server = InmemTransport::with_config(Some("server".into()), &config, logging::discard());
+            let server =
+                InmemTransport::with_config(Some("server".into()), &config, logging::discard());
             answer_all(&server, shape);
             let client = InmemTransport::with_config(None, &config, logging::discard());
             client.connect("server", &server);
@@ -277,8 +302,13 @@ async fn call(args: CallArgs) -> Report {
     let started = Instant::now();
     let workers: Vec<_> = (0..args.concurrency.max(1))
         .map(|_| {
-            let (client, target, command, expected, remaining) =
-                (client.clone(), target.clone(), command.clone(), expected.clone(), remaining.clone());
+            let (client, target, command, expected, remaining) = (
+                client.clone(),
+                target.clone(),
+                command.clone(),
+                expected.clone(),
+                remaining.clone(),
+            );
             actix_rt::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;

@@ -12,7 +12,7 @@ use babble_net_actors::codec::encode_request;
 use babble_net_actors::dispatcher::DispatchStats;
 use babble_net_actors::listener::{Listener, ListenerCounters, ListenerLimits, StopListener};
 use babble_net_actors::peer_pool::{
-    Call, ClosePool, GetPoolStats, PeerPool, PoolSettings, PoolStats,
+    self, Call, ClosePool, GetPoolStats, PeerPool, PoolSettings, PoolStats,
 };
 use babble_net_actors::stream::StreamLayer;
 use bytes::BytesMut;
@@ -193,8 +193,9 @@ impl Transport for NetworkTransport {
             timeout,
         };
         let started = Instant::now();
+        let pool = self.pool(target);
         let reply = tokio::select! {
-            reply = self.pool(target).send(call) => reply.map_err(|_| TransportError::Shutdown)?,
+            reply = peer_pool::call(&pool, call) => reply,
             _ = self.inner.shutdown.cancelled() => Err(TransportError::Shutdown),
         };
         debug!(self.inner.log, "call";

@@ -12,11 +12,13 @@
 //! and what they share: [`wire`] (the RPC messages and hashgraph data,
 //! encoded like Go Babble), [`codec`] (request and reply frames as
 //! tokio-util codecs), [`rpc`] (an incoming RPC with its responder),
-//! [`stream`] (the byte streams below) and [`error`].
+//! [`stream`] (the byte streams below), [`deadline`] (progress-aware I/O
+//! deadlines) and [`error`].
 
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod deadline;
 pub mod dispatcher;
 pub mod error;
 pub mod listener;

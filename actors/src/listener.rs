@@ -13,7 +13,6 @@
 //! Accept errors (such as running out of file descriptors) are retried
 //! after a pause that grows up to a second, never in a hot loop.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +21,11 @@ use actix::prelude::*;
 use futures::{SinkExt, StreamExt};
 use slog::{debug, info, warn, Logger};
 use tokio::sync::{oneshot, Semaphore};
-use tokio_io_timeout::TimeoutStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{CodecError, Reply, ServerCodec};
+use crate::deadline::DeadlineStream;
 use crate::dispatcher::{Dispatch, Dispatcher};
 use crate::rpc::Rpc;
 use crate::stream::{BoxConnection, StreamLayer};
@@ -231,7 +230,7 @@ impl Handler<StopListener> for Listener {
     }
 }
 
-type ServerFramed = Framed<Pin<Box<TimeoutStream<BoxConnection>>>, ServerCodec>;
+type ServerFramed = Framed<DeadlineStream<BoxConnection>, ServerCodec>;
 
 /// Serves requests on one connection until the peer closes it (`Ok`) or
 /// something goes wrong (`Err`, logged by the caller).
@@ -243,11 +242,9 @@ async fn serve_connection(
     shutdown: CancellationToken,
     log: Logger,
 ) -> Result<(), CodecError> {
-    let mut stream = TimeoutStream::new(connection);
-    stream.set_read_timeout(Some(limits.idle_timeout));
-    stream.set_write_timeout(Some(limits.idle_timeout));
-    let mut framed: ServerFramed =
-        Framed::new(Box::pin(stream), ServerCodec::new(limits.max_frame_size));
+    let mut stream = DeadlineStream::new(connection);
+    stream.restart(Some(limits.idle_timeout));
+    let mut framed: ServerFramed = Framed::new(stream, ServerCodec::new(limits.max_frame_size));
     loop {
         let command = tokio::select! {
             next = framed.next() => match next {

@@ -1,11 +1,11 @@
 //! The PeerPool actor: the connections to one peer.
 //!
 //! There is one PeerPool per target, created on first use and supervised.
-//! A call takes an idle connection, or dials a new one; the request is
-//! written and the reply read in a future of its own, outside the actor's
-//! mailbox, so a slow peer never holds up the pool. A connection goes back
-//! to the pool only after a clean, complete reply, and at most `max_pool`
-//! idle connections are kept.
+//! A [`call`] leases an idle connection from the pool (or dials a new one
+//! when there is none), then writes the request and reads the reply in the
+//! caller's own future, outside the actor's mailbox, so a slow peer never
+//! holds up the pool. A connection goes back to the pool only after a
+//! clean, complete reply, and at most `max_pool` idle connections are kept.
 //!
 //! When a connection fails, the pool stops and its supervisor restarts it
 //! empty: its other idle connections are most likely dead as well.
@@ -20,7 +20,6 @@
 //! are idempotent; Join is not retried).
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,16 +28,16 @@ use bytes::Bytes;
 use futures::StreamExt;
 use slog::{debug, warn, Logger};
 use tokio::io::AsyncWriteExt;
-use tokio_io_timeout::TimeoutStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{ClientCodec, CodecError, Reply};
+use crate::deadline::DeadlineStream;
 use crate::error::TransportError;
 use crate::stream::{BoxConnection, StreamLayer};
 use crate::wire::RpcType;
 
-type ClientFramed = Framed<Pin<Box<TimeoutStream<BoxConnection>>>, ClientCodec>;
+type ClientFramed = Framed<DeadlineStream<BoxConnection>, ClientCodec>;
 
 /// An idle connection and when it was last used.
 struct PooledConnection {
@@ -69,15 +68,22 @@ pub struct PoolStats {
     pub restarts: u64,
 }
 
-/// See the [module docs](self).
-pub struct PeerPool {
+/// What a call needs to know about its peer; shared, so that leasing a
+/// connection costs one reference count.
+struct PeerInfo {
     target: String,
     layer: Arc<dyn StreamLayer>,
+    max_frame_size: usize,
+    log: Logger,
+}
+
+/// See the [module docs](self).
+pub struct PeerPool {
+    peer: Arc<PeerInfo>,
     settings: PoolSettings,
     idle: Vec<PooledConnection>,
     stats: PoolStats,
     shutdown: CancellationToken,
-    log: Logger,
 }
 
 impl PeerPool {
@@ -90,14 +96,18 @@ impl PeerPool {
         log: Logger,
     ) -> Self {
         let log = log.new(slog::o!("peer" => target.clone()));
-        PeerPool {
+        let peer = Arc::new(PeerInfo {
             target,
             layer,
+            max_frame_size: settings.max_frame_size,
+            log,
+        });
+        PeerPool {
+            peer,
             settings,
             idle: Vec::new(),
             stats: PoolStats::default(),
             shutdown,
-            log,
         }
     }
 
@@ -120,13 +130,12 @@ impl Supervised for PeerPool {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.idle.clear();
         self.stats.restarts += 1;
-        debug!(self.log, "pool restarted empty");
+        debug!(self.peer.log, "pool restarted empty");
     }
 }
 
-/// Sends one encoded request and returns the reply.
-#[derive(Message)]
-#[rtype(result = "Result<Reply, TransportError>")]
+/// One encoded request to send.
+#[derive(Clone, Debug)]
 pub struct Call {
     /// The request frame, as written by
     /// [`encode_request`](crate::codec::encode_request).
@@ -137,35 +146,59 @@ pub struct Call {
     pub timeout: Duration,
 }
 
-impl Handler<Call> for PeerPool {
-    type Result = ResponseFuture<Result<Reply, TransportError>>;
+/// Sends `call` to the pool's peer and returns the reply.
+pub async fn call(pool: &Addr<PeerPool>, call: Call) -> Result<Reply, TransportError> {
+    let lease = pool
+        .send(Checkout)
+        .await
+        .map_err(|_| TransportError::Shutdown)?;
+    let exchange = Exchange {
+        peer: lease.peer,
+        pool: pool.clone(),
+    };
+    exchange.run(call, lease.connection).await
+}
 
-    fn handle(&mut self, call: Call, ctx: &mut Context<Self>) -> Self::Result {
-        let pooled = self.take_idle();
-        let exchange = Exchange {
-            target: self.target.clone(),
-            layer: self.layer.clone(),
-            pool: ctx.address(),
-            max_frame_size: self.settings.max_frame_size,
-            log: self.log.clone(),
-        };
-        let shutdown = self.shutdown.clone();
-        Box::pin(async move {
-            tokio::select! {
-                result = exchange.run(call, pooled) => result,
-                _ = shutdown.cancelled() => Err(TransportError::Shutdown),
-            }
-        })
+/// Asks for an idle connection.
+struct Checkout;
+
+impl Message for Checkout {
+    type Result = Lease;
+}
+
+/// An idle connection if there was one, and what is needed to dial.
+struct Lease {
+    peer: Arc<PeerInfo>,
+    connection: Option<ClientFramed>,
+}
+
+impl<A, M> actix::dev::MessageResponse<A, M> for Lease
+where
+    A: Actor,
+    M: Message<Result = Lease>,
+{
+    fn handle(self, _: &mut A::Context, tx: Option<actix::dev::OneshotSender<Lease>>) {
+        if let Some(tx) = tx {
+            let _ = tx.send(self);
+        }
     }
 }
 
-/// Everything one call needs, moved out of the actor.
+impl Handler<Checkout> for PeerPool {
+    type Result = Lease;
+
+    fn handle(&mut self, _: Checkout, _: &mut Context<Self>) -> Lease {
+        Lease {
+            peer: self.peer.clone(),
+            connection: self.take_idle(),
+        }
+    }
+}
+
+/// One call, in the caller's future.
 struct Exchange {
-    target: String,
-    layer: Arc<dyn StreamLayer>,
+    peer: Arc<PeerInfo>,
     pool: Addr<PeerPool>,
-    max_frame_size: usize,
-    log: Logger,
 }
 
 /// How one attempt ended badly.
@@ -185,7 +218,7 @@ impl Exchange {
         match self.attempt(framed, &call).await {
             Ok(reply) => Ok(reply),
             Err(failure) if reused && failure.before_reply && call.rpc_type != RpcType::Join => {
-                debug!(self.log, "pooled connection was stale, retrying on a new one";
+                debug!(self.peer.log, "pooled connection was stale, retrying on a new one";
                     "rpc" => %call.rpc_type, "error" => %failure.error);
                 let framed = self.dial(call.timeout).await?;
                 self.attempt(framed, &call)
@@ -198,33 +231,30 @@ impl Exchange {
 
     async fn dial(&self, timeout: Duration) -> Result<ClientFramed, TransportError> {
         self.pool.do_send(Dialled);
+        let peer = &self.peer;
         let connection =
-            self.layer
-                .dial(&self.target, timeout)
+            peer.layer
+                .dial(&peer.target, timeout)
                 .await
                 .map_err(|source| match source.kind() {
                     io::ErrorKind::TimedOut => TransportError::Timeout {
-                        peer: self.target.clone(),
+                        peer: peer.target.clone(),
                         after: timeout,
                     },
                     _ => TransportError::Connect {
-                        peer: self.target.clone(),
+                        peer: peer.target.clone(),
                         source,
                     },
                 })?;
-        let stream = Box::pin(TimeoutStream::new(connection));
-        Ok(Framed::new(stream, ClientCodec::new(self.max_frame_size)))
+        let stream = DeadlineStream::new(connection);
+        Ok(Framed::new(stream, ClientCodec::new(peer.max_frame_size)))
     }
 
     /// Writes the request and reads the reply on `framed`; gives the
     /// connection back to the pool if it is fit for another call.
     async fn attempt(&self, mut framed: ClientFramed, call: &Call) -> Result<Reply, Failure> {
         let started = Instant::now();
-        {
-            let mut stream = framed.get_mut().as_mut();
-            stream.as_mut().set_read_timeout_pinned(Some(call.timeout));
-            stream.as_mut().set_write_timeout_pinned(Some(call.timeout));
-        }
+        framed.get_mut().restart(Some(call.timeout));
         framed.codec_mut().expect(call.rpc_type);
         let before_reply = |error: CodecError| Failure {
             error,
@@ -258,7 +288,7 @@ impl Exchange {
                 });
             }
         };
-        debug!(self.log, "rpc done"; "rpc" => %call.rpc_type, "duration" => ?started.elapsed());
+        debug!(self.peer.log, "rpc done"; "rpc" => %call.rpc_type, "duration" => ?started.elapsed());
         // Anything after the reply but whitespace means the peer is out of
         // step with us: do not reuse the connection.
         if framed.read_buffer().iter().all(u8::is_ascii_whitespace) {
@@ -269,9 +299,9 @@ impl Exchange {
     }
 
     fn fail(&self, failure: Failure, timeout: Duration) -> TransportError {
-        let error = TransportError::from_codec(failure.error, &self.target, timeout);
+        let error = TransportError::from_codec(failure.error, &self.peer.target, timeout);
         if !error.is_timeout() {
-            warn!(self.log, "connection failed"; "error" => %error);
+            warn!(self.peer.log, "connection failed"; "error" => %error);
         }
         self.pool.do_send(ConnectionFailed);
         error

@@ -33,7 +33,13 @@ pub fn serve(listen: &str, request_len: usize, reply: Vec<u8>) -> std::io::Resul
 
 /// Makes `calls` round trips from `concurrency` threads, each with its own
 /// connection.
-pub fn call(target: &str, calls: u64, concurrency: usize, request: Vec<u8>, reply_len: usize) -> Report {
+pub fn call(
+    target: &str,
+    calls: u64,
+    concurrency: usize,
+    request: Vec<u8>,
+    reply_len: usize,
+) -> Report {
     let next = Arc::new(AtomicU64::new(0));
     let request = Arc::new(request);
     let started = Instant::now();
@@ -48,7 +54,8 @@ pub fn call(target: &str, calls: u64, concurrency: usize, request: Vec<u8>, repl
                 let mut reply = vec![0u8; reply_len];
                 while next.fetch_add(1, Ordering::Relaxed) < calls {
                     let t0 = Instant::now();
-                    let ok = socket.write_all(&request).is_ok() && socket.read_exact(&mut reply).is_ok();
+                    let ok =
+                        socket.write_all(&request).is_ok() && socket.read_exact(&mut reply).is_ok();
                     if ok {
                         latencies.push(t0.elapsed().as_micros() as u64);
                     } else {

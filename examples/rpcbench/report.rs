@@ -22,7 +22,8 @@ impl Report {
             if self.latencies_us.is_empty() {
                 return 0;
             }
-            let index = ((self.latencies_us.len() as f64 * q).ceil() as usize).clamp(1, self.latencies_us.len());
+            let index = ((self.latencies_us.len() as f64 * q).ceil() as usize)
+                .clamp(1, self.latencies_us.len());
             self.latencies_us[index - 1]
         };
         let secs = self.elapsed.as_secs_f64();

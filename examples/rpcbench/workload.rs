@@ -29,7 +29,13 @@ impl Default for Shape {
 /// Event `i` of a generated batch.
 pub fn event(i: usize, shape: Shape) -> WireEvent {
     let transactions = (0..shape.tx_per_event)
-        .map(|t| Some((0..shape.tx_size).map(|j| ((i + t + j) % 251) as u8).collect()))
+        .map(|t| {
+            Some(
+                (0..shape.tx_size)
+                    .map(|j| ((i + t + j) % 251) as u8)
+                    .collect(),
+            )
+        })
         .collect();
     let hex = format!("{i:x}");
     let signature: String = hex.chars().cycle().take(64).collect();
@@ -62,7 +68,11 @@ pub fn known() -> Option<BTreeMap<u32, i64>> {
 
 /// The peer a Join request introduces.
 pub fn joining_peer() -> Peer {
-    Peer::new("127.0.0.1:1337", format!("0X04{}", "AB".repeat(64)), "rpcbench")
+    Peer::new(
+        "127.0.0.1:1337",
+        format!("0X04{}", "AB".repeat(64)),
+        "rpcbench",
+    )
 }
 
 /// The request `call` sends for `rpc`.
@@ -79,7 +89,10 @@ pub fn request(rpc: &str, sync_limit: usize, shape: Shape) -> Option<Command> {
         }),
         "fastforward" => Command::FastForward(FastForwardRequest { from_id: 0 }),
         "join" => Command::Join(JoinRequest {
-            internal_transaction: InternalTransaction::new(TransactionType::PEER_ADD, joining_peer()),
+            internal_transaction: InternalTransaction::new(
+                TransactionType::PEER_ADD,
+                joining_peer(),
+            ),
         }),
         _ => return None,
     })
