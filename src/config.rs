@@ -47,6 +47,9 @@ pub struct Config {
     pub signal_realm: String,
     /// Accept any TLS certificate from the signaling server (tests only).
     pub signal_skip_verify: bool,
+    /// Trust the signaling server certificates in this PEM file (a CA, or
+    /// the server's self-signed certificate) instead of the system's roots.
+    pub signal_ca_file: Option<std::path::PathBuf>,
     /// STUN/TURN server for WebRTC, such as `stun:stun.l.google.com:19302`.
     pub ice_addr: Option<String>,
     /// Username for the TURN server.
@@ -77,6 +80,7 @@ impl Default for Config {
             signal_addr: "127.0.0.1:2443".to_owned(),
             signal_realm: "main".to_owned(),
             signal_skip_verify: false,
+            signal_ca_file: None,
             ice_addr: None,
             ice_username: None,
             ice_password: None,

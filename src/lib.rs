@@ -41,6 +41,7 @@ mod consumer;
 mod inmem;
 pub mod logging;
 mod network;
+pub mod signal;
 mod tcp;
 mod transport;
 

@@ -24,5 +24,8 @@ pub mod error;
 pub mod listener;
 pub mod peer_pool;
 pub mod rpc;
+pub mod signaling;
 pub mod stream;
+pub mod tls;
+pub mod wamp;
 pub mod wire;

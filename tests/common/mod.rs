@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod net;
+pub mod signal;
 pub mod suite;
 pub mod vectors;

@@ -1,0 +1,148 @@
+//! TLS settings for the signaling client and router (rustls, ring).
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+/// Which server certificates a client accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// Certificates (a CA, or the server's own self-signed certificate)
+    /// from this PEM file.
+    CaFile(std::path::PathBuf),
+    /// The operating system's trusted roots.
+    PlatformRoots,
+    /// Any certificate at all. Only for tests and local demos: it gives up
+    /// every protection TLS offers against an active attacker.
+    SkipVerification,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, what)
+}
+
+/// A client configuration for `trust`.
+pub fn client_config(trust: &Trust) -> io::Result<Arc<ClientConfig>> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?;
+    let config = match trust {
+        Trust::SkipVerification => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
+            .with_no_client_auth(),
+        Trust::CaFile(path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_certificates(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::PlatformRoots => {
+            let mut roots = RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(invalid(
+                    "no trusted root certificates found on this system".into(),
+                ));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+/// A server configuration from a PEM certificate chain and private key.
+pub fn server_config(cert_file: &Path, key_file: &Path) -> io::Result<Arc<ServerConfig>> {
+    let certs = read_certificates(cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+        invalid(format!(
+            "{}: no usable private key: {e}",
+            key_file.display()
+        ))
+    })?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            invalid(format!(
+                "{} and {}: {e}",
+                cert_file.display(),
+                key_file.display()
+            ))
+        })?;
+    Ok(Arc::new(config))
+}
+
+fn read_certificates(path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(invalid(format!("{}: no certificate found", path.display())));
+    }
+    Ok(certs)
+}
+
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

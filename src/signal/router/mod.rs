@@ -1,0 +1,240 @@
+//! The signaling router: a WAMP v2 router (basic profile, dealer role, JSON
+//! over WebSocket, TLS) for WebRTC peers to exchange offers and answers.
+//!
+//! It serves `wss://` from a certificate and key file, or plain `ws://`
+//! only when explicitly configured so (tests and local demos). Sessions are
+//! anonymous and join one of the configured realms; realms are isolated.
+//! Every session is bounded: message size, number of sessions, time to
+//! complete the handshake, idle time (the router pings; a peer that
+//! answers nothing is dropped). A malformed message aborts that session
+//! with `wamp.error.protocol_violation`; nothing else is affected.
+
+mod dealer;
+mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use babble_net_actors::tls;
+use serde::{Deserialize, Serialize};
+use slog::{info, warn, Logger};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use dealer::Dealer;
+
+/// Settings of the signaling router, readable from TOML (see
+/// `config/signal.toml`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Realms sessions may join.
+    pub realms: Vec<String>,
+    /// PEM certificate chain for TLS.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key for TLS.
+    pub key_file: Option<PathBuf>,
+    /// Serve plain `ws://` without TLS. Only for tests and local demos.
+    pub insecure: bool,
+    /// Most sessions at once; more connections are closed at once.
+    pub max_sessions: usize,
+    /// Largest WebSocket message accepted, in bytes.
+    pub max_message_size: usize,
+    /// Time to finish the TLS, WebSocket and HELLO handshakes.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A session from which nothing (not even a pong) arrives for this
+    /// long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A call the callee does not answer within this (or within the
+    /// caller's own `timeout` option, if shorter) fails with
+    /// `wamp.error.timeout`.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            listen: "127.0.0.1:2443".into(),
+            realms: vec!["main".into()],
+            cert_file: None,
+            key_file: None,
+            insecure: false,
+            max_sessions: 1024,
+            max_message_size: 256 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the router cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// A setting is missing or wrong.
+    #[error("invalid signaling server configuration: {0}")]
+    Config(String),
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+}
+
+impl RouterConfig {
+    /// Reads a configuration from a TOML file.
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<RouterConfig, RouterError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| RouterError::Config(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| RouterError::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Shared by the accept loop and every session.
+struct Shared {
+    config: RouterConfig,
+    dealer: Mutex<Dealer>,
+    sessions: session::Sessions,
+    shutdown: CancellationToken,
+    log: Logger,
+}
+
+/// A running signaling router. Dropping it does not stop it; call
+/// [`Router::shutdown`].
+pub struct Router {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    stopped: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Router {
+    /// Binds `config.listen` and starts serving in the background (on the
+    /// current tokio runtime).
+    pub async fn start(config: RouterConfig, log: Logger) -> Result<Router, RouterError> {
+        let tls = match (&config.cert_file, &config.key_file, config.insecure) {
+            (Some(cert), Some(key), _) => Some(tokio_rustls::TlsAcceptor::from(
+                tls::server_config(cert, key).map_err(|e| RouterError::Config(e.to_string()))?,
+            )),
+            (None, None, true) => None,
+            (None, None, false) => return Err(RouterError::Config(
+                "TLS needs a certificate and a key file (or run with --insecure for plain ws://)"
+                    .into(),
+            )),
+            _ => {
+                return Err(RouterError::Config(
+                    "give both a certificate and a key file".into(),
+                ))
+            }
+        };
+        if config.realms.is_empty() {
+            return Err(RouterError::Config("at least one realm is needed".into()));
+        }
+        let listener =
+            TcpListener::bind(&config.listen)
+                .await
+                .map_err(|source| RouterError::Bind {
+                    addr: config.listen.clone(),
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| RouterError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+        let mut dealer = Dealer::default();
+        for realm in &config.realms {
+            dealer.add_realm(realm);
+        }
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        info!(log, "signaling server listening"; "url" => format!("{scheme}://{local_addr}/"), "realms" => config.realms.join(","));
+        let shared = Arc::new(Shared {
+            dealer: Mutex::new(dealer),
+            sessions: session::Sessions::default(),
+            shutdown: CancellationToken::new(),
+            config,
+            log,
+        });
+        let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(accept_loop(shared.clone(), listener, tls, stopped_tx));
+        Ok(Router {
+            shared,
+            local_addr,
+            stopped,
+        })
+    }
+
+    /// The bound address (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sessions joined right now.
+    pub fn session_count(&self) -> usize {
+        self.shared
+            .dealer
+            .lock()
+            .expect("dealer lock")
+            .session_count()
+    }
+
+    /// Stops accepting, says GOODBYE to every session and closes them;
+    /// resolves once the listening socket is released.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        let mut stopped = self.stopped.clone();
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stopped: tokio::sync::watch::Sender<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.max_sessions));
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shared.shutdown.cancelled() => break,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(accepted) => {
+                pause = Duration::from_millis(5);
+                accepted
+            }
+            Err(err) => {
+                warn!(shared.log, "accept failed, retrying"; "error" => %err);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(shared.log, "too many sessions, refusing a connection"; "remote" => %remote);
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            session::serve(shared, tcp, remote, tls).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = stopped.send(true);
+}

@@ -1,0 +1,366 @@
+//! The signaling router and client over real sockets: offers and answers,
+//! realms, failures, reconnection, bad input, TLS.
+
+mod common;
+
+use std::time::Duration;
+
+use babble_net::logging;
+use babble_net::signal::router::{Router, RouterConfig};
+use babble_net::signal::{Signal, SignalError, Trust, WampSignal};
+use common::net::eventually;
+use common::signal::{answer_offers, client, router, router_config, self_signed, settings};
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+const OFFER: &str = r#"{"type":"offer","sdp":"v=0 offer"}"#;
+const ANSWER: &str = r#"{"type":"answer","sdp":"v=0 answer"}"#;
+
+#[actix_rt::test]
+async fn an_offer_gets_the_callees_answer() {
+    let router = router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let callee = client(&addr, "main", "0XBOB", None);
+    let caller = client(&addr, "main", "0XALICE", None);
+    answer_offers(&callee, |from, sdp| {
+        assert_eq!((from, sdp), ("0XALICE", OFFER));
+        Ok(ANSWER.to_owned())
+    });
+    callee.listen().await.unwrap();
+    assert_eq!(caller.offer("0XBOB", OFFER.into()).await.unwrap(), ANSWER);
+    caller.close().await.unwrap();
+    callee.close().await.unwrap();
+    router.shutdown().await;
+}
+
+/// Go Babble's signaling test: an empty offer reaches the callee, which
+/// fails to process it; the caller gets `io.babble.processing_offer`.
+#[actix_rt::test]
+async fn a_failing_callee_answers_with_processing_offer() {
+    let router = router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let callee = client(&addr, "main", "callee", None);
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    answer_offers(&callee, move |_, sdp| {
+        seen_tx.send(sdp.to_owned()).unwrap();
+        Err("cannot parse the offer".to_owned())
+    });
+    callee.listen().await.unwrap();
+    let caller = client(&addr, "main", "caller", None);
+    let err = caller.offer("callee", String::new()).await.unwrap_err();
+    assert_eq!(
+        seen.recv().await.unwrap(),
+        "",
+        "the call reached the callee"
+    );
+    assert!(
+        matches!(&err, SignalError::Remote { uri, message } if uri == "io.babble.processing_offer" && message == "cannot parse the offer"),
+        "{err}"
+    );
+}
+
+#[actix_rt::test]
+async fn an_offer_to_an_unknown_id_fails_with_a_clear_error() {
+    let router = router(&["main"]).await;
+    let caller = client(
+        &format!("ws://{}", router.local_addr()),
+        "main",
+        "alice",
+        None,
+    );
+    caller.listen().await.unwrap();
+    let err = caller.offer("nobody", OFFER.into()).await.unwrap_err();
+    assert_eq!(err, SignalError::UnknownPeer("nobody".into()));
+    assert_eq!(err.to_string(), "no peer nobody on the signaling server");
+}
+
+#[actix_rt::test]
+async fn realms_are_isolated() {
+    let router = router(&["blue", "green"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let blue = client(&addr, "blue", "peer", None);
+    answer_offers(&blue, |_, _| Ok(ANSWER.into()));
+    blue.listen().await.unwrap();
+    // The same ID registers in the other realm...
+    let green = client(&addr, "green", "peer", None);
+    green.listen().await.unwrap();
+    // ...and a green caller cannot reach a blue-only ID.
+    let blue_only = client(&addr, "blue", "blue-only", None);
+    blue_only.listen().await.unwrap();
+    let green_caller = client(&addr, "green", "caller", None);
+    green_caller.listen().await.unwrap();
+    let err = green_caller
+        .offer("blue-only", OFFER.into())
+        .await
+        .unwrap_err();
+    assert_eq!(err, SignalError::UnknownPeer("blue-only".into()));
+}
+
+#[actix_rt::test]
+async fn an_unknown_realm_is_refused() {
+    let router = router(&["main"]).await;
+    let lost = client(
+        &format!("ws://{}", router.local_addr()),
+        "elsewhere",
+        "x",
+        None,
+    );
+    let err = lost.listen().await.unwrap_err();
+    assert!(
+        matches!(&err, SignalError::Aborted { reason, .. } if reason == "wamp.error.no_such_realm"),
+        "{err}"
+    );
+    lost.close().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_second_registration_of_the_same_id_is_refused() {
+    let router = router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let first = client(&addr, "main", "twin", None);
+    first.listen().await.unwrap();
+    let second = client(&addr, "main", "twin", None);
+    let err = second.listen().await.unwrap_err();
+    assert_eq!(err, SignalError::AlreadyRegistered("twin".into()));
+    second.close().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_callee_that_never_answers_times_out_and_is_interrupted() {
+    let router = router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let callee = client(&addr, "main", "sloth", None);
+    let mut offers = callee.consumer();
+    callee.listen().await.unwrap();
+    let caller = WampSignal::new(
+        settings(&addr, "main", "caller", None),
+        Duration::from_millis(300),
+        logging::discard(),
+    );
+    let call = actix_rt::spawn(async move { caller.offer("sloth", OFFER.into()).await });
+    let held = offers.recv().await.expect("the offer arrived");
+    let err = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, SignalError::Timeout { after, .. } if after == Duration::from_millis(300)),
+        "{err}"
+    );
+    // Answering late is harmless.
+    held.answer(Ok(ANSWER.into()));
+}
+
+#[actix_rt::test]
+async fn after_a_router_restart_the_client_reconnects_and_registers_again() {
+    let router = router(&["main"]).await;
+    let addr = router.local_addr();
+    let callee = client(&format!("ws://{addr}"), "main", "phoenix", None);
+    answer_offers(&callee, |_, _| Ok(ANSWER.into()));
+    callee.listen().await.unwrap();
+    let first_session = callee.status().await.unwrap().session;
+    router.shutdown().await;
+
+    let config = RouterConfig {
+        listen: addr.to_string(),
+        ..router_config(&["main"])
+    };
+    let restarted = Router::start(config, logging::discard()).await.unwrap();
+    // The callee reconnects by itself and registers again.
+    let started = std::time::Instant::now();
+    loop {
+        let status = callee.status().await.unwrap();
+        if status.registered && status.session != first_session {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not registered again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let caller = client(&format!("ws://{addr}"), "main", "caller", None);
+    assert_eq!(caller.offer("phoenix", OFFER.into()).await.unwrap(), ANSWER);
+    restarted.shutdown().await;
+}
+
+async fn raw_session(
+    addr: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "wamp.2.json".parse().unwrap());
+    let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["Sec-WebSocket-Protocol"], "wamp.2.json");
+    ws
+}
+
+async fn next_text(
+    ws: &mut (impl futures::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
+              + Unpin),
+) -> Option<String> {
+    while let Some(Ok(frame)) = ws.next().await {
+        if let WsMessage::Text(text) = frame {
+            return Some(text.to_string());
+        }
+    }
+    None
+}
+
+#[actix_rt::test]
+async fn malformed_messages_abort_that_session_only() {
+    let router = router(&["main"]).await;
+    let addr = router.local_addr().to_string();
+    let healthy = client(&format!("ws://{addr}"), "main", "healthy", None);
+    answer_offers(&healthy, |_, _| Ok(ANSWER.into()));
+    healthy.listen().await.unwrap();
+
+    for garbage in [
+        "not json",
+        "{}",
+        "[]",
+        "[1]",
+        "[48,1,{},\"p\",\"args\"]",
+        "[2,1,{}]",
+        "[65,1,1]",
+    ] {
+        let mut ws = raw_session(&addr).await;
+        ws.send(WsMessage::Text(
+            r#"[1,"main",{"roles":{"caller":{}}}]"#.into(),
+        ))
+        .await
+        .unwrap();
+        let welcome = next_text(&mut ws).await.unwrap();
+        assert!(welcome.starts_with("[2,"), "{welcome}");
+        ws.send(WsMessage::Text(garbage.into())).await.unwrap();
+        let abort = next_text(&mut ws).await.unwrap();
+        assert!(
+            abort.starts_with("[3,") && abort.contains("wamp.error.protocol_violation"),
+            "{garbage}: {abort}"
+        );
+        assert!(
+            next_text(&mut ws).await.is_none(),
+            "{garbage}: the session was closed"
+        );
+    }
+    // A first message that is not HELLO.
+    let mut ws = raw_session(&addr).await;
+    ws.send(WsMessage::Text("[48,1,{},\"healthy\"]".into()))
+        .await
+        .unwrap();
+    let abort = next_text(&mut ws).await.unwrap();
+    assert!(abort.contains("wamp.error.protocol_violation"), "{abort}");
+
+    let caller = client(&format!("ws://{addr}"), "main", "caller", None);
+    assert_eq!(caller.offer("healthy", OFFER.into()).await.unwrap(), ANSWER);
+    eventually(Duration::from_secs(5), "aborted sessions are gone", || {
+        router.session_count() == 2
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_wrong_subprotocol_is_refused() {
+    let router = router(&["main"]).await;
+    let mut request = format!("ws://{}/", router.local_addr())
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "wamp.2.msgpack".parse().unwrap());
+    let err = tokio_tungstenite::connect_async(request).await.unwrap_err();
+    assert!(err.to_string().contains("400"), "{err}");
+}
+
+#[actix_rt::test]
+async fn tls_works_with_the_right_certificate_and_refuses_a_wrong_one() {
+    let (_dir, cert, key) = self_signed();
+    let (_other_dir, other_cert, _) = self_signed();
+    let config = RouterConfig {
+        cert_file: Some(cert.clone()),
+        key_file: Some(key),
+        insecure: false,
+        ..router_config(&["main"])
+    };
+    let router = Router::start(config, logging::discard()).await.unwrap();
+    let addr = format!("localhost:{}", router.local_addr().port());
+
+    let callee = client(&addr, "main", "bob", Some(Trust::CaFile(cert.clone())));
+    answer_offers(&callee, |_, _| Ok(ANSWER.into()));
+    callee.listen().await.unwrap();
+    let caller = client(&addr, "main", "alice", Some(Trust::CaFile(cert)));
+    assert_eq!(caller.offer("bob", OFFER.into()).await.unwrap(), ANSWER);
+
+    // A client trusting another certificate never gets a session, and says
+    // why (it keeps retrying in case the server's certificate changes).
+    let skeptic = client(&addr, "main", "eve", Some(Trust::CaFile(other_cert)));
+    let started = std::time::Instant::now();
+    let error = loop {
+        let status = skeptic.status().await.unwrap();
+        assert_eq!(status.session, None);
+        if let Some(error) = status.last_error {
+            break error;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no error reported"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        error
+            .to_string()
+            .contains("TLS handshake with localhost failed"),
+        "{error}"
+    );
+
+    let trusting = client(&addr, "main", "mallory", Some(Trust::SkipVerification));
+    trusting.listen().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn the_router_refuses_plain_connections_when_serving_tls() {
+    let (_dir, cert, key) = self_signed();
+    let config = RouterConfig {
+        cert_file: Some(cert),
+        key_file: Some(key),
+        insecure: false,
+        ..router_config(&["main"])
+    };
+    let router = Router::start(config, logging::discard()).await.unwrap();
+    let plain = client(&format!("ws://{}", router.local_addr()), "main", "x", None);
+    let result = tokio::time::timeout(Duration::from_millis(500), plain.listen()).await;
+    assert!(result.is_err(), "a plain client never gets a session");
+    assert_eq!(router.session_count(), 0);
+}
+
+#[actix_rt::test]
+async fn the_router_needs_a_certificate_unless_insecure() {
+    let config = RouterConfig {
+        insecure: false,
+        ..router_config(&["main"])
+    };
+    let err = Router::start(config, logging::discard())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("--insecure"), "{err}");
+}
+
+#[actix_rt::test]
+async fn sessions_beyond_the_limit_are_refused() {
+    let config = RouterConfig {
+        max_sessions: 2,
+        ..router_config(&["main"])
+    };
+    let router = Router::start(config, logging::discard()).await.unwrap();
+    let addr = format!("ws://{}", router.local_addr());
+    let a = client(&addr, "main", "a", None);
+    let b = client(&addr, "main", "b", None);
+    a.listen().await.unwrap();
+    b.listen().await.unwrap();
+    let c = client(&addr, "main", "c", None);
+    let result = tokio::time::timeout(Duration::from_millis(500), c.listen()).await;
+    assert!(result.is_err(), "the third session is not admitted");
+    a.close().await.unwrap();
+    c.listen().await.unwrap();
+}
