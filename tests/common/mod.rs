@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod interop;
 pub mod net;
 pub mod signal;
 pub mod suite;

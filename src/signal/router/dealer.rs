@@ -103,14 +103,19 @@ impl Dealer {
                         uri::INVALID_URI,
                         Some("not a valid procedure URI"),
                     )
-                } else if realm.procedures.contains_key(&procedure) {
-                    error(code::REGISTER, request, uri::PROCEDURE_ALREADY_EXISTS, None)
                 } else {
-                    let registration = random_id();
-                    realm.procedures.insert(procedure, (registration, session));
-                    Message::Registered {
-                        request,
-                        registration,
+                    match realm.procedures.entry(procedure) {
+                        std::collections::hash_map::Entry::Occupied(_) => {
+                            error(code::REGISTER, request, uri::PROCEDURE_ALREADY_EXISTS, None)
+                        }
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            let registration = random_id();
+                            slot.insert((registration, session));
+                            Message::Registered {
+                                request,
+                                registration,
+                            }
+                        }
                     }
                 };
                 out.push((session, reply));
