@@ -364,3 +364,27 @@ async fn sessions_beyond_the_limit_are_refused() {
     a.close().await.unwrap();
     c.listen().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn a_silent_session_is_closed_after_the_idle_timeout() {
+    let config = RouterConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..router_config(&["main"])
+    };
+    let router = Router::start(config, logging::discard()).await.unwrap();
+    let mut ws = raw_session(&router.local_addr().to_string()).await;
+    ws.send(WsMessage::Text(
+        r#"[1,"main",{"roles":{"callee":{}}}]"#.into(),
+    ))
+    .await
+    .unwrap();
+    assert!(next_text(&mut ws).await.unwrap().starts_with("[2,"));
+    assert_eq!(router.session_count(), 1);
+    // Not reading means not answering the router's pings.
+    eventually(
+        Duration::from_secs(5),
+        "the silent session was dropped",
+        || router.session_count() == 0,
+    )
+    .await;
+}
