@@ -10,6 +10,8 @@
 //! Transports:
 //! * [`InmemTransport`]: inside one process, for tests and simulations.
 //! * [`NetworkTransport::tcp`]: TCP, with a pool of connections per peer.
+//! * [`NetworkTransport::webrtc`]: WebRTC data channels, peers meeting
+//!   through a signaling server ([`signal`]).
 //!
 //! ```
 //! use babble_net::{InmemTransport, Response, SyncRequest, SyncResponse, Transport};
@@ -41,6 +43,7 @@ mod consumer;
 mod inmem;
 pub mod logging;
 mod network;
+pub mod rtc;
 pub mod signal;
 mod tcp;
 mod transport;

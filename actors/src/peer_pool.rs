@@ -241,6 +241,9 @@ impl Exchange {
                         peer: peer.target.clone(),
                         after: timeout,
                     },
+                    // The stream layer knows no such address (on WebRTC:
+                    // nobody registered that ID).
+                    io::ErrorKind::NotFound => TransportError::UnknownPeer(peer.target.clone()),
                     _ => TransportError::Connect {
                         peer: peer.target.clone(),
                         source,

@@ -1,0 +1,163 @@
+//! The WebRTC transport over real data channels on loopback, with peers
+//! meeting through an in-process signaling router: the shared transport
+//! suite, and what is specific to WebRTC.
+
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use babble_net::rtc::IceOptions;
+use babble_net::signal::Signal;
+use babble_net::*;
+use common::signal::client;
+use common::suite::{self, Pair};
+use futures::future::join_all;
+
+fn loopback() -> IceOptions {
+    IceOptions {
+        loopback_only: true,
+        ..IceOptions::default()
+    }
+}
+
+/// A WebRTC transport registered as `id` on the router at `addr`.
+async fn node(addr: &str, id: &str, config: &Config) -> NetworkTransport {
+    let signal: Arc<dyn Signal> = Arc::new(client(addr, "main", id, None));
+    let transport = NetworkTransport::webrtc(signal, &loopback(), config, logging::discard())
+        .await
+        .unwrap();
+    transport.listen().unwrap();
+    transport
+}
+
+async fn pair(config: Config) -> Pair {
+    let router = common::signal::router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let client = node(&addr, "client", &config).await;
+    let server = node(&addr, "server", &config).await;
+    Pair {
+        client: Arc::new(client),
+        server: Arc::new(server),
+        target: "server".into(),
+    }
+}
+
+transport_suite!(pair);
+
+fn webrtc_config() -> Config {
+    Config {
+        // Opening a first data channel includes ICE and DTLS.
+        timeout: Duration::from_secs(10),
+        ..Config::default()
+    }
+}
+
+#[actix_rt::test]
+async fn the_address_is_the_signaling_id() {
+    let router = common::signal::router(&["main"]).await;
+    let transport = node(
+        &format!("ws://{}", router.local_addr()),
+        "0X04ABCD",
+        &Config::default(),
+    )
+    .await;
+    assert_eq!(transport.local_addr(), "0X04ABCD");
+    assert_eq!(transport.advertise_addr(), "0X04ABCD");
+}
+
+#[actix_rt::test]
+async fn dialing_an_id_nobody_registered_fails_fast() {
+    let Pair { client, .. } = pair(webrtc_config()).await;
+    let started = std::time::Instant::now();
+    let err = client
+        .sync("nobody", SyncRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, TransportError::UnknownPeer(p) if p == "nobody"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[actix_rt::test]
+async fn pooled_channels_share_one_peer_connection_and_keep_at_most_max_pool() {
+    let router = common::signal::router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let config = Config {
+        max_pool: 3,
+        ..webrtc_config()
+    };
+    let client = Arc::new(node(&addr, "client", &config).await);
+    let server = node(&addr, "server", &config).await;
+    let mut held = suite::hold(&server);
+    let calls = (0..5).map(|_| {
+        let client = client.clone();
+        async move { client.sync("server", SyncRequest::default()).await }
+    });
+    let calls = actix_rt::spawn(join_all(calls));
+    let mut rpcs = Vec::new();
+    for _ in 0..5 {
+        rpcs.push(held.recv().await.unwrap());
+    }
+    for rpc in rpcs {
+        rpc.respond(Ok(Response::Sync(SyncResponse::default())));
+    }
+    for result in calls.await.unwrap() {
+        result.unwrap();
+    }
+    let stats = client.pool_stats("server").await;
+    assert_eq!((stats.idle, stats.dials), (3, 5));
+    // Five channels arrived at the server over one peer connection.
+    assert_eq!(server.inbound_totals().0, 5);
+}
+
+#[actix_rt::test]
+async fn a_64_mib_snapshot_crosses_a_data_channel_intact() {
+    let snapshot: Vec<u8> = (0..64 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let Pair {
+        client,
+        server,
+        target,
+    } = pair(Config {
+        timeout: Duration::from_secs(60),
+        ..Config::default()
+    })
+    .await;
+    let expected = FastForwardResponse {
+        from_id: 1,
+        snapshot: Some(snapshot),
+        ..Default::default()
+    };
+    let answer = expected.clone();
+    suite::serve(&*server, move |_| Ok(Response::FastForward(answer.clone())));
+    let response = client
+        .fast_forward(&target, FastForwardRequest::default())
+        .await
+        .unwrap();
+    assert!(response == expected, "the snapshot differs");
+}
+
+#[actix_rt::test]
+async fn a_peer_that_disappears_mid_rpc_fails_the_call() {
+    let Pair {
+        client,
+        server,
+        target,
+    } = pair(webrtc_config()).await;
+    let mut held = suite::hold(&*server);
+    let call = {
+        let client = client.clone();
+        actix_rt::spawn(async move { client.sync(&target, SyncRequest::default()).await })
+    };
+    let _rpc = held.recv().await.unwrap();
+    server.close().await.unwrap();
+    let err = call.await.unwrap().unwrap_err();
+    assert!(!err.is_shutdown(), "the caller is not shut down: {err}");
+}
