@@ -1,0 +1,115 @@
+//! Toy gossip nodes over WebRTC data channels, meeting through a signaling
+//! server started in the same process (plain ws:// on 127.0.0.1, ICE on
+//! loopback only).
+//!
+//! ```text
+//! cargo run --example webrtc_cluster -- --nodes 4 --secs 5
+//! ```
+//! Prints progress once a second, then one JSON line with the totals.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use babble_net::rtc::IceOptions;
+use babble_net::signal::router::{Router, RouterConfig};
+use babble_net::signal::{Signal, WampSignal};
+use babble_net::{logging, Config, NetworkTransport, Transport};
+use clap::Parser;
+use common::{Start, Stats, StopNode, ToyNode};
+
+#[derive(Parser)]
+#[command(about = "Runs toy gossip nodes over WebRTC")]
+struct Args {
+    /// Number of nodes (at least 2); the last one joins late.
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 5)]
+    secs: u64,
+    /// Milliseconds between two gossip rounds of a node.
+    #[arg(long, default_value_t = 20)]
+    period_ms: u64,
+    /// Log level (error, warn, info, debug, trace).
+    #[arg(long, default_value = "warn")]
+    log_level: String,
+}
+
+fn fail(message: String) -> ! {
+    eprintln!("{message}");
+    std::process::exit(2)
+}
+
+#[actix_rt::main]
+async fn main() {
+    let args = Args::parse();
+    if args.nodes < 2 {
+        fail("--nodes must be at least 2".into());
+    }
+    let level = logging::parse_level(&args.log_level)
+        .unwrap_or_else(|| fail(format!("unknown --log-level {}", args.log_level)));
+    let log = logging::terminal(level);
+
+    let router_config = RouterConfig {
+        listen: "127.0.0.1:0".into(),
+        insecure: true,
+        ..RouterConfig::default()
+    };
+    let router = Router::start(router_config, log.clone())
+        .await
+        .unwrap_or_else(|e| fail(e.to_string()));
+    println!("signaling server on ws://{}/", router.local_addr());
+    let config = Config {
+        signal_addr: format!("ws://{}", router.local_addr()),
+        ..Config::default()
+    };
+    let ice = IceOptions {
+        loopback_only: true,
+        ..IceOptions::default()
+    };
+
+    let ids: Vec<String> = (0..args.nodes).map(|i| format!("node{i}")).collect();
+    let stats = Arc::new(Stats::default());
+    let mut nodes = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let signal = WampSignal::from_config(&config, id.clone(), log.clone())
+            .unwrap_or_else(|e| fail(e.to_string()));
+        let signal: Arc<dyn Signal> = Arc::new(signal);
+        let transport = NetworkTransport::webrtc(signal, &ice, &config, log.clone())
+            .await
+            .unwrap_or_else(|e| fail(e.to_string()));
+        transport.listen().unwrap_or_else(|e| fail(e.to_string()));
+        let founders = &ids[..args.nodes - 1];
+        let start = if i + 1 < args.nodes {
+            let peers = founders.iter().filter(|other| *other != id).cloned().collect();
+            Start::Member { peers }
+        } else {
+            Start::Newcomer { sponsor: founders[0].clone() }
+        };
+        let node = ToyNode::new(
+            i as u32,
+            Arc::new(transport.clone()),
+            start,
+            stats.clone(),
+            Duration::from_millis(args.period_ms),
+            log.clone(),
+        )
+        .start();
+        nodes.push((transport, node));
+    }
+
+    common::report_every_second(&stats, args.secs, |_| {}).await;
+
+    stats.finished.store(true, Ordering::Relaxed);
+    for (_, node) in &nodes {
+        let _ = node.send(StopNode).await;
+    }
+    for (transport, _) in &nodes {
+        let _ = transport.close().await;
+    }
+    router.shutdown().await;
+    println!("{}", stats.summary("webrtc", args.nodes, &[]));
+}
