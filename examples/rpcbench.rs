@@ -8,6 +8,11 @@
 //! cargo run --release --example rpcbench -- echo-serve --listen 127.0.0.1:7001
 //! cargo run --release --example rpcbench -- echo-call --target 127.0.0.1:7001 --calls 20000
 //! cargo run --release --example rpcbench -- codec --sync-limit 1000
+//! # WebRTC, through a signaling server (babble-signal):
+//! cargo run --release --example rpcbench -- serve --transport webrtc \
+//!     --signal ws://127.0.0.1:2443 --id server --loopback-only
+//! cargo run --release --example rpcbench -- call --transport webrtc \
+//!     --signal ws://127.0.0.1:2443 --id client --target server --loopback-only ...
 //! ```
 //! `call` speaks the wire format to any server, Go Babble's included, and
 //! `serve` answers any client. `call` prints one JSON line last.
@@ -28,6 +33,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use babble_net::codec::{encode_request, Reply, ServerCodec};
+use babble_net::rtc::IceOptions;
+use babble_net::signal::WampSignal;
 use babble_net::{logging, Command, Config, InmemTransport, NetworkTransport, Response, Transport};
 use bytes::BytesMut;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -60,6 +67,55 @@ enum Role {
 enum TransportKind {
     Tcp,
     Inmem,
+    Webrtc,
+}
+
+/// How a WebRTC role reaches the signaling server.
+#[derive(Args)]
+struct SignalArgs {
+    /// Signaling server, HOST:PORT (wss), or ws://HOST:PORT for plain.
+    #[arg(long)]
+    signal: Option<String>,
+    #[arg(long, default_value = "main")]
+    realm: String,
+    /// This role's ID on the signaling server.
+    #[arg(long)]
+    id: Option<String>,
+    /// Trust the signaling server certificate(s) in this PEM file.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// Accept any signaling server certificate (tests only).
+    #[arg(long)]
+    signal_skip_verify: bool,
+    /// Only loopback ICE candidates (both roles on one machine).
+    #[arg(long)]
+    loopback_only: bool,
+}
+
+impl SignalArgs {
+    /// A WebRTC transport registered under `--id`.
+    async fn transport(&self, config: &Config) -> NetworkTransport {
+        let (Some(signal_addr), Some(id)) = (&self.signal, &self.id) else {
+            fail("--transport webrtc needs --signal and --id");
+        };
+        let config = Config {
+            signal_addr: signal_addr.clone(),
+            signal_realm: self.realm.clone(),
+            signal_ca_file: self.ca_file.clone(),
+            signal_skip_verify: self.signal_skip_verify,
+            ..config.clone()
+        };
+        let log = logging::terminal(slog::Level::Error);
+        let signal =
+            WampSignal::from_config(&config, id.clone(), log.clone()).unwrap_or_else(|e| fail(e));
+        let ice = IceOptions {
+            loopback_only: self.loopback_only,
+            ..IceOptions::from_config(&config)
+        };
+        NetworkTransport::webrtc(Arc::new(signal), &ice, &config, log)
+            .await
+            .unwrap_or_else(|e| fail(e))
+    }
 }
 
 #[derive(Args)]
@@ -83,11 +139,13 @@ impl ShapeArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long)]
+    /// Address to listen on (TCP).
+    #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
     #[arg(long, value_enum, default_value = "tcp")]
     transport: TransportKind,
+    #[command(flatten)]
+    signal: SignalArgs,
     #[command(flatten)]
     shape: ShapeArgs,
 }
@@ -111,9 +169,12 @@ struct CallArgs {
     sync_limit: usize,
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
-    /// tcp: call --target; inmem: serve and call inside this process.
+    /// tcp: call --target; inmem: serve and call inside this process;
+    /// webrtc: call the ID --target through --signal.
     #[arg(long, value_enum, default_value = "tcp")]
     transport: TransportKind,
+    #[command(flatten)]
+    signal: SignalArgs,
     #[command(flatten)]
     shape: ShapeArgs,
 }
@@ -249,6 +310,7 @@ async fn serve(args: ServeArgs) {
             NetworkTransport::tcp(&config, logging::terminal(slog::Level::Warning))
                 .unwrap_or_else(|e| fail(e))
         }
+        TransportKind::Webrtc => args.signal.transport(&config).await,
         TransportKind::Inmem => {
             fail("serve --transport inmem makes no sense: use call --transport inmem")
         }
@@ -286,6 +348,15 @@ async fn call(args: CallArgs) -> Report {
             let client = NetworkTransport::tcp(&config, logging::terminal(slog::Level::Error))
                 .unwrap_or_else(|e| fail(e));
             (Arc::new(client), args.target.clone())
+        }
+        TransportKind::Webrtc => {
+            if args.target.is_empty() {
+                fail("call needs --target (the server's ID)");
+            }
+            (
+                Arc::new(args.signal.transport(&config).await),
+                args.target.clone(),
+            )
         }
         TransportKind::Inmem => {
             let server =

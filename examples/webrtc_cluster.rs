@@ -84,10 +84,16 @@ async fn main() {
         transport.listen().unwrap_or_else(|e| fail(e.to_string()));
         let founders = &ids[..args.nodes - 1];
         let start = if i + 1 < args.nodes {
-            let peers = founders.iter().filter(|other| *other != id).cloned().collect();
+            let peers = founders
+                .iter()
+                .filter(|other| *other != id)
+                .cloned()
+                .collect();
             Start::Member { peers }
         } else {
-            Start::Newcomer { sponsor: founders[0].clone() }
+            Start::Newcomer {
+                sponsor: founders[0].clone(),
+            }
         };
         let node = ToyNode::new(
             i as u32,

@@ -16,8 +16,9 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-cargo build --release --example rpcbench >&2
+cargo build --release --example rpcbench --bin babble-signal >&2
 bench=target/release/examples/rpcbench
+signal_bin=target/release/babble-signal
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -55,6 +56,18 @@ run eager-1000     call --target "127.0.0.1:$serve_port" --rpc eager --calls "$(
 run fastforward    call --target "127.0.0.1:$serve_port" --rpc fastforward --calls "$(calls 200)" --concurrency 1 --max-pool 2 --sync-limit 0
 run inmem-ping     call --transport inmem --rpc sync --calls "$(calls 20000)" --concurrency 1 --max-pool 2 --sync-limit 0
 
+# WebRTC: the same server role behind a signaling server, ICE on loopback.
+signal_port=$(free_port)
+"$signal_bin" --listen "127.0.0.1:$signal_port" --insecure --log-level warn >"$work/signal.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 100); do grep -q listening "$work/signal.log" 2>/dev/null && break; sleep 0.05; done
+webrtc=(--transport webrtc --signal "ws://127.0.0.1:$signal_port" --loopback-only)
+"$bench" serve "${webrtc[@]}" --id rpcbench-server >"$work/webrtc-serve.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 200); do grep -q listening "$work/webrtc-serve.log" 2>/dev/null && break; sleep 0.05; done
+run webrtc-ping      call "${webrtc[@]}" --id rpcbench-client1 --target rpcbench-server --rpc sync --calls "$(calls 20000)" --concurrency 1 --max-pool 2 --sync-limit 0
+run webrtc-sync-1000 call "${webrtc[@]}" --id rpcbench-client2 --target rpcbench-server --rpc sync --calls "$(calls 500)" --concurrency 1 --max-pool 2 --sync-limit 1000
+
 # ping-parallel against a fresh server, so that its peak RSS is this run's.
 kill "$serve_pid"
 fresh_port=$(free_port)
@@ -89,6 +102,10 @@ e = r["eager-1000"]
 row("eager-1000", e, f"{eps(e):.0f} events/s vs codec-only serde_json {limit_eps:.0f}", f"{eps(e)/limit_eps:.2f}x", "(none)", True)
 f = r["fastforward"]
 row("fastforward", f, f"{mbps(f):.0f} MB/s on the wire vs codec-only serde_json {codec['serde_json_mb_per_s']:.0f} MB/s", f"{mbps(f)/codec['serde_json_mb_per_s']:.2f}x", "(none)", True)
+wp = r["webrtc-ping"]
+row("webrtc ping", wp, f"p50 {wp['p50_us']} µs vs TCP ping {p['p50_us']} µs", f"{wp['p50_us']/p['p50_us']:.1f}x TCP p50", "(none)", wp['errors'] == 0)
+ws = r["webrtc-sync-1000"]
+row("webrtc sync-1000", ws, f"{eps(ws):.0f} events/s vs TCP {eps(s):.0f}", f"{eps(ws)/limit_eps:.2f}x codec limit", "(none)", ws['errors'] == 0)
 im = r["inmem-ping"]
 row("inmem ping", im, f"p50 {im['p50_us']} µs", "-", "(reference)", True)
 with open(out, "w") as o:
