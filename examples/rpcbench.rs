@@ -90,6 +90,18 @@ struct SignalArgs {
     /// Only loopback ICE candidates (both roles on one machine).
     #[arg(long)]
     loopback_only: bool,
+    /// A STUN or TURN server (stun:HOST:PORT, turn:HOST:PORT?transport=udp).
+    #[arg(long)]
+    ice_server: Option<String>,
+    /// TURN username.
+    #[arg(long)]
+    ice_username: Option<String>,
+    /// TURN password.
+    #[arg(long)]
+    ice_password: Option<String>,
+    /// Only relay (TURN) candidates.
+    #[arg(long)]
+    relay_only: bool,
 }
 
 impl SignalArgs {
@@ -103,6 +115,9 @@ impl SignalArgs {
             signal_realm: self.realm.clone(),
             signal_ca_file: self.ca_file.clone(),
             signal_skip_verify: self.signal_skip_verify,
+            ice_addr: self.ice_server.clone(),
+            ice_username: self.ice_username.clone(),
+            ice_password: self.ice_password.clone(),
             ..config.clone()
         };
         let log = logging::terminal(slog::Level::Error);
@@ -110,6 +125,7 @@ impl SignalArgs {
             WampSignal::from_config(&config, id.clone(), log.clone()).unwrap_or_else(|e| fail(e));
         let ice = IceOptions {
             loopback_only: self.loopback_only,
+            relay_only: self.relay_only,
             ..IceOptions::from_config(&config)
         };
         NetworkTransport::webrtc(Arc::new(signal), &ice, &config, log)
@@ -369,6 +385,7 @@ async fn call(args: CallArgs) -> Report {
     };
 
     let remaining = Rc::new(RefCell::new(args.calls));
+    let first_reported = Rc::new(std::cell::Cell::new(false));
     let expected = Rc::new(expected);
     let started = Instant::now();
     let workers: Vec<_> = (0..args.concurrency.max(1))
@@ -380,6 +397,7 @@ async fn call(args: CallArgs) -> Report {
                 expected.clone(),
                 remaining.clone(),
             );
+            let first_reported = first_reported.clone();
             actix_rt::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
@@ -392,7 +410,12 @@ async fn call(args: CallArgs) -> Report {
                         *left -= 1;
                     }
                     let t0 = Instant::now();
-                    match client.call(&target, command.clone()).await {
+                    let result = client.call(&target, command.clone()).await;
+                    if !first_reported.replace(true) {
+                        // The first call includes connecting (dial, ICE, ...).
+                        eprintln!("rpcbench: first call took {} us", t0.elapsed().as_micros());
+                    }
+                    match result {
                         Ok(response) if response == *expected => {
                             latencies.push(t0.elapsed().as_micros() as u64)
                         }

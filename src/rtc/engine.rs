@@ -183,6 +183,14 @@ impl PeerLink {
             .local_description()
             .await
             .ok_or_else(|| Error::new("no local description".to_owned()))?;
+        if !local.sdp.contains("a=candidate") {
+            // Nothing the other side could reach: say why now rather than
+            // let the dial time out.
+            return Err(Error::new(
+                "ICE gathering found no candidates: check the STUN/TURN servers, their credentials and the network"
+                    .to_owned(),
+            ));
+        }
         serde_json::to_string(&local).map_err(|e| Error::new(e.to_string()))
     }
 
