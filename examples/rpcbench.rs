@@ -102,6 +102,13 @@ struct SignalArgs {
     /// Only relay (TURN) candidates.
     #[arg(long)]
     relay_only: bool,
+    /// Transport log level (error, warn, info, debug, trace), on stderr.
+    #[arg(long, default_value = "error", value_parser = parse_log_level)]
+    log_level: slog::Level,
+}
+
+fn parse_log_level(name: &str) -> Result<slog::Level, String> {
+    logging::parse_level(name).ok_or_else(|| format!("unknown log level {name:?}"))
 }
 
 impl SignalArgs {
@@ -120,7 +127,7 @@ impl SignalArgs {
             ice_password: self.ice_password.clone(),
             ..config.clone()
         };
-        let log = logging::terminal(slog::Level::Error);
+        let log = logging::terminal(self.log_level);
         let signal =
             WampSignal::from_config(&config, id.clone(), log.clone()).unwrap_or_else(|e| fail(e));
         let ice = IceOptions {
@@ -230,6 +237,9 @@ fn fail(message: impl std::fmt::Display) -> ! {
 }
 
 fn main() {
+    // The WebRTC stack logs through the `log` crate: RUST_LOG=webrtc=debug
+    // shows its ICE and DTLS progress.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
     let cli = Cli::parse();
     match cli.role {
         Role::Serve(args) => actix_rt::System::new().block_on(serve(args)),

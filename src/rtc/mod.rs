@@ -284,9 +284,15 @@ impl StreamLayer for WebRtcStreamLayer {
                 ));
             }
             let timeout = timeout.max(dialer.connect_timeout);
-            let stream = tokio::time::timeout(timeout, dialer.dial_channel(target))
+            let stream = tokio::time::timeout(timeout, dialer.dial_channel(target.clone()))
                 .await
                 .map_err(|_| {
+                    // The usual cause: ICE found no path. Say so here, since
+                    // the caller only sees a timeout.
+                    warn!(dialer.log, "no open data channel within the timeout: \
+                        ICE found no working path (check the STUN/TURN servers and \
+                        the firewalls between the peers)";
+                        "peer" => &target, "timeout" => ?timeout);
                     io::Error::new(
                         io::ErrorKind::TimedOut,
                         "no open data channel within the timeout",

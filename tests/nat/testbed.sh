@@ -3,10 +3,11 @@
 #
 #   peer1 (192.168.1.2) -- nat1 -- pub -- nat2 -- peer2 (192.168.2.2)
 #                                  |
-#             signaling server + coturn (STUN/TURN) on 10.99.0.1
+#                                 srv: signaling server + coturn
+#                                      (STUN/TURN) on 10.99.0.1
 #
 # nat1 and nat2 masquerade their private network behind 10.99.1.2 and
-# 10.99.2.2; pub routes between them and hosts the servers. peer2 runs
+# 10.99.2.2; pub routes between them and the servers' host. peer2 runs
 # `rpcbench serve`, peer1 calls it with every RPC through the NATs.
 #
 # Usage: testbed.sh SCENARIO RPCBENCH BABBLE_SIGNAL
@@ -15,7 +16,8 @@
 #   badauth  relay only, with a wrong TURN password: must fail clearly
 # Prints one line per RPC run: "RESULT <rpc> <rpcbench JSON>" and
 # "FIRST <rpc> <microseconds>" (the first call includes connecting), or
-# "ERROR <rpc> <message>". Needs root, iproute2, iptables and coturn.
+# "ERROR <rpc> <message>"; for turn also "DROPPED <direct packets dropped>"
+# and "ALLOCATIONS <TURN allocations>". Needs root, iproute2, iptables and coturn.
 # Every namespace, process and rule is removed on exit, failed or not.
 set -euo pipefail
 
@@ -29,25 +31,24 @@ ns() { local name=$1; shift; ip netns exec "$p$name" "$@"; }
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  for name in peer1 peer2 nat1 nat2 pub; do ip netns del "$p$name" 2>/dev/null || true; done
+  for name in peer1 peer2 nat1 nat2 pub srv; do ip netns del "$p$name" 2>/dev/null || true; done
   rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap "exit 130" INT TERM
 
 # Leftovers of runs that were killed before they could clean up.
-for stale in $(ip netns list | awk '{print $1}' | grep -E '^bn[0-9]+(peer[12]|nat[12]|pub)$' || true); do
+for stale in $(ip netns list | awk '{print $1}' | grep -E '^bn[0-9]+(peer[12]|nat[12]|pub|srv)$' || true); do
   pid=${stale#bn}; pid=${pid%%[a-z]*}
   kill -0 "$pid" 2>/dev/null || ip netns del "$stale" 2>/dev/null || true
 done
 
-for name in pub nat1 nat2 peer1 peer2; do
+for name in pub srv nat1 nat2 peer1 peer2; do
   ip netns add "$p$name"
   ns "$name" ip link set lo up
 done
 
-# pub: the "internet", and the servers' address (on its loopback device:
-# reachable from both sides, routed by pub itself).
-ns pub ip addr add 10.99.0.1/32 dev lo
+# pub: the "internet" router.
 ns pub sysctl -qw net.ipv4.ip_forward=1
 
 link() { # link NS_A IF_A ADDR_A NS_B IF_B ADDR_B
@@ -60,12 +61,19 @@ link() { # link NS_A IF_A ADDR_A NS_B IF_B ADDR_B
   ns "$4" ip link set "$p$5" up
 }
 
+link pub u0 10.99.0.254/24 srv s0 10.99.0.1/24
+ns srv ip route add default via 10.99.0.254
 for i in 1 2; do
   link pub "u$i" "10.99.$i.1/24" "nat$i" "w$i" "10.99.$i.2/24"
   link "nat$i" "l$i" "192.168.$i.1/24" "peer$i" "h$i" "192.168.$i.2/24"
   ns "nat$i" ip route add default via "10.99.$i.1"
   ns "nat$i" sysctl -qw net.ipv4.ip_forward=1
   ns "nat$i" iptables -t nat -A POSTROUTING -o "${p}w$i" -j MASQUERADE
+  # Like a home router, drop unsolicited UDP to the NAT itself. Without
+  # this, a peer's hole-punching packet that arrives first leaves a
+  # conntrack entry that makes MASQUERADE pick a new port for the reply:
+  # Linux would act as a symmetric NAT, where only TURN can help.
+  ns "nat$i" iptables -A INPUT -i "${p}w$i" -p udp -m conntrack --ctstate NEW -j DROP
   ns "peer$i" ip route add default via "192.168.$i.1"
 done
 
@@ -93,10 +101,11 @@ no-multicast-peers
 pidfile=$work/turnserver.pid
 log-file=stdout
 simple-log
+verbose
 CONF
-ns pub turnserver -c "$work/turnserver.conf" >"$work/turn.log" 2>&1 &
+ns srv turnserver -c "$work/turnserver.conf" >"$work/turn.log" 2>&1 &
 pids+=("$!")
-ns pub "$signal_bin" --listen 10.99.0.1:8443 --insecure --log-level warn >"$work/signal.log" 2>&1 &
+ns srv "$signal_bin" --listen 10.99.0.1:8443 --insecure --log-level warn >"$work/signal.log" 2>&1 &
 pids+=("$!")
 
 wait_for() { # wait_for FILE PATTERN WHAT
@@ -104,7 +113,7 @@ wait_for() { # wait_for FILE PATTERN WHAT
   echo "ERROR setup $3 did not start: $(tail -n 5 "$1" | tr '\n' ' ')"; exit 1
 }
 wait_for "$work/signal.log" listening "the signaling server"
-for _ in $(seq 200); do ns pub bash -c ': </dev/udp/10.99.0.1/3478' 2>/dev/null && break; sleep 0.05; done
+for _ in $(seq 200); do ns srv bash -c ': </dev/udp/10.99.0.1/3478' 2>/dev/null && break; sleep 0.05; done
 sleep 0.2 # coturn binds its sockets right after it logs its start
 
 case "$scenario" in
@@ -137,6 +146,8 @@ for rpc in sync eager fastforward join; do
   [ "$scenario" = badauth ] && break
 done
 if [ "$scenario" = turn ]; then
-  # Proof that data went through the relay: coturn's allocations.
-  grep -c "ALLOCATE processed, success" "$work/turn.log" | sed 's/^/ALLOCATIONS /'
+  # Proof that the peers tried the direct path and only the relay carried
+  # data: packets dropped between the NATs, and coturn's allocations.
+  echo "DROPPED $(ns pub iptables -L FORWARD -v -x -n | awk '/DROP/ {n += $1} END {print n + 0}')"
+  echo "ALLOCATIONS $(grep -c "ALLOCATE processed, success" "$work/turn.log" || true)"
 fi
