@@ -9,7 +9,9 @@
 set -euo pipefail
 if [ -z "${BABBLE_NET_IN_NETNS:-}" ]; then
   ns="bnbrowser$$"
-  trap 'ip netns del "$ns" 2>/dev/null || true' EXIT INT TERM
+  # Whatever still runs in the namespace goes with it.
+  trap 'ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null; ip netns del "$ns" 2>/dev/null || true' EXIT
+  trap 'exit 130' INT TERM
   ip netns add "$ns"
   ip netns exec "$ns" ip link set lo up
   BABBLE_NET_IN_NETNS=1 ip netns exec "$ns" "$0" "$@"
@@ -25,7 +27,10 @@ cleanup() {
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# Chromium's temporary files go with the rest.
+export TMPDIR="$work"
 
 wait_for() {
   for _ in $(seq 400); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done

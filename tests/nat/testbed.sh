@@ -28,10 +28,18 @@ pids=()
 
 ns() { local name=$1; shift; ip netns exec "$p$name" "$@"; }
 
+names=(pub srv nat1 nat2 peer1 peer2)
+
+# Every process inside this run's namespaces (the background jobs' PIDs
+# are those of subshells, not of the programs they started).
+ns_pids() { for name in "${names[@]}"; do ip netns pids "$p$name" 2>/dev/null || true; done; }
+
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  ns_pids | xargs -r kill 2>/dev/null || true
+  for _ in $(seq 100); do [ -z "$(ns_pids)" ] && break; sleep 0.05; done
+  ns_pids | xargs -r kill -9 2>/dev/null || true
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  for name in peer1 peer2 nat1 nat2 pub srv; do ip netns del "$p$name" 2>/dev/null || true; done
+  for name in "${names[@]}"; do ip netns del "$p$name" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -43,7 +51,7 @@ for stale in $(ip netns list | awk '{print $1}' | grep -E '^bn[0-9]+(peer[12]|na
   kill -0 "$pid" 2>/dev/null || ip netns del "$stale" 2>/dev/null || true
 done
 
-for name in pub srv nat1 nat2 peer1 peer2; do
+for name in "${names[@]}"; do
   ip netns add "$p$name"
   ns "$name" ip link set lo up
 done
