@@ -97,7 +97,7 @@ fn a_wrong_turn_credential_fails_clearly_within_the_timeout() {
         error.contains("no candidates") && error.contains("credentials"),
         "unclear error: {error}"
     );
-    // Not a timeout: the failure is known at once, well within the 5 s
+    // Not a timeout: the failure is known at once, well within the 10 s
     // call timeout.
     assert!(
         !error.contains("no answer"),

@@ -59,7 +59,7 @@ for rpc in sync eager join fastforward; do
     >"$work/$rpc.out" 2>"$work/$rpc.err" || true
   echo "RESULT $rpc $(tail -n 1 "$work/$rpc.out")"
 done
-echo done >&3
+echo "finish" >&3
 exec 3>&-
 for _ in $(seq 200); do grep -q SERVED "$work/driver.out" && break; sleep 0.05; done
 grep SERVED "$work/driver.out" || { echo "ERROR the driver did not finish"; tail -n 20 "$work/driver.err"; }

@@ -121,8 +121,11 @@ wait_for() { # wait_for FILE PATTERN WHAT
   echo "ERROR setup $3 did not start: $(tail -n 5 "$1" | tr '\n' ' ')"; exit 1
 }
 wait_for "$work/signal.log" listening "the signaling server"
-for _ in $(seq 200); do ns srv bash -c ': </dev/udp/10.99.0.1/3478' 2>/dev/null && break; sleep 0.05; done
-sleep 0.2 # coturn binds its sockets right after it logs its start
+# coturn is ready once its UDP listener is bound.
+for _ in $(seq 200); do
+  [ -n "$(ns srv ss -Hlun src 10.99.0.1:3478)" ] && break
+  sleep 0.05
+done
 
 case "$scenario" in
   stun) ice=(--ice-server stun:10.99.0.1:3478) ;;
@@ -141,7 +144,7 @@ if [ -n "${TESTBED_PAUSE:-}" ]; then echo "PAUSED prefix $p work $work" >&2; sle
 
 for rpc in sync eager fastforward join; do
   if ns peer1 "$rpcbench" call "${common[@]}" --id "nat-client-$rpc" --target nat-server \
-      --rpc "$rpc" --calls "${CALLS:-20}" --concurrency 1 --max-pool 2 --sync-limit 10 --timeout-ms 5000 \
+      --rpc "$rpc" --calls "${CALLS:-20}" --concurrency 1 --max-pool 2 --sync-limit 10 --timeout-ms 10000 \
       >"$work/$rpc.out" 2>"$work/$rpc.err"; then
     echo "RESULT $rpc $(tail -n 1 "$work/$rpc.out")"
   else
