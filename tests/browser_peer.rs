@@ -12,7 +12,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::interop::{available_or_skip, has_program, is_root, rpc_results, rpcbench};
+use common::interop::{
+    available_or_skip, has_program, is_root, number_after, rpc_results, rpcbench,
+};
 
 #[test]
 fn a_browser_peer_answers_and_calls_rust_nodes() {
@@ -58,10 +60,7 @@ fn a_browser_peer_answers_and_calls_rust_nodes() {
         assert_eq!(result.errors, 0, "{result:?}\n{output}");
     }
     let total: u64 = results.iter().map(|r| r.calls).sum();
-    let served = output
-        .lines()
-        .find_map(|line| line.strip_prefix("SERVED "))
-        .and_then(|n| n.trim().parse::<u64>().ok())
+    let served = number_after(&output, "SERVED ")
         .unwrap_or_else(|| panic!("the browser did not say what it served: {output}"));
     assert_eq!(served, total, "{output}");
 }

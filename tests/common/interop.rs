@@ -1,5 +1,5 @@
-//! Finding the tools interop tests run against (installed by
-//! `scripts/interop-setup.sh` into `target/interop-venv`).
+//! Finding the tools the interoperability, NAT and browser tests run
+//! against, and reading what their scripts print.
 
 use std::path::PathBuf;
 
@@ -11,15 +11,8 @@ pub fn venv_tool(tool: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/interop-venv"));
     let path = venv.join("bin").join(tool);
-    if path.exists() {
-        return Some(path);
-    }
-    let message = format!("{} not found: run scripts/interop-setup.sh", path.display());
-    if std::env::var("BABBLE_NET_REQUIRE_INTEROP").as_deref() == Ok("1") {
-        panic!("{message}");
-    }
-    eprintln!("skipped: {message}");
-    None
+    let what = format!("{} (run scripts/interop-setup.sh)", path.display());
+    available_or_skip(path.exists(), &what).then_some(path)
 }
 
 /// Whether a test that needs `what` may run: true when `available`;
@@ -85,8 +78,6 @@ pub struct RpcResult {
     pub calls: u64,
     /// Calls that failed or got a wrong answer.
     pub errors: u64,
-    /// Median round trip.
-    pub p50_us: u64,
 }
 
 /// Every `RESULT` line of `output`.
@@ -103,7 +94,6 @@ pub fn rpc_results(output: &str) -> Vec<RpcResult> {
                 rpc: rpc.to_owned(),
                 calls: field("calls"),
                 errors: field("errors"),
-                p50_us: field("p50_us"),
             }
         })
         .collect()
