@@ -14,11 +14,12 @@ async fn pair(config: Config) -> Pair {
     let client = InmemTransport::with_config(None, &config, logging::discard());
     let server = InmemTransport::with_config(None, &config, logging::discard());
     client.connect(server.local_addr(), &server);
-    let target = server.local_addr();
+    server.connect(client.local_addr(), &client);
     Pair {
+        target: server.local_addr(),
+        client_addr: client.local_addr(),
         client: Arc::new(client),
         server: Arc::new(server),
-        target,
     }
 }
 

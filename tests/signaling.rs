@@ -388,3 +388,135 @@ async fn a_silent_session_is_closed_after_the_idle_timeout() {
     )
     .await;
 }
+
+/// The shell command README.md gives for a self-signed certificate, with
+/// its continuation lines joined, exactly as a user would paste it.
+fn readme_certificate_command() -> String {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("openssl req -x509")
+        .expect("README.md shows an openssl command");
+    let mut command = String::new();
+    for line in readme[start..].lines() {
+        match line.strip_suffix('\\') {
+            Some(continued) => command.push_str(continued),
+            None => {
+                command.push_str(line);
+                break;
+            }
+        }
+    }
+    command
+}
+
+/// Runs `command` with `sh` in `dir`; panics with its output on failure.
+fn run_in(dir: &std::path::Path, command: &str) {
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .output()
+        .expect("sh runs");
+    assert!(
+        output.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+async fn tls_router(dir: &std::path::Path) -> Router {
+    let config = RouterConfig {
+        cert_file: Some(dir.join("cert.pem")),
+        key_file: Some(dir.join("key.pem")),
+        insecure: false,
+        ..router_config(&["main"])
+    };
+    Router::start(config, logging::discard()).await.unwrap()
+}
+
+#[actix_rt::test]
+async fn the_readme_self_signed_certificate_is_trusted_from_the_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    run_in(dir.path(), &readme_certificate_command());
+    let router = tls_router(dir.path()).await;
+    let cert = dir.path().join("cert.pem");
+    let port = router.local_addr().port();
+    // The certificate says CA:TRUE; presented as the server's own, it is
+    // accepted by name and by IP address, both in its subjectAltName.
+    let callee = client(
+        &format!("localhost:{port}"),
+        "main",
+        "bob",
+        Some(Trust::CaFile(cert.clone())),
+    );
+    answer_offers(&callee, |_, _| Ok(ANSWER.into()));
+    tokio::time::timeout(Duration::from_secs(5), callee.listen())
+        .await
+        .expect("a session within 5 s")
+        .unwrap();
+    let caller = client(
+        &format!("127.0.0.1:{port}"),
+        "main",
+        "alice",
+        Some(Trust::CaFile(cert)),
+    );
+    assert_eq!(caller.offer("bob", OFFER.into()).await.unwrap(), ANSWER);
+}
+
+/// Waits for the first error `signal` reports while it has no session.
+async fn first_session_error(signal: &WampSignal) -> SignalError {
+    let started = std::time::Instant::now();
+    loop {
+        let status = signal.status().await.unwrap();
+        assert_eq!(status.session, None);
+        if let Some(error) = status.last_error {
+            return error;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no error");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_pinned_certificate_must_still_name_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    run_in(
+        dir.path(),
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+         -keyout key.pem -out cert.pem -days 365 -subj /CN=elsewhere \
+         -addext subjectAltName=DNS:elsewhere.example",
+    );
+    let router = tls_router(dir.path()).await;
+    let signal = client(
+        &format!("localhost:{}", router.local_addr().port()),
+        "main",
+        "bob",
+        Some(Trust::CaFile(dir.path().join("cert.pem"))),
+    );
+    let error = first_session_error(&signal).await.to_string();
+    assert!(error.contains("NotValidForName"), "{error}");
+}
+
+#[actix_rt::test]
+async fn an_expired_pinned_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+    let router = tls_router(dir.path()).await;
+    let signal = client(
+        &format!("localhost:{}", router.local_addr().port()),
+        "main",
+        "bob",
+        Some(Trust::CaFile(dir.path().join("cert.pem"))),
+    );
+    let error = first_session_error(&signal).await.to_string();
+    assert!(error.contains("Expired"), "{error}");
+}

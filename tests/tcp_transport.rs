@@ -30,11 +30,11 @@ fn tcp(config: &Config) -> NetworkTransport {
 async fn pair(config: Config) -> Pair {
     let client = tcp(&config);
     let server = tcp(&config);
-    let target = server.advertise_addr();
     Pair {
+        target: server.advertise_addr(),
+        client_addr: client.advertise_addr(),
         client: Arc::new(client),
         server: Arc::new(server),
-        target,
     }
 }
 

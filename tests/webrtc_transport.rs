@@ -41,6 +41,7 @@ async fn pair(config: Config) -> Pair {
         client: Arc::new(client),
         server: Arc::new(server),
         target: "server".into(),
+        client_addr: "client".into(),
     }
 }
 
@@ -125,6 +126,7 @@ async fn a_64_mib_snapshot_crosses_a_data_channel_intact() {
         client,
         server,
         target,
+        ..
     } = pair(Config {
         timeout: Duration::from_secs(60),
         ..Config::default()
@@ -150,6 +152,7 @@ async fn a_peer_that_disappears_mid_rpc_fails_the_call() {
         client,
         server,
         target,
+        ..
     } = pair(webrtc_config()).await;
     let mut held = suite::hold(&*server);
     let call = {
@@ -160,4 +163,70 @@ async fn a_peer_that_disappears_mid_rpc_fails_the_call() {
     server.close().await.unwrap();
     let err = call.await.unwrap().unwrap_err();
     assert!(!err.is_shutdown(), "the caller is not shut down: {err}");
+}
+
+/// How long the data-channel stress runs: `BABBLE_NET_STRESS_SECS`, one
+/// minute by default.
+fn stress_duration() -> Duration {
+    let secs = std::env::var("BABBLE_NET_STRESS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(secs)
+}
+
+#[actix_rt::test]
+async fn sixty_four_calls_of_a_mebibyte_each_keep_flowing_over_one_peer_connection() {
+    const CALLERS: u32 = 64;
+    const EVENTS: usize = 760; // about 1 MiB a frame
+    let Pair {
+        client,
+        server,
+        target,
+        ..
+    } = pair(Config {
+        max_pool: CALLERS as usize,
+        timeout: Duration::from_secs(20),
+        ..Config::default()
+    })
+    .await;
+    suite::serve(&*server, suite::bulky_answer);
+    let until = std::time::Instant::now() + stress_duration();
+    let callers = (0..CALLERS).map(|seed| {
+        let (client, target) = (client.clone(), target.clone());
+        async move {
+            let mut calls = 0u64;
+            while std::time::Instant::now() < until {
+                // Odd callers push, even ones pull: both directions at once.
+                if (seed + calls as u32) % 2 == 0 {
+                    let request = EagerSyncRequest {
+                        from_id: seed,
+                        events: Some(suite::bulky_events(EVENTS, 1000, seed)),
+                    };
+                    let answer = client.eager_sync(&target, request).await;
+                    let answer = answer.unwrap_or_else(|e| panic!("caller {seed}: {e}"));
+                    assert!(answer.success, "caller {seed}: events damaged");
+                } else {
+                    let request = SyncRequest {
+                        from_id: seed,
+                        known: None,
+                        sync_limit: EVENTS as i64,
+                    };
+                    let answer = client.sync(&target, request).await;
+                    let answer = answer.unwrap_or_else(|e| panic!("caller {seed}: {e}"));
+                    assert_eq!(answer.events.map(|e| e.len()), Some(EVENTS));
+                }
+                calls += 1;
+            }
+            calls
+        }
+    });
+    let started = std::time::Instant::now();
+    let calls: u64 = join_all(callers).await.into_iter().sum();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{calls} calls of ~1 MiB in {secs:.1} s: {:.1} MB/s",
+        calls as f64 * 1.1 / secs
+    );
+    assert!(calls >= CALLERS as u64, "every caller finished a call");
 }

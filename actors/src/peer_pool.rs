@@ -264,11 +264,14 @@ impl Exchange {
             before_reply: true,
         };
         // One write for the whole frame; see `encode_request`.
-        framed
-            .get_mut()
+        let stream = framed.get_mut();
+        stream
             .write_all(&call.frame)
             .await
             .map_err(|e| before_reply(e.into()))?;
+        // Streams may hold back what was written until flushed (a WebRTC
+        // channel finishes its last message then).
+        stream.flush().await.map_err(|e| before_reply(e.into()))?;
         let reply = match framed.next().await {
             Some(Ok(reply)) => reply,
             Some(Err(error)) => {

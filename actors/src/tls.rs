@@ -5,16 +5,24 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::server::ParsedCertificate;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 
 /// Which server certificates a client accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Trust {
-    /// Certificates (a CA, or the server's own self-signed certificate)
-    /// from this PEM file.
+    /// Certificates from this PEM file: CAs that sign the server's
+    /// certificate, or the server's own certificate itself (pinned: a
+    /// self-signed certificate, even one marked `CA:TRUE` as `openssl req
+    /// -x509` makes them, is accepted when the server presents exactly it).
+    /// Host name and validity period are checked either way.
     CaFile(std::path::PathBuf),
     /// The operating system's trusted roots.
     PlatformRoots,
@@ -42,13 +50,24 @@ pub fn client_config(trust: &Trust) -> io::Result<Arc<ClientConfig>> {
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
             .with_no_client_auth(),
         Trust::CaFile(path) => {
+            let pinned = read_certificates(path)?;
             let mut roots = RootCertStore::empty();
-            for cert in read_certificates(path)? {
+            for cert in &pinned {
                 roots
-                    .add(cert)
+                    .add(cert.clone())
                     .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(CaFileVerifier {
+                    pinned,
+                    chain,
+                    provider: provider(),
+                }))
+                .with_no_client_auth()
         }
         Trust::PlatformRoots => {
             let mut roots = RootCertStore::empty();
@@ -97,6 +116,99 @@ fn read_certificates(path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
         return Err(invalid(format!("{}: no certificate found", path.display())));
     }
     Ok(certs)
+}
+
+/// Verifies a server against the certificates of a CA file: a chain up to
+/// one of them, as usual, or one of them presented as the server's own
+/// certificate. The second case is what Go's TLS client accepts for a
+/// self-signed certificate in its root pool; webpki alone refuses it when
+/// the certificate says `CA:TRUE` (`CaUsedAsEndEntity`).
+#[derive(Debug)]
+struct CaFileVerifier {
+    pinned: Vec<CertificateDer<'static>>,
+    chain: Arc<WebPkiServerVerifier>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for CaFileVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if !self.pinned.iter().any(|pinned| pinned == end_entity) {
+            return self.chain.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            );
+        }
+        // The very certificate we were told to trust: its signature needs no
+        // chain, but it must still name this server and be in its validity
+        // period. That the server holds its key is proven by the handshake
+        // signature, verified below.
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_name(&parsed, server_name)?;
+        check_validity(end_entity, now)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Refuses a certificate outside its validity period at `now`.
+fn check_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let now = now.as_secs() as i64;
+    let validity = parsed.validity();
+    if now < validity.not_before.timestamp() {
+        return Err(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidYet,
+        ));
+    }
+    if now > validity.not_after.timestamp() {
+        return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+    }
+    Ok(())
 }
 
 #[derive(Debug)]

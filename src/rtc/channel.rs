@@ -99,6 +99,16 @@ impl AsyncRead for ChannelStream {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // A reader waiting for an answer needs its own last message out:
+        // drive a write still in progress even if nobody flushes. Left
+        // parked, it would also keep the peer connection's send queue
+        // locked for every other channel.
+        if let Some(writing) = self.writing.as_mut() {
+            if let Poll::Ready(result) = writing.as_mut().poll(cx) {
+                self.writing = None;
+                result.map_err(io_error)?;
+            }
+        }
         loop {
             match &mut self.reading {
                 Reading::Idle { buffer, start, end } if *start < *end => {

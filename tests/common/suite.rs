@@ -11,12 +11,15 @@ use tokio::sync::mpsc;
 
 use super::vectors;
 
-/// A client transport, a server transport, and the server's address as the
-/// client must name it.
+/// A client transport, a server transport, and each one's address as the
+/// other must name it. Both are listening.
 pub struct Pair {
     pub client: Arc<dyn Transport>,
     pub server: Arc<dyn Transport>,
+    /// The server, as the client names it.
     pub target: String,
+    /// The client, as the server names it.
+    pub client_addr: String,
 }
 
 /// Commands a test server received, in order.
@@ -248,6 +251,113 @@ pub async fn hundred_concurrent_callers_get_their_own_answers(pair: Pair) {
     assert_eq!(received.lock().unwrap().len(), 100);
 }
 
+/// `count` events of one `size`-byte transaction each, every byte derived
+/// from `seed` and the event's index, so each call carries its own data.
+pub fn bulky_events(count: usize, size: usize, seed: u32) -> Vec<WireEvent> {
+    (0..count)
+        .map(|i| {
+            let tx: Vec<u8> = (0..size)
+                .map(|j| (seed as usize + i * 7 + j) as u8)
+                .collect();
+            WireEvent {
+                body: WireBody {
+                    transactions: Some(vec![Some(tx)]),
+                    index: i as i64,
+                    creator_id: seed,
+                    ..WireBody::default()
+                },
+                signature: format!("{seed:x}-{i:x}"),
+            }
+        })
+        .collect()
+}
+
+/// Events of about 1 KiB each: 1000 of them make a 1.3 MB frame.
+const BULKY_EVENT: usize = 1000;
+
+/// Answers a Sync with `SyncLimit` bulky events seeded by the caller's
+/// `FromID`, and an EagerSync with `Success` once its events are exactly
+/// those bulky events, `FromID` being their count.
+pub fn bulky_answer(command: &Command) -> Result<Response, String> {
+    match command {
+        Command::Sync(r) => Ok(Response::Sync(SyncResponse {
+            from_id: r.from_id,
+            events: Some(bulky_events(r.sync_limit as usize, BULKY_EVENT, r.from_id)),
+            known: r.known.clone(),
+        })),
+        Command::EagerSync(r) => {
+            let events = r.events.clone().unwrap_or_default();
+            let expected = bulky_events(events.len(), BULKY_EVENT, r.from_id);
+            Ok(Response::EagerSync(EagerSyncResponse {
+                from_id: events.len() as u32,
+                success: events == expected,
+            }))
+        }
+        _ => Err("only sync and eager sync".to_owned()),
+    }
+}
+
+/// Several calls of `from`, each pushing about 1 MB of events and pulling
+/// about 1 MB back, all at once; each answer is checked to be its own.
+async fn bulky_calls(from: Arc<dyn Transport>, to: String, calls: u32, events: usize) {
+    let all = (0..calls).map(|seed| {
+        let (from, to) = (from.clone(), to.clone());
+        async move {
+            let pushed = from
+                .eager_sync(
+                    &to,
+                    EagerSyncRequest {
+                        from_id: seed,
+                        events: Some(bulky_events(events, BULKY_EVENT, seed)),
+                    },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("eager sync {seed} to {to}: {e}"));
+            assert_eq!((pushed.from_id, pushed.success), (events as u32, true));
+            let pulled = from
+                .sync(
+                    &to,
+                    SyncRequest {
+                        from_id: seed,
+                        known: None,
+                        sync_limit: events as i64,
+                    },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("sync {seed} from {to}: {e}"));
+            assert_eq!(pulled.from_id, seed);
+            assert!(
+                pulled.events == Some(bulky_events(events, BULKY_EVENT, seed)),
+                "sync {seed}: the events differ"
+            );
+        }
+    });
+    join_all(all).await;
+}
+
+pub async fn large_requests_and_replies_cross_both_ways_at_once(pair: Pair) {
+    let server_got = serve(&*pair.server, bulky_answer);
+    let client_got = serve(&*pair.client, bulky_answer);
+    // Each side pushes and pulls 1 MB frames to and from the other, four
+    // calls at a time in each direction.
+    futures::join!(
+        bulky_calls(pair.client.clone(), pair.target.clone(), 4, 800),
+        bulky_calls(pair.server.clone(), pair.client_addr.clone(), 4, 800),
+    );
+    assert_eq!(server_got.lock().unwrap().len(), 8);
+    assert_eq!(client_got.lock().unwrap().len(), 8);
+}
+
+/// Builds the pair for large transfers: room for every call in the pool,
+/// time for a first WebRTC dial.
+pub fn bulk_config() -> Config {
+    Config {
+        max_pool: 4,
+        timeout: Duration::from_secs(10),
+        ..Config::default()
+    }
+}
+
 /// Generates one `#[actix_rt::test]` per suite case for a transport.
 /// `$pair` is an async fn taking a [`Config`] and returning a [`Pair`].
 #[macro_export]
@@ -303,6 +413,13 @@ macro_rules! transport_suite {
             async fn dropped_responder_gives_the_caller_an_error() {
                 suite::dropped_responder_gives_the_caller_an_error($pair(Config::default()).await)
                     .await
+            }
+            #[actix_rt::test]
+            async fn large_requests_and_replies_cross_both_ways_at_once() {
+                suite::large_requests_and_replies_cross_both_ways_at_once(
+                    $pair(suite::bulk_config()).await,
+                )
+                .await
             }
             #[actix_rt::test]
             async fn hundred_concurrent_callers_get_their_own_answers() {
