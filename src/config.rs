@@ -56,6 +56,12 @@ pub struct Config {
     pub ice_username: Option<String>,
     /// Password for the TURN server.
     pub ice_password: Option<String>,
+    /// WebRTC: peer connections other peers may hold to this node (two per
+    /// peer at most); offers beyond it are refused.
+    pub webrtc_max_peers: usize,
+    /// WebRTC: data channels one peer may have open on its peer connection
+    /// to this node; more are closed as they open.
+    pub webrtc_max_channels: usize,
     /// Largest frame accepted in either direction, in bytes.
     pub max_frame_size: usize,
     /// Most inbound connections served at once; more wait to be accepted.
@@ -84,6 +90,8 @@ impl Default for Config {
             ice_addr: None,
             ice_username: None,
             ice_password: None,
+            webrtc_max_peers: 256,
+            webrtc_max_channels: 64,
             max_frame_size: babble_net_actors::codec::DEFAULT_MAX_FRAME_SIZE,
             max_inbound: 512,
             idle_timeout: Duration::from_secs(60),
@@ -131,6 +139,9 @@ impl Config {
         }
         if self.consumer_buffer == 0 {
             return fail("consumer-buffer must be at least 1");
+        }
+        if self.webrtc_max_peers == 0 || self.webrtc_max_channels == 0 {
+            return fail("webrtc-max-peers and webrtc-max-channels must be at least 1");
         }
         Ok(())
     }

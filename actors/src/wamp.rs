@@ -41,6 +41,14 @@ pub mod uri {
     pub const GOODBYE_AND_OUT: &str = "wamp.close.goodbye_and_out";
     /// What a babble callee answers when it cannot process an offer.
     pub const PROCESSING_OFFER: &str = "io.babble.processing_offer";
+    /// A session asked for more than the router allows one session
+    /// (registrations).
+    pub const LIMIT_REACHED: &str = "io.babble.limit_reached";
+    /// The caller has as many calls in flight as the router allows.
+    pub const TOO_MANY_CALLS: &str = "io.babble.too_many_calls";
+    /// The callee cannot take another call now (too many waiting for its
+    /// answer, or it is not reading); it stays registered.
+    pub const CALLEE_BUSY: &str = "io.babble.callee_busy";
 }
 
 /// A WAMP message.

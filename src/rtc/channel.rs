@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -43,9 +44,20 @@ enum Reading {
     Pending(ReadFuture),
 }
 
+/// One of the data channels a peer connection may carry; freed when the
+/// channel's stream is dropped.
+pub(super) struct ChannelSlot(pub(super) Arc<AtomicUsize>);
+
+impl Drop for ChannelSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// See the [module docs](self).
 pub struct ChannelStream {
     channel: Arc<DataChannel>,
+    _slot: Option<ChannelSlot>,
     reading: Reading,
     writing: Option<WriteFuture>,
     draining: Option<DrainFuture>,
@@ -55,6 +67,11 @@ pub struct ChannelStream {
 impl ChannelStream {
     /// Wraps a detached, open data channel.
     pub fn new(channel: Arc<DataChannel>) -> ChannelStream {
+        ChannelStream::in_slot(channel, None)
+    }
+
+    /// Wraps a channel counted against its peer connection's limit.
+    pub(super) fn in_slot(channel: Arc<DataChannel>, slot: Option<ChannelSlot>) -> ChannelStream {
         let drained = Arc::new(Notify::new());
         channel.set_buffered_amount_low_threshold(LOW_WATER);
         let notify = drained.clone();
@@ -64,6 +81,7 @@ impl ChannelStream {
         }));
         ChannelStream {
             channel,
+            _slot: slot,
             reading: Reading::Idle {
                 buffer: vec![0; MAX_MESSAGE],
                 start: 0,

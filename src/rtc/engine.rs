@@ -9,6 +9,7 @@
 //!   API, and only used once open.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -23,7 +24,7 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 
-use super::channel::ChannelStream;
+use super::channel::{ChannelSlot, ChannelStream};
 
 /// A STUN or TURN server.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -128,7 +129,7 @@ impl PeerLink {
     pub async fn open_channel(&self, label: &str) -> Result<PendingChannel, Error> {
         let channel = self.connection.create_data_channel(label, None).await?;
         Ok(PendingChannel {
-            opened: on_open(&channel),
+            opened: on_open(&channel, None),
             _channel: channel,
         })
     }
@@ -147,17 +148,33 @@ impl PeerLink {
     }
 
     /// Answers a remote offer (SDP JSON); every data channel the remote
-    /// side opens is detached, once open, and handed to `on_channel`.
-    pub async fn answer<F>(&self, offer: &str, on_channel: F) -> Result<String, Error>
+    /// side opens is detached, once open, and handed to `on_channel`, as
+    /// long as fewer than `max_channels` of its channels are open (more are
+    /// closed at once).
+    pub async fn answer<F>(
+        &self,
+        offer: &str,
+        max_channels: usize,
+        on_channel: F,
+    ) -> Result<String, Error>
     where
         F: Fn(ChannelStream) + Send + Sync + 'static,
     {
         let offer: RTCSessionDescription = serde_json::from_str(offer)
             .map_err(|e| Error::new(format!("malformed SDP offer: {e}")))?;
         let on_channel = Arc::new(on_channel);
+        let open_channels = Arc::new(AtomicUsize::new(0));
         self.connection
             .on_data_channel(Box::new(move |channel: Arc<RTCDataChannel>| {
-                let opened = on_open(&channel);
+                if open_channels.fetch_add(1, Ordering::Relaxed) >= max_channels {
+                    open_channels.fetch_sub(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        let _ = channel.close().await;
+                    });
+                    return Box::pin(async {});
+                }
+                let slot = ChannelSlot(open_channels.clone());
+                let opened = on_open(&channel, Some(slot));
                 let on_channel = on_channel.clone();
                 // Not awaited here: the stack waits for this handler.
                 tokio::spawn(async move {
@@ -227,13 +244,20 @@ impl PendingChannel {
 }
 
 /// Detaches `channel` once open; nothing is sent before that, because a
-/// send on a channel that is not open can be dropped silently.
-fn on_open(channel: &Arc<RTCDataChannel>) -> oneshot::Receiver<Result<ChannelStream, Error>> {
+/// send on a channel that is not open can be dropped silently. A channel
+/// that never opens frees its `slot` when the stack drops the handler.
+fn on_open(
+    channel: &Arc<RTCDataChannel>,
+    slot: Option<ChannelSlot>,
+) -> oneshot::Receiver<Result<ChannelStream, Error>> {
     let (tx, rx) = oneshot::channel();
     let detachable = channel.clone();
     channel.on_open(Box::new(move || {
         Box::pin(async move {
-            let detached = detachable.detach().await.map(ChannelStream::new);
+            let detached = detachable
+                .detach()
+                .await
+                .map(|channel| ChannelStream::in_slot(channel, slot));
             let _ = tx.send(detached);
         })
     }));

@@ -10,6 +10,13 @@
 //! next dial. Offers from other peers are answered as they come, each on
 //! its own task, so a bad offer never stops the next ones; the channels
 //! their peers open are handed to the Listener like TCP connections.
+//!
+//! Bounds ([`RtcLimits`]): the signaling client hands out at most so many
+//! offers at once, in total and per caller; other peers may hold at most
+//! `max_peers` peer connections to us (two per peer: a new one replaces
+//! the older), each with at most `max_channels` open data channels;
+//! failed or closed peer connections are closed and forgotten every
+//! `prune_interval`, whether or not new offers arrive.
 
 mod channel;
 mod engine;
@@ -37,10 +44,98 @@ use crate::{Config, NetworkTransport, TransportError};
 /// Channels accepted but not yet taken by the Listener.
 const ACCEPT_QUEUE: usize = 64;
 
+/// The bounds of a WebRTC layer, see the [module docs](self).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtcLimits {
+    /// The least time a dial gets, whatever the caller's RPC deadline:
+    /// signaling, ICE and DTLS take longer than one RPC's I/O.
+    pub connect_timeout: Duration,
+    /// Peer connections other peers may hold to us; offers beyond it are
+    /// refused.
+    pub max_peers: usize,
+    /// Data channels one peer may have open on its peer connection to us;
+    /// more are closed as they open.
+    pub max_channels: usize,
+    /// How often failed peer connections are closed and forgotten.
+    pub prune_interval: Duration,
+}
+
+impl RtcLimits {
+    /// The limits of `config`: `join-timeout` to connect,
+    /// `webrtc-max-peers`, `webrtc-max-channels`.
+    pub fn from_config(config: &Config) -> RtcLimits {
+        RtcLimits {
+            connect_timeout: config.join_timeout,
+            max_peers: config.webrtc_max_peers,
+            max_channels: config.webrtc_max_channels,
+            prune_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Peer connections other peers opened to us, by peer ID: at most
+/// [`PER_PEER`] each (a peer that re-offers after its connection failed
+/// replaces the older one) and `max_peers` in all.
+struct InboundLinks {
+    by_peer: HashMap<String, Vec<PeerLink>>,
+    count: usize,
+    max_peers: usize,
+}
+
+/// Peer connections one peer may hold to us: the live one and the one it
+/// is replacing it with.
+const PER_PEER: usize = 2;
+
+impl InboundLinks {
+    /// Whether a new peer connection from `peer` may be made (after
+    /// pruning dead ones, when full).
+    fn has_room(&mut self, peer: &str) -> bool {
+        if self.count < self.max_peers || self.by_peer.contains_key(peer) {
+            return true;
+        }
+        self.prune();
+        self.count < self.max_peers
+    }
+
+    fn add(&mut self, peer: String, link: PeerLink) {
+        let links = self.by_peer.entry(peer).or_default();
+        if links.len() >= PER_PEER {
+            let oldest = links.remove(0);
+            self.count -= 1;
+            tokio::spawn(async move { oldest.close().await });
+        }
+        links.push(link);
+        self.count += 1;
+    }
+
+    /// Closes and forgets failed or closed peer connections.
+    fn prune(&mut self) {
+        let mut count = 0;
+        self.by_peer.retain(|_, links| {
+            links.retain(|link| {
+                let usable = link.is_usable();
+                if !usable {
+                    let link = link.clone();
+                    tokio::spawn(async move { link.close().await });
+                }
+                usable
+            });
+            count += links.len();
+            !links.is_empty()
+        });
+        self.count = count;
+    }
+
+    fn drain(&mut self) -> Vec<PeerLink> {
+        self.count = 0;
+        self.by_peer.drain().flat_map(|(_, links)| links).collect()
+    }
+}
+
 /// See the [module docs](self).
 pub struct WebRtcStreamLayer {
     dialer: Arc<Dialer>,
-    inbound: Arc<Mutex<Vec<PeerLink>>>,
+    inbound: Arc<Mutex<InboundLinks>>,
     accepted: tokio::sync::Mutex<mpsc::Receiver<(ChannelStream, String)>>,
 }
 
@@ -61,15 +156,16 @@ struct Dialer {
 }
 
 impl WebRtcStreamLayer {
-    /// Registers `signal`'s ID and starts answering offers.
+    /// Registers `signal`'s ID and starts answering offers, within
+    /// `limits`.
     ///
-    /// A first dial to a peer includes signaling, ICE and DTLS, which can
-    /// take longer than one RPC's I/O deadline: dials get at least
-    /// `connect_timeout`.
+    /// Fails with [`TransportError::Connect`] when the signaling server
+    /// cannot be reached (or refuses us) within the signal's connect
+    /// timeout.
     pub async fn start(
         signal: Arc<dyn Signal>,
         ice: &IceOptions,
-        connect_timeout: Duration,
+        limits: RtcLimits,
         log: Logger,
     ) -> Result<WebRtcStreamLayer, TransportError> {
         let log = log.new(o!("id" => signal.id()));
@@ -78,11 +174,14 @@ impl WebRtcStreamLayer {
         signal
             .listen()
             .await
-            .map_err(|err| TransportError::Config(format!("cannot listen for offers: {err}")))?;
+            .map_err(|err| TransportError::Connect {
+                peer: "the signaling server".into(),
+                source: io::Error::other(err.to_string()),
+            })?;
         let (accepted_tx, accepted) = mpsc::channel(ACCEPT_QUEUE);
         let dialer = Arc::new(Dialer {
             id: signal.id(),
-            connect_timeout,
+            connect_timeout: limits.connect_timeout,
             signal,
             engine: engine.clone(),
             outbound: Mutex::new(HashMap::new()),
@@ -92,23 +191,71 @@ impl WebRtcStreamLayer {
         });
         let layer = WebRtcStreamLayer {
             dialer,
-            inbound: Arc::default(),
+            inbound: Arc::new(Mutex::new(InboundLinks {
+                by_peer: HashMap::new(),
+                count: 0,
+                max_peers: limits.max_peers,
+            })),
             accepted: tokio::sync::Mutex::new(accepted),
         };
-        let shutdown = layer.dialer.shutdown.clone();
+        let answering = Answering {
+            engine,
+            inbound: layer.inbound.clone(),
+            accepted: accepted_tx,
+            max_channels: limits.max_channels,
+            log,
+        };
         tokio::spawn(answer_offers(
             offers,
-            engine,
+            Arc::new(answering),
+            layer.dialer.shutdown.clone(),
+        ));
+        tokio::spawn(prune_links(
+            layer.dialer.clone(),
             layer.inbound.clone(),
-            accepted_tx,
-            shutdown,
-            log,
+            limits.prune_interval,
         ));
         Ok(layer)
     }
 }
 
+/// Every `interval` until shut down, closes and forgets the failed peer
+/// connections on both sides.
+async fn prune_links(dialer: Arc<Dialer>, inbound: Arc<Mutex<InboundLinks>>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = dialer.shutdown.cancelled() => return,
+        }
+        inbound.lock().expect("inbound lock").prune();
+        dialer.prune();
+    }
+}
+
 impl Dialer {
+    /// Closes and forgets peer connections that failed, and the entries
+    /// of peers with none (a dial in progress holds its entry's lock and
+    /// is left alone).
+    fn prune(&self) {
+        self.outbound
+            .lock()
+            .expect("outbound lock")
+            .retain(|_, slot| match slot.try_lock() {
+                Ok(mut link) => match link.as_ref() {
+                    Some(existing) if existing.is_usable() => true,
+                    Some(_) => {
+                        let dead = link.take().expect("checked above");
+                        tokio::spawn(async move { dead.close().await });
+                        false
+                    }
+                    None => false,
+                },
+                Err(_) => true,
+            });
+    }
+
     async fn dial_channel(&self, target: String) -> io::Result<ChannelStream> {
         let slot = self
             .outbound
@@ -180,14 +327,21 @@ fn signal_error(error: SignalError) -> io::Error {
     io::Error::new(kind, error.to_string())
 }
 
-/// Answers every offer on its own task until shut down.
+/// What answering an offer needs.
+struct Answering {
+    engine: Arc<Engine>,
+    inbound: Arc<Mutex<InboundLinks>>,
+    accepted: mpsc::Sender<(ChannelStream, String)>,
+    max_channels: usize,
+    log: Logger,
+}
+
+/// Answers every offer on its own task until shut down. The signal bounds
+/// how many offers are being answered at once.
 async fn answer_offers(
     mut offers: crate::signal::Offers,
-    engine: Arc<Engine>,
-    inbound: Arc<Mutex<Vec<PeerLink>>>,
-    accepted: mpsc::Sender<(ChannelStream, String)>,
+    answering: Arc<Answering>,
     shutdown: CancellationToken,
-    log: Logger,
 ) {
     loop {
         let offer = tokio::select! {
@@ -197,58 +351,47 @@ async fn answer_offers(
             },
             _ = shutdown.cancelled() => return,
         };
-        let (engine, inbound, accepted, log) = (
-            engine.clone(),
-            inbound.clone(),
-            accepted.clone(),
-            log.clone(),
-        );
-        tokio::spawn(async move { answer_offer(offer, &engine, &inbound, accepted, &log).await });
+        let answering = answering.clone();
+        tokio::spawn(async move { answering.answer(offer).await });
     }
 }
 
-async fn answer_offer(
-    offer: Offer,
-    engine: &Engine,
-    inbound: &Mutex<Vec<PeerLink>>,
-    accepted: mpsc::Sender<(ChannelStream, String)>,
-    log: &Logger,
-) {
-    let from = offer.from.clone();
-    let link = match engine.peer().await {
-        Ok(link) => CloseUnlessKept(Some(link)),
-        Err(err) => return offer.answer(Err(format!("cannot create a peer connection: {err}"))),
-    };
-    let peer = link.0.clone().expect("just set");
-    let remote = from.clone();
-    let answered = peer
-        .answer(&offer.sdp, move |stream| {
-            let accepted = accepted.clone();
-            let remote = remote.clone();
-            tokio::spawn(async move {
-                // A full queue waits: the Listener takes channels as it can.
-                let _ = accepted.send((stream, remote)).await;
-            });
-        })
-        .await;
-    match answered {
-        Ok(answer) => {
-            debug!(log, "answered an offer"; "peer" => &from);
-            offer.answer(Ok(answer));
-            let mut links = inbound.lock().expect("inbound lock");
-            links.retain(|link| {
-                let usable = link.is_usable();
-                if !usable {
-                    let link = link.clone();
-                    tokio::spawn(async move { link.close().await });
-                }
-                usable
-            });
-            links.push(link.keep());
+impl Answering {
+    async fn answer(&self, offer: Offer) {
+        let from = offer.from.clone();
+        if !self.inbound.lock().expect("inbound lock").has_room(&from) {
+            warn!(self.log, "refusing an offer: too many peer connections"; "peer" => &from);
+            return offer.answer(Err("too many peer connections".into()));
         }
-        Err(err) => {
-            warn!(log, "refusing a bad offer"; "peer" => &from, "error" => %err);
-            offer.answer(Err(err.to_string()));
+        let link = match self.engine.peer().await {
+            Ok(link) => CloseUnlessKept(Some(link)),
+            Err(err) => {
+                return offer.answer(Err(format!("cannot create a peer connection: {err}")))
+            }
+        };
+        let peer = link.0.clone().expect("just set");
+        let (accepted, remote) = (self.accepted.clone(), from.clone());
+        let answered = peer
+            .answer(&offer.sdp, self.max_channels, move |stream| {
+                let accepted = accepted.clone();
+                let remote = remote.clone();
+                tokio::spawn(async move {
+                    // A full queue waits: the Listener takes channels as it can.
+                    let _ = accepted.send((stream, remote)).await;
+                });
+            })
+            .await;
+        match answered {
+            Ok(answer) => {
+                debug!(self.log, "answered an offer"; "peer" => &from);
+                offer.answer(Ok(answer));
+                let mut inbound = self.inbound.lock().expect("inbound lock");
+                inbound.add(from, link.keep());
+            }
+            Err(err) => {
+                warn!(self.log, "refusing a bad offer"; "peer" => &from, "error" => %err);
+                offer.answer(Err(err.to_string()));
+            }
         }
     }
 }
@@ -318,12 +461,7 @@ impl StreamLayer for WebRtcStreamLayer {
         }
         dialer.shutdown.cancel();
         let signal = dialer.signal.clone();
-        let mut links: Vec<PeerLink> = self
-            .inbound
-            .lock()
-            .expect("inbound lock")
-            .drain(..)
-            .collect();
+        let mut links: Vec<PeerLink> = self.inbound.lock().expect("inbound lock").drain();
         let slots: Vec<_> = dialer
             .outbound
             .lock()
@@ -349,8 +487,11 @@ impl NetworkTransport {
     /// A WebRTC transport whose address is `signal`'s ID: registers it with
     /// the signaling server and answers offers from then on. `config` gives
     /// the pool size, timeouts and limits (its bind and advertise addresses
-    /// are not used; dials get at least `join-timeout`, see
-    /// [`WebRtcStreamLayer::start`]); `ice` the STUN/TURN servers.
+    /// are not used; dials get at least `join-timeout`; see
+    /// [`RtcLimits::from_config`]); `ice` the STUN/TURN servers.
+    ///
+    /// Fails with [`TransportError::Connect`] when the signaling server
+    /// cannot be reached within the signal's connect timeout.
     pub async fn webrtc(
         signal: Arc<dyn Signal>,
         ice: &IceOptions,
@@ -359,7 +500,8 @@ impl NetworkTransport {
     ) -> Result<NetworkTransport, TransportError> {
         config.validate()?;
         let log = log.new(o!("transport" => "webrtc"));
-        let layer = WebRtcStreamLayer::start(signal, ice, config.join_timeout, log.clone()).await?;
+        let limits = RtcLimits::from_config(config);
+        let layer = WebRtcStreamLayer::start(signal, ice, limits, log.clone()).await?;
         Ok(NetworkTransport::new(Arc::new(layer), config, log))
     }
 }

@@ -70,8 +70,10 @@ impl WampSignal {
     }
 
     /// Joins the router of `config` (`signal-addr`, `signal-realm`,
-    /// `signal-skip-verify`, `signal-ca-file`) under `id`. A `signal-addr`
-    /// starting with `ws://` connects without TLS.
+    /// `signal-skip-verify`, `signal-ca-file`) under `id`, with the
+    /// default limits of [`SignalSettings::new`] and `join-timeout` to
+    /// connect. A `signal-addr` starting with `ws://` connects without
+    /// TLS.
     pub fn from_config(
         config: &Config,
         id: impl Into<String>,
@@ -91,14 +93,9 @@ impl WampSignal {
             Some(tls::client_config(&trust).map_err(|e| SignalError::Connect(e.to_string()))?)
         };
         let settings = SignalSettings {
-            address: config.signal_addr.clone(),
-            realm: config.signal_realm.clone(),
-            id: id.into(),
             tls,
             connect_timeout: config.join_timeout,
-            max_message_size: 1024 * 1024,
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(5),
+            ..SignalSettings::new(&config.signal_addr, &config.signal_realm, id)
         };
         Ok(WampSignal::new(settings, config.join_timeout, log))
     }

@@ -39,14 +39,11 @@ pub async fn router(realms: &[&str]) -> Router {
 pub fn settings(addr: &str, realm: &str, id: &str, trust: Option<Trust>) -> SignalSettings {
     let tls = trust.map(|t| babble_net::signal::client_config(&t).unwrap());
     SignalSettings {
-        address: addr.to_owned(),
-        realm: realm.to_owned(),
-        id: id.to_owned(),
         tls,
         connect_timeout: Duration::from_secs(5),
-        max_message_size: 1 << 20,
         reconnect_min: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(200),
+        ..SignalSettings::new(addr, realm, id)
     }
 }
 

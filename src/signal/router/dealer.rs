@@ -1,20 +1,59 @@
 //! The dealer: registrations and calls of every realm, as pure state.
 //!
 //! Sessions hand it the messages they receive; it answers with what to send
-//! to whom. Realms are separate maps, so nothing ever crosses them.
+//! to whom. Realms are separate maps, so nothing ever crosses them. Every
+//! lookup is by key (procedure, registration, invocation, or a caller's
+//! request ID), and every set it keeps is bounded per session by
+//! [`DealerLimits`], so one session cannot make the router's work or memory
+//! grow beyond its share.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use babble_net_actors::wamp::{code, random_id, uri, Message};
 use serde_json::{json, Map};
 
-/// Where a message must go.
-pub(super) type Outbox = Vec<(u64, Message)>;
+/// How a message must be handled when its session cannot take more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Cause {
+    /// An answer to the session's own request: a session that does not
+    /// read its answers is too slow and is disconnected.
+    Own,
+    /// An INVOCATION another session's CALL caused: when the callee cannot
+    /// take it, the call fails (`io.babble.callee_busy`); the callee stays.
+    Invocation(u64),
+    /// A notice the session may miss (INTERRUPT): dropped when full.
+    Advisory,
+}
+
+/// Where messages must go, and what a full queue means for each.
+pub(super) type Outbox = Vec<(u64, Message, Cause)>;
+
+/// What one session may hold at the dealer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct DealerLimits {
+    /// Procedures one session may register.
+    pub max_registrations: usize,
+    /// Calls one session may have in flight as caller.
+    pub max_calls: usize,
+    /// Invocations waiting for one callee's answer.
+    pub max_invocations: usize,
+}
 
 #[derive(Default)]
 struct Realm {
     /// Procedure URI to (registration ID, callee session).
     procedures: HashMap<String, (u64, u64)>,
+}
+
+/// What the dealer knows of one session.
+struct Session {
+    realm: String,
+    /// Registration IDs it owns.
+    registrations: HashSet<u64>,
+    /// Its calls in flight: its request ID to the invocation.
+    calls: HashMap<u64, u64>,
+    /// Invocations waiting for its answer.
+    invocations: HashSet<u64>,
 }
 
 /// A call in progress, keyed by its INVOCATION request ID.
@@ -35,11 +74,12 @@ impl Drop for Invocation {
 }
 
 /// See the [module docs](self).
-#[derive(Default)]
 pub(super) struct Dealer {
+    limits: DealerLimits,
     realms: HashMap<String, Realm>,
-    /// Session to its realm.
-    sessions: HashMap<u64, String>,
+    sessions: HashMap<u64, Session>,
+    /// Registration ID to (realm, procedure).
+    registrations: HashMap<u64, (String, String)>,
     invocations: HashMap<u64, Invocation>,
 }
 
@@ -54,6 +94,16 @@ fn error(request_type: u64, request: u64, error: &str, message: Option<&str>) ->
     }
 }
 
+fn interrupt(invocation: u64) -> Message {
+    let options = [("mode".to_owned(), json!("killnowait"))]
+        .into_iter()
+        .collect();
+    Message::Interrupt {
+        request: invocation,
+        options,
+    }
+}
+
 /// WAMP's loose URI rule: dot-separated, non-empty components without
 /// whitespace or `#`.
 fn valid_uri(uri: &str) -> bool {
@@ -63,7 +113,27 @@ fn valid_uri(uri: &str) -> bool {
             .all(|part| !part.is_empty() && !part.chars().any(|c| c.is_whitespace() || c == '#'))
 }
 
+/// A fresh random ID not in `taken`.
+fn fresh_id<V>(taken: &HashMap<u64, V>) -> u64 {
+    loop {
+        let id = random_id();
+        if !taken.contains_key(&id) {
+            return id;
+        }
+    }
+}
+
 impl Dealer {
+    pub(super) fn new(limits: DealerLimits) -> Dealer {
+        Dealer {
+            limits,
+            realms: HashMap::new(),
+            sessions: HashMap::new(),
+            registrations: HashMap::new(),
+            invocations: HashMap::new(),
+        }
+    }
+
     pub(super) fn has_realm(&self, realm: &str) -> bool {
         self.realms.contains_key(realm)
     }
@@ -74,70 +144,39 @@ impl Dealer {
 
     /// A new session in `realm`, with a fresh random ID.
     pub(super) fn join(&mut self, realm: &str) -> u64 {
-        let mut session = random_id();
-        while self.sessions.contains_key(&session) {
-            session = random_id();
-        }
-        self.sessions.insert(session, realm.to_owned());
+        let session = fresh_id(&self.sessions);
+        self.sessions.insert(
+            session,
+            Session {
+                realm: realm.to_owned(),
+                registrations: HashSet::new(),
+                calls: HashMap::new(),
+                invocations: HashSet::new(),
+            },
+        );
         session
     }
 
     /// Handles a message from `session`. `Err` means a protocol violation:
     /// the session must be aborted.
     pub(super) fn handle(&mut self, session: u64, message: Message) -> Result<Outbox, String> {
-        let realm_name = self
-            .sessions
-            .get(&session)
-            .cloned()
-            .ok_or("unknown session")?;
+        if !self.sessions.contains_key(&session) {
+            return Err("unknown session".into());
+        }
         let mut out = Outbox::new();
         match message {
             Message::Register {
                 request, procedure, ..
             } => {
-                let realm = self.realms.get_mut(&realm_name).ok_or("realm gone")?;
-                let reply = if !valid_uri(&procedure) {
-                    error(
-                        code::REGISTER,
-                        request,
-                        uri::INVALID_URI,
-                        Some("not a valid procedure URI"),
-                    )
-                } else {
-                    match realm.procedures.entry(procedure) {
-                        std::collections::hash_map::Entry::Occupied(_) => {
-                            error(code::REGISTER, request, uri::PROCEDURE_ALREADY_EXISTS, None)
-                        }
-                        std::collections::hash_map::Entry::Vacant(slot) => {
-                            let registration = random_id();
-                            slot.insert((registration, session));
-                            Message::Registered {
-                                request,
-                                registration,
-                            }
-                        }
-                    }
-                };
-                out.push((session, reply));
+                let reply = self.register(session, request, procedure);
+                out.push((session, reply, Cause::Own));
             }
             Message::Unregister {
                 request,
                 registration,
             } => {
-                let realm = self.realms.get_mut(&realm_name).ok_or("realm gone")?;
-                let found = realm
-                    .procedures
-                    .iter()
-                    .find(|(_, (id, owner))| *id == registration && *owner == session)
-                    .map(|(procedure, _)| procedure.clone());
-                let reply = match found {
-                    Some(procedure) => {
-                        realm.procedures.remove(&procedure);
-                        Message::Unregistered { request }
-                    }
-                    None => error(code::UNREGISTER, request, uri::NO_SUCH_REGISTRATION, None),
-                };
-                out.push((session, reply));
+                let reply = self.unregister(session, request, registration);
+                out.push((session, reply, Cause::Own));
             }
             Message::Call {
                 request,
@@ -145,49 +184,14 @@ impl Dealer {
                 args,
                 kwargs,
                 ..
-            } => {
-                let realm = self.realms.get(&realm_name).ok_or("realm gone")?;
-                match realm.procedures.get(&procedure) {
-                    None => out.push((
-                        session,
-                        error(
-                            code::CALL,
-                            request,
-                            uri::NO_SUCH_PROCEDURE,
-                            Some(&format!("no procedure {procedure}")),
-                        ),
-                    )),
-                    Some(&(registration, callee)) => {
-                        let invocation = random_id();
-                        self.invocations.insert(
-                            invocation,
-                            Invocation {
-                                caller: session,
-                                call_request: request,
-                                callee,
-                                timer: None,
-                            },
-                        );
-                        out.push((
-                            callee,
-                            Message::Invocation {
-                                request: invocation,
-                                registration,
-                                details: Map::new(),
-                                args,
-                                kwargs,
-                            },
-                        ));
-                    }
-                }
-            }
+            } => self.call(session, request, procedure, args, kwargs, &mut out)?,
             Message::Yield {
                 request,
                 args,
                 kwargs,
                 ..
             } => {
-                if let Some(call) = self.take_invocation(request, session) {
+                if let Some(call) = self.take_invocation(request, Some(session)) {
                     out.push((
                         call.caller,
                         Message::Result {
@@ -196,6 +200,7 @@ impl Dealer {
                             args,
                             kwargs,
                         },
+                        Cause::Own,
                     ));
                 }
             }
@@ -207,7 +212,7 @@ impl Dealer {
                 args,
                 kwargs,
             } => {
-                if let Some(call) = self.take_invocation(request, session) {
+                if let Some(call) = self.take_invocation(request, Some(session)) {
                     out.push((
                         call.caller,
                         Message::Error {
@@ -218,17 +223,13 @@ impl Dealer {
                             args,
                             kwargs,
                         },
+                        Cause::Own,
                     ));
                 }
             }
             Message::Cancel { request, options } => {
-                let found = self
-                    .invocations
-                    .iter()
-                    .find(|(_, call)| call.caller == session && call.call_request == request)
-                    .map(|(id, _)| *id);
-                if let Some(invocation) = found {
-                    let call = self.invocations.remove(&invocation).expect("found above");
+                let invocation = self.sessions[&session].calls.get(&request).copied();
+                if let Some(call) = invocation.and_then(|i| self.take_invocation(i, None)) {
                     out.push((
                         session,
                         error(
@@ -237,6 +238,7 @@ impl Dealer {
                             uri::CANCELED,
                             Some("canceled by the caller"),
                         ),
+                        Cause::Own,
                     ));
                     let mode = options
                         .get("mode")
@@ -246,9 +248,10 @@ impl Dealer {
                     out.push((
                         call.callee,
                         Message::Interrupt {
-                            request: invocation,
+                            request: invocation.expect("found above"),
                             options,
                         },
+                        Cause::Advisory,
                     ));
                 }
             }
@@ -257,24 +260,145 @@ impl Dealer {
         Ok(out)
     }
 
-    fn take_invocation(&mut self, invocation: u64, callee: u64) -> Option<Invocation> {
-        match self.invocations.get(&invocation) {
-            Some(call) if call.callee == callee => self.invocations.remove(&invocation),
-            _ => None,
+    fn register(&mut self, session: u64, request: u64, procedure: String) -> Message {
+        if !valid_uri(&procedure) {
+            return error(
+                code::REGISTER,
+                request,
+                uri::INVALID_URI,
+                Some("not a valid procedure URI"),
+            );
         }
+        let owner = self.sessions.get_mut(&session).expect("checked by handle");
+        if owner.registrations.len() >= self.limits.max_registrations {
+            return error(
+                code::REGISTER,
+                request,
+                uri::LIMIT_REACHED,
+                Some("too many registrations for one session"),
+            );
+        }
+        let realm = self
+            .realms
+            .get_mut(&owner.realm)
+            .expect("joined realms exist");
+        if realm.procedures.contains_key(&procedure) {
+            return error(code::REGISTER, request, uri::PROCEDURE_ALREADY_EXISTS, None);
+        }
+        let registration = fresh_id(&self.registrations);
+        realm
+            .procedures
+            .insert(procedure.clone(), (registration, session));
+        owner.registrations.insert(registration);
+        self.registrations
+            .insert(registration, (owner.realm.clone(), procedure));
+        Message::Registered {
+            request,
+            registration,
+        }
+    }
+
+    fn unregister(&mut self, session: u64, request: u64, registration: u64) -> Message {
+        let owner = self.sessions.get_mut(&session).expect("checked by handle");
+        if !owner.registrations.remove(&registration) {
+            return error(code::UNREGISTER, request, uri::NO_SUCH_REGISTRATION, None);
+        }
+        if let Some((realm, procedure)) = self.registrations.remove(&registration) {
+            if let Some(realm) = self.realms.get_mut(&realm) {
+                realm.procedures.remove(&procedure);
+            }
+        }
+        Message::Unregistered { request }
+    }
+
+    fn call(
+        &mut self,
+        caller: u64,
+        request: u64,
+        procedure: String,
+        args: Vec<serde_json::Value>,
+        kwargs: Map<String, serde_json::Value>,
+        out: &mut Outbox,
+    ) -> Result<(), String> {
+        let limits = self.limits;
+        let session = &self.sessions[&caller];
+        if session.calls.contains_key(&request) {
+            return Err(format!("request ID {request} is already in use by a call"));
+        }
+        let mut refuse = |uri: &str, why: &str| {
+            out.push((
+                caller,
+                error(code::CALL, request, uri, Some(why)),
+                Cause::Own,
+            ));
+            Ok(())
+        };
+        if session.calls.len() >= limits.max_calls {
+            return refuse(uri::TOO_MANY_CALLS, "too many calls in flight");
+        }
+        let realm = &self.realms[&session.realm];
+        let Some(&(registration, callee)) = realm.procedures.get(&procedure) else {
+            return refuse(uri::NO_SUCH_PROCEDURE, &format!("no procedure {procedure}"));
+        };
+        if self.sessions[&callee].invocations.len() >= limits.max_invocations {
+            return refuse(uri::CALLEE_BUSY, "the callee has too many calls waiting");
+        }
+        let invocation = fresh_id(&self.invocations);
+        self.invocations.insert(
+            invocation,
+            Invocation {
+                caller,
+                call_request: request,
+                callee,
+                timer: None,
+            },
+        );
+        let by = self.sessions.get_mut(&caller).expect("checked above");
+        by.calls.insert(request, invocation);
+        let to = self
+            .sessions
+            .get_mut(&callee)
+            .expect("registered sessions exist");
+        to.invocations.insert(invocation);
+        out.push((
+            callee,
+            Message::Invocation {
+                request: invocation,
+                registration,
+                details: Map::new(),
+                args,
+                kwargs,
+            },
+            Cause::Invocation(invocation),
+        ));
+        Ok(())
+    }
+
+    /// Ends `invocation` (answered by `callee` when given) and forgets it
+    /// on both sides.
+    fn take_invocation(&mut self, invocation: u64, callee: Option<u64>) -> Option<Invocation> {
+        let call = self.invocations.get(&invocation)?;
+        if callee.is_some_and(|callee| callee != call.callee) {
+            return None;
+        }
+        let call = self.invocations.remove(&invocation)?;
+        if let Some(caller) = self.sessions.get_mut(&call.caller) {
+            caller.calls.remove(&call.call_request);
+        }
+        if let Some(callee) = self.sessions.get_mut(&call.callee) {
+            callee.invocations.remove(&invocation);
+        }
+        Some(call)
     }
 
     /// The call behind `invocation` ran out of time: the caller gets an
     /// error, the callee an INTERRUPT.
     pub(super) fn expire(&mut self, invocation: u64) -> Outbox {
-        let Some(mut call) = self.invocations.remove(&invocation) else {
+        let Some(mut call) = self.take_invocation(invocation, None) else {
             return Outbox::new();
         };
         // Called from the timer task itself: nothing to abort.
         call.timer = None;
-        let options = [("mode".to_owned(), json!("killnowait"))]
-            .into_iter()
-            .collect();
         vec![
             (
                 call.caller,
@@ -284,15 +408,28 @@ impl Dealer {
                     uri::TIMEOUT,
                     Some("the callee did not answer in time"),
                 ),
+                Cause::Own,
             ),
-            (
-                call.callee,
-                Message::Interrupt {
-                    request: invocation,
-                    options,
-                },
-            ),
+            (call.callee, interrupt(invocation), Cause::Advisory),
         ]
+    }
+
+    /// The callee could not take `invocation` (its queue is full): the
+    /// call fails, the callee is left alone.
+    pub(super) fn refuse(&mut self, invocation: u64) -> Outbox {
+        let Some(call) = self.take_invocation(invocation, None) else {
+            return Outbox::new();
+        };
+        vec![(
+            call.caller,
+            error(
+                code::CALL,
+                call.call_request,
+                uri::CALLEE_BUSY,
+                Some("the callee cannot take more calls now"),
+            ),
+            Cause::Own,
+        )]
     }
 
     /// Ties the timeout task of `invocation` to it: the task is aborted as
@@ -304,32 +441,35 @@ impl Dealer {
         }
     }
 
-    /// The invocation a CALL just created, to arm its timeout.
+    /// The invocation a CALL of `caller` created, to arm its timeout.
     pub(super) fn invocation_of(&self, caller: u64, call_request: u64) -> Option<u64> {
-        self.invocations
-            .iter()
-            .find(|(_, call)| call.caller == caller && call.call_request == call_request)
-            .map(|(id, _)| *id)
+        self.sessions
+            .get(&caller)?
+            .calls
+            .get(&call_request)
+            .copied()
     }
 
     /// `session` is gone: its registrations go, its pending calls end.
     pub(super) fn leave(&mut self, session: u64) -> Outbox {
-        let Some(realm_name) = self.sessions.remove(&session) else {
+        let Some(gone) = self.sessions.remove(&session) else {
             return Outbox::new();
         };
-        if let Some(realm) = self.realms.get_mut(&realm_name) {
-            realm.procedures.retain(|_, (_, owner)| *owner != session);
+        for registration in gone.registrations {
+            if let Some((realm, procedure)) = self.registrations.remove(&registration) {
+                if let Some(realm) = self.realms.get_mut(&realm) {
+                    realm.procedures.remove(&procedure);
+                }
+            }
         }
         let mut out = Outbox::new();
-        let ended: Vec<u64> = self
-            .invocations
-            .iter()
-            .filter(|(_, call)| call.caller == session || call.callee == session)
-            .map(|(id, _)| *id)
-            .collect();
-        for invocation in ended {
-            let call = self.invocations.remove(&invocation).expect("listed above");
-            if call.callee == session {
+        for invocation in gone.calls.into_values() {
+            if let Some(call) = self.take_invocation(invocation, None) {
+                out.push((call.callee, interrupt(invocation), Cause::Advisory));
+            }
+        }
+        for invocation in gone.invocations {
+            if let Some(call) = self.take_invocation(invocation, None) {
                 out.push((
                     call.caller,
                     error(
@@ -338,17 +478,7 @@ impl Dealer {
                         uri::CANCELED,
                         Some("the callee left"),
                     ),
-                ));
-            } else {
-                let options = [("mode".to_owned(), json!("killnowait"))]
-                    .into_iter()
-                    .collect();
-                out.push((
-                    call.callee,
-                    Message::Interrupt {
-                        request: invocation,
-                        options,
-                    },
+                    Cause::Own,
                 ));
             }
         }
@@ -381,6 +511,20 @@ fn kind_of(message: &Message) -> &'static str {
 mod tests {
     use super::*;
 
+    const LIMITS: DealerLimits = DealerLimits {
+        max_registrations: 2,
+        max_calls: 3,
+        max_invocations: 4,
+    };
+
+    fn dealer(realms: &[&str]) -> Dealer {
+        let mut dealer = Dealer::new(LIMITS);
+        for realm in realms {
+            dealer.add_realm(realm);
+        }
+        dealer
+    }
+
     fn register(dealer: &mut Dealer, session: u64, request: u64, procedure: &str) -> Message {
         let out = dealer
             .handle(
@@ -395,27 +539,37 @@ mod tests {
         out.into_iter().next().unwrap().1
     }
 
+    fn call(dealer: &mut Dealer, caller: u64, request: u64, procedure: &str) -> Outbox {
+        dealer
+            .handle(
+                caller,
+                Message::Call {
+                    request,
+                    options: Map::new(),
+                    procedure: procedure.into(),
+                    args: vec![json!("a")],
+                    kwargs: Map::new(),
+                },
+            )
+            .unwrap()
+    }
+
+    fn error_uri(out: &Outbox) -> &str {
+        match &out[..] {
+            [(_, Message::Error { error, .. }, Cause::Own)] => error,
+            other => panic!("not one error: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_call_reaches_the_callee_and_its_answer_the_caller() {
-        let mut dealer = Dealer::default();
-        dealer.add_realm("main");
+        let mut dealer = dealer(&["main"]);
         let (callee, caller) = (dealer.join("main"), dealer.join("main"));
         let Message::Registered { registration, .. } = register(&mut dealer, callee, 1, "peer.b")
         else {
             panic!("not registered")
         };
-        let out = dealer
-            .handle(
-                caller,
-                Message::Call {
-                    request: 5,
-                    options: Map::new(),
-                    procedure: "peer.b".into(),
-                    args: vec![json!("a")],
-                    kwargs: Map::new(),
-                },
-            )
-            .unwrap();
+        let out = call(&mut dealer, caller, 5, "peer.b");
         let [(
             to,
             Message::Invocation {
@@ -424,13 +578,14 @@ mod tests {
                 args,
                 ..
             },
+            Cause::Invocation(tagged),
         )] = &out[..]
         else {
             panic!("{out:?}")
         };
         assert_eq!(
-            (*to, *reg, args.clone()),
-            (callee, registration, vec![json!("a")])
+            (*to, *reg, args.clone(), *tagged),
+            (callee, registration, vec![json!("a")], *invocation)
         );
         let out = dealer
             .handle(
@@ -452,16 +607,18 @@ mod tests {
                     details: Map::new(),
                     args: vec![json!("ok")],
                     kwargs: Map::new()
-                }
+                },
+                Cause::Own
             )]
         );
+        assert!(dealer.invocations.is_empty());
+        assert!(dealer.sessions[&caller].calls.is_empty());
+        assert!(dealer.sessions[&callee].invocations.is_empty());
     }
 
     #[test]
     fn realms_do_not_see_each_other() {
-        let mut dealer = Dealer::default();
-        dealer.add_realm("a");
-        dealer.add_realm("b");
+        let mut dealer = dealer(&["a", "b"]);
         let (in_a, in_b) = (dealer.join("a"), dealer.join("b"));
         register(&mut dealer, in_a, 1, "peer");
         // The same name registers fine in the other realm...
@@ -470,25 +627,13 @@ mod tests {
             Message::Registered { .. }
         ));
         // ...and a call from b reaches b's callee, not a's.
-        let out = dealer
-            .handle(
-                in_b,
-                Message::Call {
-                    request: 2,
-                    options: Map::new(),
-                    procedure: "peer".into(),
-                    args: vec![],
-                    kwargs: Map::new(),
-                },
-            )
-            .unwrap();
+        let out = call(&mut dealer, in_b, 2, "peer");
         assert_eq!(out[0].0, in_b);
     }
 
     #[test]
     fn duplicate_registration_is_refused_and_a_leaver_frees_its_names() {
-        let mut dealer = Dealer::default();
-        dealer.add_realm("main");
+        let mut dealer = dealer(&["main"]);
         let (first, second) = (dealer.join("main"), dealer.join("main"));
         register(&mut dealer, first, 1, "id");
         let Message::Error { error, .. } = register(&mut dealer, second, 1, "id") else {
@@ -500,26 +645,124 @@ mod tests {
             register(&mut dealer, second, 2, "id"),
             Message::Registered { .. }
         ));
+        assert_eq!(dealer.registrations.len(), 1);
+    }
+
+    #[test]
+    fn unregister_frees_the_name_and_only_the_owner_may_do_it() {
+        let mut dealer = dealer(&["main"]);
+        let (owner, other) = (dealer.join("main"), dealer.join("main"));
+        let Message::Registered { registration, .. } = register(&mut dealer, owner, 1, "id") else {
+            panic!()
+        };
+        let unregister = |request| Message::Unregister {
+            request,
+            registration,
+        };
+        let out = dealer.handle(other, unregister(2)).unwrap();
+        assert_eq!(error_uri(&out), uri::NO_SUCH_REGISTRATION);
+        let out = dealer.handle(owner, unregister(3)).unwrap();
+        assert!(matches!(out[0].1, Message::Unregistered { request: 3 }));
+        assert!(matches!(
+            register(&mut dealer, other, 4, "id"),
+            Message::Registered { .. }
+        ));
+    }
+
+    #[test]
+    fn a_session_may_register_only_so_many_procedures() {
+        let mut dealer = dealer(&["main"]);
+        let session = dealer.join("main");
+        register(&mut dealer, session, 1, "a");
+        register(&mut dealer, session, 2, "b");
+        let Message::Error { error, .. } = register(&mut dealer, session, 3, "c") else {
+            panic!()
+        };
+        assert_eq!(error, uri::LIMIT_REACHED);
+    }
+
+    #[test]
+    fn a_caller_may_have_only_so_many_calls_in_flight() {
+        let mut dealer = dealer(&["main"]);
+        let (callee, caller) = (dealer.join("main"), dealer.join("main"));
+        register(&mut dealer, callee, 1, "p");
+        for request in 1..=3 {
+            assert!(matches!(
+                call(&mut dealer, caller, request, "p")[0].1,
+                Message::Invocation { .. }
+            ));
+        }
+        let out = call(&mut dealer, caller, 4, "p");
+        assert_eq!(error_uri(&out), uri::TOO_MANY_CALLS);
+        assert_eq!(out[0].0, caller);
+    }
+
+    #[test]
+    fn a_flooded_callee_is_protected_and_stays_registered() {
+        let mut dealer = dealer(&["main"]);
+        let callee = dealer.join("main");
+        register(&mut dealer, callee, 1, "p");
+        let floods: Vec<u64> = (0..3).map(|_| dealer.join("main")).collect();
+        let mut refused = 0;
+        for (i, flood) in floods.iter().enumerate() {
+            for request in 1..=2 {
+                let out = call(&mut dealer, *flood, request, "p");
+                if let [(to, Message::Error { error, .. }, _)] = &out[..] {
+                    assert_eq!((*to, error.as_str()), (*flood, uri::CALLEE_BUSY), "{i}");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(refused, 6 - LIMITS.max_invocations);
+        assert_eq!(dealer.sessions[&callee].invocations.len(), 4);
+        // The callee still owns its name.
+        let other = dealer.join("main");
+        let Message::Error { error, .. } = register(&mut dealer, other, 1, "p") else {
+            panic!()
+        };
+        assert_eq!(error, uri::PROCEDURE_ALREADY_EXISTS);
+    }
+
+    #[test]
+    fn a_refused_invocation_fails_the_call_only() {
+        let mut dealer = dealer(&["main"]);
+        let (callee, caller) = (dealer.join("main"), dealer.join("main"));
+        register(&mut dealer, callee, 1, "p");
+        let out = call(&mut dealer, caller, 7, "p");
+        let Cause::Invocation(invocation) = out[0].2 else {
+            panic!()
+        };
+        let out = dealer.refuse(invocation);
+        assert_eq!(out[0].0, caller);
+        assert_eq!(error_uri(&out), uri::CALLEE_BUSY);
+        assert!(dealer.invocations.is_empty());
+        assert!(dealer.sessions[&caller].calls.is_empty());
+    }
+
+    #[test]
+    fn a_reused_call_request_id_is_a_protocol_violation() {
+        let mut dealer = dealer(&["main"]);
+        let (callee, caller) = (dealer.join("main"), dealer.join("main"));
+        register(&mut dealer, callee, 1, "p");
+        call(&mut dealer, caller, 9, "p");
+        let second = Message::Call {
+            request: 9,
+            options: Map::new(),
+            procedure: "p".into(),
+            args: vec![],
+            kwargs: Map::new(),
+        };
+        assert!(dealer.handle(caller, second).is_err());
+        // The first call is untouched.
+        assert_eq!(dealer.invocations.len(), 1);
     }
 
     #[test]
     fn cancel_answers_the_caller_and_interrupts_the_callee() {
-        let mut dealer = Dealer::default();
-        dealer.add_realm("main");
+        let mut dealer = dealer(&["main"]);
         let (callee, caller) = (dealer.join("main"), dealer.join("main"));
         register(&mut dealer, callee, 1, "p");
-        dealer
-            .handle(
-                caller,
-                Message::Call {
-                    request: 9,
-                    options: Map::new(),
-                    procedure: "p".into(),
-                    args: vec![],
-                    kwargs: Map::new(),
-                },
-            )
-            .unwrap();
+        call(&mut dealer, caller, 9, "p");
         let out = dealer
             .handle(
                 caller,
@@ -530,16 +773,37 @@ mod tests {
             )
             .unwrap();
         assert!(
-            matches!(&out[0], (to, Message::Error { error, request: 9, .. }) if *to == caller && error == uri::CANCELED)
+            matches!(&out[0], (to, Message::Error { error, request: 9, .. }, Cause::Own) if *to == caller && error == uri::CANCELED)
         );
-        assert!(matches!(&out[1], (to, Message::Interrupt { .. }) if *to == callee));
+        assert!(
+            matches!(&out[1], (to, Message::Interrupt { .. }, Cause::Advisory) if *to == callee)
+        );
         assert!(dealer.invocations.is_empty());
     }
 
     #[test]
+    fn a_leaving_callee_fails_its_calls_and_a_leaving_caller_interrupts_them() {
+        let mut dealer = dealer(&["main"]);
+        let (callee, caller) = (dealer.join("main"), dealer.join("main"));
+        register(&mut dealer, callee, 1, "p");
+        register(&mut dealer, caller, 1, "q");
+        call(&mut dealer, caller, 1, "p");
+        call(&mut dealer, callee, 1, "q");
+        let out = dealer.leave(callee);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().any(|(to, m, _)| *to == caller
+            && matches!(m, Message::Error { error, .. } if error == uri::CANCELED)));
+        assert!(out
+            .iter()
+            .any(|(to, m, _)| *to == caller && matches!(m, Message::Interrupt { .. })));
+        assert!(dealer.invocations.is_empty());
+        assert!(dealer.sessions[&caller].calls.is_empty());
+        assert!(dealer.sessions[&caller].invocations.is_empty());
+    }
+
+    #[test]
     fn clients_may_not_send_router_messages() {
-        let mut dealer = Dealer::default();
-        dealer.add_realm("main");
+        let mut dealer = dealer(&["main"]);
         let session = dealer.join("main");
         assert!(dealer
             .handle(

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use dealer::Dealer;
+use dealer::{Dealer, DealerLimits};
 
 /// Settings of the signaling router, readable from TOML (see
 /// `config/signal.toml`).
@@ -57,6 +57,23 @@ pub struct RouterConfig {
     /// `wamp.error.timeout`.
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
+    /// A session whose socket takes no bytes for this long while the
+    /// router writes to it is closed.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Bytes of messages waiting to be written to one session. Beyond
+    /// it, calls to that session fail with `io.babble.callee_busy`, and a
+    /// session that does not read the answers to its own requests is
+    /// closed.
+    pub max_queued_bytes: usize,
+    /// Procedures one session may register (a node registers one: its ID).
+    pub max_registrations: usize,
+    /// Calls one session may have in flight; more fail at once with
+    /// `io.babble.too_many_calls`.
+    pub max_calls: usize,
+    /// Calls waiting for one callee's answer; more fail at once with
+    /// `io.babble.callee_busy`, and the callee stays registered.
+    pub max_invocations: usize,
 }
 
 impl Default for RouterConfig {
@@ -68,10 +85,15 @@ impl Default for RouterConfig {
             key_file: None,
             insecure: false,
             max_sessions: 1024,
-            max_message_size: 256 * 1024,
+            max_message_size: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             call_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            max_queued_bytes: 1024 * 1024,
+            max_registrations: 4,
+            max_calls: 64,
+            max_invocations: 64,
         }
     }
 }
@@ -98,9 +120,51 @@ impl RouterConfig {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|e| RouterError::Config(format!("cannot read {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| RouterError::Config(format!("{}: {e}", path.display())))
+        let config: RouterConfig = toml::from_str(&text)
+            .map_err(|e| RouterError::Config(format!("{}: {e}", path.display())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that cannot work.
+    pub fn validate(&self) -> Result<(), RouterError> {
+        let fail = |what: &str| Err(RouterError::Config(what.to_owned()));
+        if self.realms.is_empty() {
+            return fail("at least one realm is needed");
+        }
+        for (name, value) in [
+            ("handshake-timeout", self.handshake_timeout),
+            ("idle-timeout", self.idle_timeout),
+            ("call-timeout", self.call_timeout),
+            ("write-timeout", self.write_timeout),
+        ] {
+            if value.is_zero() || value > MAX_TIMEOUT {
+                return fail(&format!("{name} must be between 1ms and {MAX_TIMEOUT:?}"));
+            }
+        }
+        for (name, value) in [
+            ("max-sessions", self.max_sessions),
+            ("max-registrations", self.max_registrations),
+            ("max-calls", self.max_calls),
+            ("max-invocations", self.max_invocations),
+        ] {
+            if value == 0 {
+                return fail(&format!("{name} must be at least 1"));
+            }
+        }
+        if self.max_message_size < 1024 {
+            return fail("max-message-size must be at least 1024 bytes");
+        }
+        if self.max_queued_bytes < self.max_message_size {
+            return fail("max-queued-bytes must be at least max-message-size");
+        }
+        Ok(())
     }
 }
+
+/// Longest timeout accepted: a day (longer ones are typing mistakes, and
+/// overflow deadline arithmetic).
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Shared by the accept loop and every session.
 struct Shared {
@@ -138,9 +202,7 @@ impl Router {
                 ))
             }
         };
-        if config.realms.is_empty() {
-            return Err(RouterError::Config("at least one realm is needed".into()));
-        }
+        config.validate()?;
         let listener =
             TcpListener::bind(&config.listen)
                 .await
@@ -152,7 +214,11 @@ impl Router {
             addr: config.listen.clone(),
             source,
         })?;
-        let mut dealer = Dealer::default();
+        let mut dealer = Dealer::new(DealerLimits {
+            max_registrations: config.max_registrations,
+            max_calls: config.max_calls,
+            max_invocations: config.max_invocations,
+        });
         for realm in &config.realms {
             dealer.add_realm(realm);
         }
@@ -160,7 +226,7 @@ impl Router {
         info!(log, "signaling server listening"; "url" => format!("{scheme}://{local_addr}/"), "realms" => config.realms.join(","));
         let shared = Arc::new(Shared {
             dealer: Mutex::new(dealer),
-            sessions: session::Sessions::default(),
+            sessions: session::Sessions::new(config.max_queued_bytes),
             shutdown: CancellationToken::new(),
             config,
             log,

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,41 +20,117 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
 
-use super::dealer::Outbox;
+use super::dealer::{Cause, Outbox};
 use super::Shared;
 
-/// Messages queued for one session beyond which it counts as too slow.
-const OUTGOING_QUEUE: usize = 256;
+/// What is queued for one session to write: frames and their total size.
+struct Queue {
+    frames: mpsc::UnboundedSender<String>,
+    bytes: Arc<AtomicUsize>,
+    /// Cancelled to drop the session at once (it stopped reading).
+    kick: CancellationToken,
+}
 
-/// The outgoing queues of joined sessions.
-#[derive(Default)]
-pub(super) struct Sessions(Mutex<HashMap<u64, mpsc::Sender<Message>>>);
+/// The receiving end of a session's [`Queue`].
+struct QueueReader {
+    frames: mpsc::UnboundedReceiver<String>,
+    bytes: Arc<AtomicUsize>,
+    kick: CancellationToken,
+}
+
+/// The outgoing queues of joined sessions, each bounded in bytes.
+pub(super) struct Sessions {
+    queues: Mutex<HashMap<u64, Queue>>,
+    max_bytes: usize,
+}
 
 impl Sessions {
-    fn insert(&self, session: u64, tx: mpsc::Sender<Message>) {
-        self.0.lock().expect("sessions lock").insert(session, tx);
+    pub(super) fn new(max_bytes: usize) -> Sessions {
+        Sessions {
+            queues: Mutex::default(),
+            max_bytes,
+        }
+    }
+
+    fn open(&self, session: u64) -> QueueReader {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (bytes, kick) = (Arc::new(AtomicUsize::new(0)), CancellationToken::new());
+        let queue = Queue {
+            frames: tx,
+            bytes: bytes.clone(),
+            kick: kick.clone(),
+        };
+        self.queues
+            .lock()
+            .expect("sessions lock")
+            .insert(session, queue);
+        QueueReader {
+            frames: rx,
+            bytes,
+            kick,
+        }
     }
 
     fn remove(&self, session: u64) {
-        self.0.lock().expect("sessions lock").remove(&session);
+        self.queues.lock().expect("sessions lock").remove(&session);
     }
 
-    /// Queues every message for its session. A session whose queue is full
-    /// loses the message (its connection is then closed for being too slow
-    /// when its queue drops).
-    fn deliver(&self, outbox: Outbox, log: &Logger) {
-        let mut sessions = self.0.lock().expect("sessions lock");
-        for (session, message) in outbox {
-            let Some(tx) = sessions.get(&session) else {
+    /// Queues every message for its session, within the session's byte
+    /// budget. Beyond it, what happens depends on why the message is sent
+    /// ([`Cause`]): a session that does not read the answers to its own
+    /// requests is dropped; an invocation is refused (returned, for the
+    /// dealer to fail the call) and the callee left alone; a notice is
+    /// dropped.
+    fn deliver(&self, outbox: Outbox, log: &Logger) -> Vec<u64> {
+        let mut refused = Vec::new();
+        let mut queues = self.queues.lock().expect("sessions lock");
+        for (session, message, cause) in outbox {
+            let Some(queue) = queues.get(&session) else {
                 continue;
             };
-            if tx.try_send(message).is_err() {
-                warn!(log, "session too slow, disconnecting it"; "session" => session);
-                sessions.remove(&session);
+            let text = message.to_json();
+            let queued = queue.bytes.load(Ordering::Relaxed);
+            if queued + text.len() <= self.max_bytes {
+                queue.bytes.fetch_add(text.len(), Ordering::Relaxed);
+                let _ = queue.frames.send(text);
+                continue;
+            }
+            match cause {
+                Cause::Own => {
+                    warn!(log, "session not reading its answers, disconnecting it";
+                        "session" => session, "queued_bytes" => queued);
+                    queue.kick.cancel();
+                    queues.remove(&session);
+                }
+                Cause::Invocation(invocation) => {
+                    debug!(log, "callee busy, refusing a call"; "session" => session);
+                    refused.push(invocation);
+                }
+                Cause::Advisory => {}
             }
         }
+        refused
     }
+}
+
+/// Sends what the dealer produced; calls a full callee cannot take fail
+/// for their callers.
+pub(super) fn dispatch(shared: &Shared, outbox: Outbox) {
+    let refused = shared.sessions.deliver(outbox, &shared.log);
+    if refused.is_empty() {
+        return;
+    }
+    let mut failed = Outbox::new();
+    {
+        let mut dealer = shared.dealer.lock().expect("dealer lock");
+        for invocation in refused {
+            failed.extend(dealer.refuse(invocation));
+        }
+    }
+    // Only answers to callers' own calls: nothing more can be refused.
+    shared.sessions.deliver(failed, &shared.log);
 }
 
 type Ws = WebSocketStream<BoxConnection>;
@@ -82,34 +159,44 @@ pub(super) async fn serve(
     let known_realm = shared.dealer.lock().expect("dealer lock").has_realm(&realm);
     if !known_realm {
         info!(log, "session refused: unknown realm"; "realm" => &realm);
-        let details = [("message".to_owned(), json!(format!("no realm {realm}")))]
-            .into_iter()
-            .collect();
-        let _ = ws
-            .send(frame_of(&Message::Abort {
-                details,
-                reason: uri::NO_SUCH_REALM.into(),
-            }))
-            .await;
-        let _ = ws.close(None).await;
+        let why = format!("no realm {realm}");
+        abort(
+            &mut ws,
+            uri::NO_SUCH_REALM,
+            &why,
+            shared.config.write_timeout,
+        )
+        .await;
         return;
     }
     let session = shared.dealer.lock().expect("dealer lock").join(&realm);
-    let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
-    shared.sessions.insert(session, tx);
+    let queue = shared.sessions.open(session);
     let log = log.new(slog::o!("session" => session, "realm" => realm.clone()));
     let welcome = Message::Welcome {
         session,
         details: welcome_details(),
     };
-    if ws.send(frame_of(&welcome)).await.is_ok() {
+    if send(&mut ws, frame_of(&welcome), shared.config.write_timeout)
+        .await
+        .is_ok()
+    {
         debug!(log, "session joined");
-        let ended = run(&shared, session, ws, rx, &log).await;
+        let ended = run(&shared, session, ws, queue, &log).await;
         debug!(log, "session ended"; "why" => ended);
     }
     shared.sessions.remove(session);
     let outbox = shared.dealer.lock().expect("dealer lock").leave(session);
-    shared.sessions.deliver(outbox, &log);
+    dispatch(&shared, outbox);
+}
+
+/// Writes one frame, giving up after `timeout`: a peer that stops reading
+/// must not hold the session's task.
+async fn send(ws: &mut Ws, frame: WsMessage, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, ws.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(format!("write failed: {err}")),
+        Err(_) => Err(format!("a write took longer than {timeout:?}")),
+    }
 }
 
 /// TLS, WebSocket upgrade with the WAMP subprotocol, then HELLO. Returns the
@@ -226,10 +313,11 @@ async fn run(
     shared: &Arc<Shared>,
     session: u64,
     mut ws: Ws,
-    mut outgoing: mpsc::Receiver<Message>,
+    mut queue: QueueReader,
     log: &Logger,
 ) -> String {
     let idle_timeout = shared.config.idle_timeout;
+    let write_timeout = shared.config.write_timeout;
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval(idle_timeout / 3);
     ping.tick().await;
@@ -246,7 +334,8 @@ async fn run(
                     WsMessage::Text(text) => text,
                     WsMessage::Close(_) => return "the client closed the session".into(),
                     WsMessage::Binary(_) => {
-                        abort(&mut ws, "binary messages are not WAMP JSON").await;
+                        let why = "binary messages are not WAMP JSON";
+                        abort(&mut ws, uri::PROTOCOL_VIOLATION, why, write_timeout).await;
                         return "protocol violation: binary message".into();
                     }
                     _ => continue,
@@ -255,14 +344,15 @@ async fn run(
                     Ok(message) => message,
                     Err(err) => {
                         warn!(log, "aborting session: malformed message"; "error" => %err);
-                        abort(&mut ws, &err.to_string()).await;
+                        abort(&mut ws, uri::PROTOCOL_VIOLATION, &err.to_string(), write_timeout).await;
                         return "protocol violation".into();
                     }
                 };
                 if let Message::Goodbye { .. } = message {
                     let reply = Message::Goodbye { details: Map::new(), reason: uri::GOODBYE_AND_OUT.into() };
-                    let _ = ws.send(frame_of(&reply)).await;
-                    let _ = ws.close(None).await;
+                    if send(&mut ws, frame_of(&reply), write_timeout).await.is_ok() {
+                        close(&mut ws, write_timeout).await;
+                    }
                     return "goodbye".into();
                 }
                 let call = match &message {
@@ -271,10 +361,10 @@ async fn run(
                 };
                 let handled = shared.dealer.lock().expect("dealer lock").handle(session, message);
                 match handled {
-                    Ok(outbox) => shared.sessions.deliver(outbox, log),
+                    Ok(outbox) => dispatch(shared, outbox),
                     Err(why) => {
                         warn!(log, "aborting session"; "why" => &why);
-                        abort(&mut ws, &why).await;
+                        abort(&mut ws, uri::PROTOCOL_VIOLATION, &why, write_timeout).await;
                         return format!("protocol violation: {why}");
                     }
                 }
@@ -282,42 +372,53 @@ async fn run(
                     arm_call_timeout(shared, session, request, asked);
                 }
             }
-            message = outgoing.recv() => {
-                let Some(message) = message else {
-                    return "too slow to take its messages".into();
+            frame = queue.frames.recv() => {
+                let Some(frame) = frame else {
+                    return "the router dropped the session".into();
                 };
-                if let Err(err) = ws.send(frame_of(&message)).await {
-                    return format!("write failed: {err}");
+                queue.bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+                if let Err(why) = send(&mut ws, WsMessage::Text(frame.into()), write_timeout).await {
+                    return why;
                 }
+            }
+            _ = queue.kick.cancelled() => {
+                return "not reading its answers".into();
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > idle_timeout {
-                    let _ = ws.close(None).await;
+                    close(&mut ws, write_timeout).await;
                     return format!("silent for {idle_timeout:?}");
                 }
-                if ws.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
-                    return "ping failed".into();
+                if let Err(why) = send(&mut ws, WsMessage::Ping(Vec::new().into()), write_timeout).await {
+                    return why;
                 }
             }
             _ = shared.shutdown.cancelled() => {
                 let goodbye = Message::Goodbye { details: Map::new(), reason: uri::SYSTEM_SHUTDOWN.into() };
-                let _ = ws.send(frame_of(&goodbye)).await;
-                let _ = ws.close(None).await;
+                if send(&mut ws, frame_of(&goodbye), write_timeout).await.is_ok() {
+                    close(&mut ws, write_timeout).await;
+                }
                 return "router shutting down".into();
             }
         }
     }
 }
 
-async fn abort(ws: &mut Ws, why: &str) {
+/// Ends the session with ABORT (`reason`, and `why` as its message).
+async fn abort(ws: &mut Ws, reason: &str, why: &str, timeout: Duration) {
     let details = [("message".to_owned(), json!(why))].into_iter().collect();
-    let _ = ws
-        .send(frame_of(&Message::Abort {
-            details,
-            reason: uri::PROTOCOL_VIOLATION.into(),
-        }))
-        .await;
-    let _ = ws.close(None).await;
+    let abort = Message::Abort {
+        details,
+        reason: reason.into(),
+    };
+    if send(ws, frame_of(&abort), timeout).await.is_ok() {
+        close(ws, timeout).await;
+    }
+}
+
+/// Closes the WebSocket, waiting at most `timeout` for the peer.
+async fn close(ws: &mut Ws, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, ws.close(None)).await;
 }
 
 /// Ends the call with `wamp.error.timeout` if its callee has not answered
@@ -340,7 +441,7 @@ fn arm_call_timeout(shared: &Arc<Shared>, session: u64, request: u64, asked_ms: 
             .lock()
             .expect("dealer lock")
             .expire(invocation);
-        timer_shared.sessions.deliver(outbox, &timer_shared.log);
+        dispatch(&timer_shared, outbox);
     });
     dealer.set_timer(invocation, timer.abort_handle());
 }
