@@ -520,3 +520,281 @@ async fn an_expired_pinned_certificate_is_refused() {
     let error = first_session_error(&signal).await.to_string();
     assert!(error.contains("Expired"), "{error}");
 }
+
+/// A raw session joined to the realm `main` of the router at `addr`.
+async fn joined_raw_session(
+    addr: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut ws = raw_session(addr).await;
+    ws.send(WsMessage::Text(
+        r#"[1,"main",{"roles":{"caller":{},"callee":{}}}]"#.into(),
+    ))
+    .await
+    .unwrap();
+    let welcome = next_text(&mut ws).await.unwrap();
+    assert!(welcome.starts_with("[2,"), "{welcome}");
+    ws
+}
+
+/// Sends `count` CALLs of `procedure` with request IDs from `first`, then
+/// collects the error URIs of the answers to them, in any order.
+async fn call_errors(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    procedure: &str,
+    first: u64,
+    count: u64,
+    wanted: usize,
+) -> Vec<String> {
+    for request in first..first + count {
+        let call = format!(r#"[48,{request},{{}},"{procedure}",["flood","{{}}"]]"#);
+        ws.send(WsMessage::Text(call.into())).await.unwrap();
+    }
+    let mut errors = Vec::new();
+    while errors.len() < wanted {
+        let text = tokio::time::timeout(Duration::from_secs(5), next_text(ws))
+            .await
+            .expect("answers within 5 s")
+            .expect("the session stays open");
+        let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if message[0] == 8 {
+            errors.push(message[4].as_str().unwrap().to_owned());
+        }
+    }
+    errors
+}
+
+#[actix_rt::test]
+async fn flooding_a_peer_with_calls_fails_the_calls_not_the_peer() {
+    let config = RouterConfig {
+        max_calls: 3,
+        max_invocations: 4,
+        ..router_config(&["main"])
+    };
+    let router = Router::start(config, logging::discard()).await.unwrap();
+    let addr = router.local_addr().to_string();
+    // The victim takes offers but answers none of the flood.
+    let victim = client(&format!("ws://{addr}"), "main", "victim", None);
+    let mut offers = victim.consumer();
+    victim.listen().await.unwrap();
+    let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+    actix_rt::spawn(async move {
+        while let Some(offer) = offers.recv().await {
+            if offer.from == "flood" {
+                let _ = held_tx.send(offer);
+            } else {
+                offer.answer(Ok(ANSWER.into()));
+            }
+        }
+    });
+
+    // One attacker: three calls fit its own cap, two more are refused.
+    let mut first = joined_raw_session(&addr).await;
+    let errors = call_errors(&mut first, "victim", 1, 5, 2).await;
+    assert_eq!(errors, vec!["io.babble.too_many_calls"; 2]);
+    // Another: one more call reaches the victim (four are waiting for its
+    // answer, its cap), the rest are refused as busy.
+    let mut second = joined_raw_session(&addr).await;
+    let errors = call_errors(&mut second, "victim", 1, 3, 2).await;
+    assert_eq!(errors, vec!["io.babble.callee_busy"; 2]);
+    let mut kept = Vec::new();
+    for _ in 0..4 {
+        kept.push(held.recv().await.unwrap());
+    }
+
+    // The victim is still connected and registered: nobody can take its ID.
+    let status = victim.status().await.unwrap();
+    assert!(status.registered, "{status:?}");
+    let thief = client(&format!("ws://{addr}"), "main", "victim", None);
+    let stolen = thief.listen().await.unwrap_err();
+    assert_eq!(stolen, SignalError::AlreadyRegistered("victim".into()));
+    thief.close().await.unwrap();
+
+    // Once the flood's calls end, honest offers get through again.
+    drop(kept);
+    let honest = client(&format!("ws://{addr}"), "main", "honest", None);
+    assert_eq!(honest.offer("victim", OFFER.into()).await.unwrap(), ANSWER);
+}
+
+#[actix_rt::test]
+async fn a_session_that_stops_reading_is_closed_after_the_write_timeout() {
+    const CALLS: u64 = 150;
+    let config = RouterConfig {
+        write_timeout: Duration::from_millis(300),
+        max_message_size: 64 * 1024,
+        max_queued_bytes: 256 * 1024,
+        max_calls: CALLS as usize,
+        max_invocations: CALLS as usize,
+        ..router_config(&["main"])
+    };
+    let router = Router::start(config, logging::discard()).await.unwrap();
+    let addr = router.local_addr().to_string();
+
+    // The sleeper registers, then never reads again, through a socket with
+    // a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(router.local_addr()).await.unwrap();
+    let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "wamp.2.json".parse().unwrap());
+    let (mut sleeper, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    sleeper
+        .send(WsMessage::Text(
+            r#"[1,"main",{"roles":{"callee":{}}}]"#.into(),
+        ))
+        .await
+        .unwrap();
+    assert!(next_text(&mut sleeper).await.unwrap().starts_with("[2,"));
+    sleeper
+        .send(WsMessage::Text(r#"[64,1,{},"sleeper"]"#.into()))
+        .await
+        .unwrap();
+    assert!(next_text(&mut sleeper).await.unwrap().starts_with("[65,"));
+    assert_eq!(router.session_count(), 1);
+
+    // Large calls (9 MB, more than the kernel buffers) fill its socket, then
+    // its queue: the calls that do not fit fail as busy, and the router
+    // stops waiting on the socket within the write timeout and closes the
+    // session.
+    let mut caller = joined_raw_session(&addr).await;
+    let big = "x".repeat(60 * 1024);
+    for request in 1..=CALLS {
+        let call = format!(r#"[48,{request},{{}},"sleeper",["big","{big}"]]"#);
+        caller.send(WsMessage::Text(call.into())).await.unwrap();
+        // Let the router move the call on to the sleeper's socket before
+        // the next one arrives, so the socket fills before the queue does.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the session that stopped reading was closed",
+        || router.session_count() == 1,
+    )
+    .await;
+    // Its calls ended for the caller (busy, or canceled when it left), and
+    // its name is free again.
+    let mut ended = 0;
+    while ended < CALLS {
+        let text = tokio::time::timeout(Duration::from_secs(5), next_text(&mut caller))
+            .await
+            .expect("every call ends")
+            .unwrap();
+        if text.starts_with("[8,48,") {
+            ended += 1;
+        }
+    }
+    let successor = client(&format!("ws://{addr}"), "main", "sleeper", None);
+    successor.listen().await.unwrap();
+    drop(sleeper);
+}
+
+#[actix_rt::test]
+async fn reusing_a_call_request_id_aborts_the_session() {
+    let router = router(&["main"]).await;
+    let addr = router.local_addr().to_string();
+    let callee = client(&format!("ws://{addr}"), "main", "slow", None);
+    let _offers = victim_offers(&callee);
+    callee.listen().await.unwrap();
+    let mut ws = joined_raw_session(&addr).await;
+    for _ in 0..2 {
+        ws.send(WsMessage::Text(r#"[48,7,{},"slow",["x","{}"]]"#.into()))
+            .await
+            .unwrap();
+    }
+    let abort = next_text(&mut ws).await.unwrap();
+    assert!(
+        abort.starts_with("[3,") && abort.contains("already in use"),
+        "{abort}"
+    );
+    assert!(callee.status().await.unwrap().registered);
+}
+
+/// Takes the offers made to `signal` and keeps them unanswered.
+fn victim_offers(
+    signal: &WampSignal,
+) -> tokio::sync::mpsc::UnboundedReceiver<babble_net::signal::Offer> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut offers = signal.consumer();
+    actix_rt::spawn(async move {
+        while let Some(offer) = offers.recv().await {
+            let _ = tx.send(offer);
+        }
+    });
+    rx
+}
+
+#[actix_rt::test]
+async fn a_router_gone_silent_is_detected_and_the_client_registers_again() {
+    // A fake router: welcomes and registers every session, then reads
+    // nothing more (so it answers no ping) until the client gives up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (registered_tx, mut registered) = tokio::sync::mpsc::unbounded_channel();
+    actix_rt::spawn(async move {
+        let mut session = 0u64;
+        while let Ok((tcp, _)) = listener.accept().await {
+            session += 1;
+            let registered_tx = registered_tx.clone();
+            actix_rt::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_hdr_async(tcp, |_: &_, mut response: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                    response.headers_mut().insert("Sec-WebSocket-Protocol", "wamp.2.json".parse().unwrap());
+                    Ok(response)
+                })
+                .await
+                .unwrap();
+                let _hello = next_text(&mut ws).await.unwrap();
+                ws.send(WsMessage::Text(format!("[2,{session},{{}}]").into()))
+                    .await
+                    .unwrap();
+                let register = next_text(&mut ws).await.unwrap();
+                let request: serde_json::Value = serde_json::from_str(&register).unwrap();
+                ws.send(WsMessage::Text(format!("[65,{},99]", request[1]).into()))
+                    .await
+                    .unwrap();
+                let _ = registered_tx.send(session);
+                // Silent from now on, but the connection stays open.
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    let mut settings = common::signal::settings(&format!("ws://{addr}"), "main", "me", None);
+    settings.keepalive = Duration::from_millis(100);
+    let signal = WampSignal::new(settings, Duration::from_secs(1), logging::discard());
+    signal.listen().await.unwrap();
+    assert_eq!(registered.recv().await, Some(1));
+    // Three keep-alive periods without a byte: a new session, registered.
+    let second = tokio::time::timeout(Duration::from_secs(5), registered.recv())
+        .await
+        .expect("the client reconnected");
+    assert_eq!(second, Some(2));
+}
+
+#[actix_rt::test]
+async fn listening_fails_with_a_clear_error_when_the_router_is_unreachable() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut settings =
+        common::signal::settings(&format!("ws://127.0.0.1:{port}"), "main", "me", None);
+    settings.connect_timeout = Duration::from_millis(500);
+    let signal = WampSignal::new(settings, Duration::from_secs(1), logging::discard());
+    let started = std::time::Instant::now();
+    let error = signal.listen().await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(&error, SignalError::Unreachable { why, .. } if why.contains("refused")),
+        "{error}"
+    );
+}

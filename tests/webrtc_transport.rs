@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use babble_net::rtc::IceOptions;
+use babble_net::rtc::{IceOptions, RtcLimits, WebRtcStreamLayer};
 use babble_net::signal::Signal;
 use babble_net::*;
 use common::signal::client;
@@ -229,4 +229,157 @@ async fn sixty_four_calls_of_a_mebibyte_each_keep_flowing_over_one_peer_connecti
         calls as f64 * 1.1 / secs
     );
     assert!(calls >= CALLERS as u64, "every caller finished a call");
+}
+
+#[actix_rt::test]
+async fn an_unreachable_signaling_server_fails_the_transport_with_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut settings =
+        common::signal::settings(&format!("ws://127.0.0.1:{port}"), "main", "lonely", None);
+    settings.connect_timeout = Duration::from_millis(500);
+    let signal: Arc<dyn Signal> = Arc::new(babble_net::signal::WampSignal::new(
+        settings,
+        Duration::from_secs(1),
+        logging::discard(),
+    ));
+    let started = std::time::Instant::now();
+    let err = NetworkTransport::webrtc(signal, &loopback(), &Config::default(), logging::discard())
+        .await
+        .err()
+        .expect("no transport without a signaling server");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(err.is_connect(), "{err}");
+    assert!(err.to_string().contains("signaling server"), "{err}");
+}
+
+/// A WebRTC layer registered as `id`, with `limits`, and a transport on it.
+async fn layer(
+    addr: &str,
+    id: &str,
+    limits: RtcLimits,
+) -> (Arc<WebRtcStreamLayer>, NetworkTransport) {
+    let signal: Arc<dyn Signal> = Arc::new(client(addr, "main", id, None));
+    let layer = Arc::new(
+        WebRtcStreamLayer::start(signal, &loopback(), limits, logging::discard())
+            .await
+            .unwrap(),
+    );
+    let transport = NetworkTransport::new(layer.clone(), &webrtc_config(), logging::discard());
+    transport.listen().unwrap();
+    (layer, transport)
+}
+
+fn limits() -> RtcLimits {
+    RtcLimits {
+        prune_interval: Duration::from_millis(100),
+        ..RtcLimits::from_config(&webrtc_config())
+    }
+}
+
+#[actix_rt::test]
+async fn peer_connections_beyond_the_limit_are_refused() {
+    let router = common::signal::router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let (server_layer, server) = layer(
+        &addr,
+        "server",
+        RtcLimits {
+            max_peers: 1,
+            ..limits()
+        },
+    )
+    .await;
+    suite::serve(&server, suite::vector_answer);
+    let first = node(&addr, "first", &webrtc_config()).await;
+    let second = node(&addr, "second", &webrtc_config()).await;
+    first.sync("server", SyncRequest::default()).await.unwrap();
+    let err = second
+        .sync("server", SyncRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("too many peer connections"),
+        "{err}"
+    );
+    assert_eq!(server_layer.inbound_peer_connections(), 1);
+    // The first peer is served on.
+    first.sync("server", SyncRequest::default()).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn data_channels_beyond_the_limit_are_closed() {
+    let router = common::signal::router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let (_, server) = layer(
+        &addr,
+        "server",
+        RtcLimits {
+            max_channels: 2,
+            ..limits()
+        },
+    )
+    .await;
+    let mut held = suite::hold(&server);
+    let client = Arc::new(
+        node(
+            &addr,
+            "client",
+            &Config {
+                max_pool: 4,
+                ..webrtc_config()
+            },
+        )
+        .await,
+    );
+    // Two calls held open take both channels; a third cannot get one.
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            actix_rt::spawn(async move { client.sync("server", SyncRequest::default()).await })
+        })
+        .collect();
+    let mut rpcs = vec![held.recv().await.unwrap(), held.recv().await.unwrap()];
+    let third = client.sync("server", SyncRequest::default()).await;
+    assert!(third.is_err(), "a third channel was served");
+    // Answered, the first two free nothing (pooled channels stay open), but
+    // they do serve further calls.
+    for rpc in rpcs.drain(..) {
+        rpc.respond(Ok(Response::Sync(SyncResponse::default())));
+    }
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let again = {
+        let client = client.clone();
+        actix_rt::spawn(async move { client.sync("server", SyncRequest::default()).await })
+    };
+    held.recv()
+        .await
+        .unwrap()
+        .respond(Ok(Response::Sync(SyncResponse::default())));
+    again.await.unwrap().unwrap();
+}
+
+#[actix_rt::test]
+async fn a_closed_peer_connection_is_pruned_without_new_offers() {
+    let router = common::signal::router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let (server_layer, server) = layer(&addr, "server", limits()).await;
+    suite::serve(&server, suite::vector_answer);
+    let client = node(&addr, "client", &webrtc_config()).await;
+    client.sync("server", SyncRequest::default()).await.unwrap();
+    assert_eq!(server_layer.inbound_peer_connections(), 1);
+    client.close().await.unwrap();
+    let started = std::time::Instant::now();
+    while server_layer.inbound_peer_connections() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the closed peer connection is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -396,6 +396,13 @@ impl Answering {
     }
 }
 
+impl WebRtcStreamLayer {
+    /// Peer connections other peers hold to us now.
+    pub fn inbound_peer_connections(&self) -> usize {
+        self.inbound.lock().expect("inbound lock").count
+    }
+}
+
 impl StreamLayer for WebRtcStreamLayer {
     fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, String)>> {
         let closed = || io::Error::new(io::ErrorKind::NotConnected, "the WebRTC layer is closed");
