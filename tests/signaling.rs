@@ -728,6 +728,21 @@ fn victim_offers(
     rx
 }
 
+/// Answers a WebSocket upgrade with the WAMP subprotocol.
+#[allow(clippy::result_large_err)]
+fn wamp_subprotocol(
+    _: &tokio_tungstenite::tungstenite::handshake::server::Request,
+    mut response: tokio_tungstenite::tungstenite::handshake::server::Response,
+) -> Result<
+    tokio_tungstenite::tungstenite::handshake::server::Response,
+    tokio_tungstenite::tungstenite::handshake::server::ErrorResponse,
+> {
+    response
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "wamp.2.json".parse().unwrap());
+    Ok(response)
+}
+
 #[actix_rt::test]
 async fn a_router_gone_silent_is_detected_and_the_client_registers_again() {
     // A fake router: welcomes and registers every session, then reads
@@ -741,12 +756,9 @@ async fn a_router_gone_silent_is_detected_and_the_client_registers_again() {
             session += 1;
             let registered_tx = registered_tx.clone();
             actix_rt::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_hdr_async(tcp, |_: &_, mut response: tokio_tungstenite::tungstenite::handshake::server::Response| {
-                    response.headers_mut().insert("Sec-WebSocket-Protocol", "wamp.2.json".parse().unwrap());
-                    Ok(response)
-                })
-                .await
-                .unwrap();
+                let mut ws = tokio_tungstenite::accept_hdr_async(tcp, wamp_subprotocol)
+                    .await
+                    .unwrap();
                 let _hello = next_text(&mut ws).await.unwrap();
                 ws.send(WsMessage::Text(format!("[2,{session},{{}}]").into()))
                     .await
