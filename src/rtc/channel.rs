@@ -7,6 +7,14 @@
 //! peer may send, allocated once. Writes wait while more than
 //! [`HIGH_WATER`] bytes are queued in the channel, until it drains below
 //! [`LOW_WATER`]: a large reply never piles up in memory.
+//!
+//! The queue is kept short on purpose. All channels of a peer connection
+//! share one SCTP association whose receiver buffers 1 MiB; when several
+//! large frames flow at once and the receiver's buffer overflows, the
+//! WebRTC stack drops a chunk and waits for a retransmission timeout (a
+//! second or more). With at most 128 KiB queued per channel, several
+//! channels fit in the receiver's window; measured on loopback, this also
+//! raised one channel's throughput by about half compared with 1 MiB.
 
 use std::future::Future;
 use std::io;
@@ -25,9 +33,9 @@ pub const CHUNK: usize = 16 * 1024;
 /// Largest message accepted on read: the SCTP default maximum.
 pub const MAX_MESSAGE: usize = 256 * 1024;
 /// Writes wait when this much is queued...
-pub const HIGH_WATER: usize = 1024 * 1024;
+pub const HIGH_WATER: usize = 128 * 1024;
 /// ...until the queue drains below this.
-pub const LOW_WATER: usize = 256 * 1024;
+pub const LOW_WATER: usize = 32 * 1024;
 
 type ReadFuture =
     Pin<Box<dyn Future<Output = (Vec<u8>, Result<usize, webrtc::data::Error>)> + Send>>;
