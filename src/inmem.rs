@@ -3,15 +3,15 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
 
 use actix::{Addr, Recipient};
 use async_trait::async_trait;
 use babble_net_actors::dispatcher::{Dispatch, DispatchStats, Dispatcher};
-use slog::{debug, o, Logger};
+use slog::{o, Logger};
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::{Consumer, Inbox};
+use crate::consumer::Consumer;
+use crate::endpoint::Endpoint;
 use crate::transport::reply_to_result;
 use crate::{logging, Command, Config, Response, Rpc, Transport, TransportError};
 
@@ -46,11 +46,8 @@ pub struct InmemTransport {
 
 struct Inner {
     addr: String,
-    config: Config,
-    inbox: Inbox,
+    endpoint: Endpoint,
     peers: RwLock<HashMap<String, PeerLink>>,
-    shutdown: CancellationToken,
-    log: Logger,
 }
 
 /// What a transport keeps of a connected peer: no strong reference to the
@@ -72,24 +69,21 @@ impl InmemTransport {
     pub fn with_config(addr: Option<String>, config: &Config, log: Logger) -> InmemTransport {
         let addr = addr.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let log = log.new(o!("transport" => "inmem", "local" => addr.clone()));
-        let inbox = Inbox::start(config.consumer_buffer, log.clone());
         InmemTransport {
             inner: Arc::new(Inner {
                 addr,
-                config: config.clone(),
-                inbox,
+                endpoint: Endpoint::new(config, log),
                 peers: RwLock::new(HashMap::new()),
-                shutdown: CancellationToken::new(),
-                log,
             }),
         }
     }
 
     /// Routes calls for `peer` to `transport`.
     pub fn connect(&self, peer: impl Into<String>, transport: &InmemTransport) {
+        let peer_endpoint = &transport.inner.endpoint;
         let link = PeerLink {
-            dispatcher: transport.inner.inbox.dispatcher().clone(),
-            shutdown: transport.inner.shutdown.clone(),
+            dispatcher: peer_endpoint.inbox.dispatcher().clone(),
+            shutdown: peer_endpoint.shutdown.clone(),
         };
         self.peers().insert(peer.into(), link);
     }
@@ -107,7 +101,7 @@ impl InmemTransport {
 
     /// Counts of the RPCs this transport has received.
     pub async fn stats(&self) -> Result<DispatchStats, TransportError> {
-        self.inner.inbox.stats().await
+        self.inner.endpoint.inbox.stats().await
     }
 
     fn peers(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, PeerLink>> {
@@ -133,7 +127,7 @@ impl InmemTransport {
             });
         }
         let rpc_type = command.rpc_type();
-        let after = self.inner.config.timeout_for(rpc_type);
+        let after = self.inner.endpoint.config.timeout_for(rpc_type);
         let (rpc, reply) = Rpc::new(command, Some(self.inner.addr.clone()));
         let exchange = async {
             // A closed Dispatcher drops the RPC, which answers `reply`.
@@ -158,11 +152,11 @@ impl Transport for InmemTransport {
     }
 
     fn consumer(&self) -> Consumer {
-        self.inner.inbox.consumer()
+        self.inner.endpoint.consumer()
     }
 
     fn consume_with(&self, recipient: Recipient<Rpc>) {
-        self.inner.inbox.consume_with(recipient)
+        self.inner.endpoint.consume_with(recipient)
     }
 
     fn local_addr(&self) -> String {
@@ -174,27 +168,17 @@ impl Transport for InmemTransport {
     }
 
     async fn call(&self, target: &str, command: Command) -> Result<Response, TransportError> {
-        if self.is_shutdown() {
-            return Err(TransportError::Shutdown);
-        }
-        let rpc = command.rpc_type();
-        let started = Instant::now();
-        let result = tokio::select! {
-            result = self.deliver(target, command) => result,
-            _ = self.inner.shutdown.cancelled() => Err(TransportError::Shutdown),
-        };
-        debug!(self.inner.log, "rpc done";
-            "peer" => target, "rpc" => %rpc, "duration" => ?started.elapsed(), "ok" => result.is_ok());
-        result
+        let rpc_type = command.rpc_type();
+        let exchange = self.deliver(target, command);
+        self.inner.endpoint.call(target, rpc_type, exchange).await
     }
 
     async fn close(&self) -> Result<(), TransportError> {
-        self.inner.shutdown.cancel();
-        self.inner.inbox.close();
+        self.inner.endpoint.close();
         Ok(())
     }
 
     fn is_shutdown(&self) -> bool {
-        self.inner.shutdown.is_cancelled()
+        self.inner.endpoint.is_shutdown()
     }
 }

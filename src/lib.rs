@@ -4,14 +4,27 @@
 //! [`sync`](Transport::sync), [`eager_sync`](Transport::eager_sync),
 //! [`fast_forward`](Transport::fast_forward) and [`join`](Transport::join),
 //! and answers the same RPCs from peers, which arrive as [`Rpc`]s through
-//! [`Transport::consumer`]. Bytes on the wire are exactly Go Babble's, so
-//! Rust and Go nodes can share a network.
+//! [`Transport::consumer`] (or an actor, [`Transport::consume_with`]).
+//! Bytes on the wire are exactly Go Babble's, so Rust and Go nodes can
+//! share a network.
 //!
-//! Transports:
+//! Transports, all configured by one [`Config`]:
 //! * [`InmemTransport`]: inside one process, for tests and simulations.
 //! * [`NetworkTransport::tcp`]: TCP, with a pool of connections per peer.
-//! * [`NetworkTransport::webrtc`]: WebRTC data channels, peers meeting
-//!   through a signaling server ([`signal`]).
+//! * [`NetworkTransport::webrtc`]: WebRTC data channels (feature `webrtc`,
+//!   on by default), peers meeting through a signaling server
+//!   ([`signal`]).
+//!
+//! Every failure is one [`TransportError`]; ask it what happened with its
+//! predicates ([`is_timeout`](TransportError::is_timeout),
+//! [`is_connect`](TransportError::is_connect),
+//! [`is_remote`](TransportError::is_remote), ...).
+//!
+//! The rest lives in modules: [`wire`] (the hashgraph data the RPCs carry,
+//! and Go's exact JSON), [`signal`] and [`rtc`] (WebRTC's signaling and
+//! data channels), [`stream`] (the byte streams under a network transport,
+//! to bring your own), [`codec`] (the frames, for tools), [`stats`] and
+//! [`logging`].
 //!
 //! ```
 //! use babble_net::{InmemTransport, Response, SyncRequest, SyncResponse, Transport};
@@ -35,29 +48,73 @@
 //! assert_eq!(response.from_id, 2);
 //! # });
 //! ```
+//!
+//! The actors behind the transports live in the `babble-net-actors` crate,
+//! which is internal: only what this crate exports is promised.
 
 #![warn(missing_docs)]
 
 mod config;
 mod consumer;
+mod endpoint;
 mod inmem;
 pub mod logging;
 mod network;
+#[cfg(feature = "webrtc")]
 pub mod rtc;
 pub mod signal;
 mod tcp;
 mod transport;
 
-pub use babble_net_actors::codec::{self, Reply};
-pub use babble_net_actors::dispatcher::DispatchStats;
 pub use babble_net_actors::error::TransportError;
-pub use babble_net_actors::peer_pool::PoolStats;
-pub use babble_net_actors::rpc::{Responder, Rpc, DROPPED_WITHOUT_ANSWER};
-pub use babble_net_actors::stream::{BoxConnection, Connection, StreamLayer};
-pub use babble_net_actors::wire::{self, *};
+pub use babble_net_actors::rpc::{Responder, Rpc};
+pub use babble_net_actors::wire::{
+    Command, EagerSyncRequest, EagerSyncResponse, FastForwardRequest, FastForwardResponse,
+    JoinRequest, JoinResponse, Response, RpcType, SyncRequest, SyncResponse,
+};
 pub use config::Config;
 pub use consumer::Consumer;
 pub use inmem::InmemTransport;
 pub use network::NetworkTransport;
-pub use tcp::TcpStreamLayer;
 pub use transport::Transport;
+
+pub mod wire {
+    //! The hashgraph data that RPCs carry (events, blocks, frames, peers,
+    //! transactions), with Go Babble's field names and order, and [`go_json`],
+    //! which encodes them byte for byte as Go does (nodes sign those bytes).
+    //!
+    //! The RPC requests and responses themselves are at the crate root.
+
+    pub use babble_net_actors::wire::{
+        go_json, Block, BlockBody, BlockSignature, ByteSlice, ByteSlices, Event, EventBody, Frame,
+        FrameEvent, InternalTransaction, InternalTransactionBody, InternalTransactionReceipt,
+        Known, Peer, Root, TransactionType, WireBlockSignature, WireBody, WireEvent,
+    };
+}
+
+pub mod stream {
+    //! The byte streams a [`NetworkTransport`](crate::NetworkTransport)
+    //! runs on: implement [`StreamLayer`] to carry RPCs over something
+    //! other than TCP or WebRTC, and pass it to
+    //! [`NetworkTransport::new`](crate::NetworkTransport::new).
+
+    pub use crate::tcp::TcpStreamLayer;
+    pub use babble_net_actors::stream::{BoxConnection, Connection, StreamLayer};
+}
+
+pub mod codec {
+    //! Request and reply frames of Go Babble's wire format, as tokio-util
+    //! codecs, for tools that speak it directly (benchmarks, test peers).
+    //! A node does not need them.
+
+    pub use babble_net_actors::codec::{
+        encode_request, ClientCodec, CodecError, Reply, ServerCodec, DEFAULT_MAX_FRAME_SIZE,
+    };
+}
+
+pub mod stats {
+    //! Counters a transport keeps, for tests and diagnostics.
+
+    pub use babble_net_actors::dispatcher::DispatchStats;
+    pub use babble_net_actors::peer_pool::PoolStats;
+}

@@ -4,7 +4,7 @@
 //! (`peer`, `rpc`, `duration`...). Pass [`discard`] to keep them silent,
 //! as tests do.
 
-use slog::{o, Drain, Logger};
+use slog::{o, Logger};
 
 /// A logger that drops everything.
 pub fn discard() -> Logger {
@@ -12,8 +12,10 @@ pub fn discard() -> Logger {
 }
 
 /// A logger writing to standard error at `level` and above, asynchronously
-/// so that logging never blocks a transport.
+/// so that logging never blocks a transport (feature `terminal-log`).
+#[cfg(feature = "terminal-log")]
 pub fn terminal(level: slog::Level) -> Logger {
+    use slog::Drain;
     let decorator = slog_term::TermDecorator::new().stderr().build();
     let drain = slog_term::CompactFormat::new(decorator).build().fuse();
     let drain = slog_async::Async::new(drain)

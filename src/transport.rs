@@ -3,11 +3,11 @@
 use actix::Recipient;
 use async_trait::async_trait;
 
+use crate::codec::Reply;
 use crate::consumer::Consumer;
 use crate::{
     Command, EagerSyncRequest, EagerSyncResponse, FastForwardRequest, FastForwardResponse,
-    JoinRequest, JoinResponse, Reply, Response, Rpc, RpcType, SyncRequest, SyncResponse,
-    TransportError,
+    JoinRequest, JoinResponse, Response, Rpc, RpcType, SyncRequest, SyncResponse, TransportError,
 };
 
 /// How a node talks to its peers, whatever carries the bytes.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use babble_net::codec::{encode_request, ClientCodec, Reply, ServerCodec};
+use babble_net::wire::*;
 use babble_net::*;
 use bytes::BytesMut;
 use proptest::collection::{btree_map, vec};

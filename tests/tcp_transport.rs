@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use babble_net::codec::Reply;
 use babble_net::*;
 use common::net::{eventually, open_fds, silent_server};
 use common::suite::{self, Pair};

@@ -12,13 +12,9 @@ use slog::{debug, Logger};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
+use crate::error::{NOT_CONSUMING, SHUTTING_DOWN};
 use crate::rpc::Rpc;
 use crate::wire::RpcType;
-
-/// What the caller is told when the transport is closing.
-const SHUTTING_DOWN: &str = "transport shutdown";
-/// What the caller is told when the node stopped taking RPCs.
-const NOT_CONSUMING: &str = "the node is not consuming RPCs";
 
 /// Where the Dispatcher delivers RPCs.
 pub enum Delivery {

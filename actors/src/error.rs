@@ -5,6 +5,15 @@ use std::time::Duration;
 
 use crate::codec::CodecError;
 
+/// What a caller is told when the node took its request and dropped it
+/// without answering.
+pub(crate) const DROPPED_WITHOUT_ANSWER: &str = "the node dropped the request without answering";
+/// What a caller is told when the node does not take RPCs (its consumer
+/// is gone).
+pub(crate) const NOT_CONSUMING: &str = "the node is not consuming RPCs";
+/// What a caller is told when the node's transport is closing.
+pub(crate) const SHUTTING_DOWN: &str = "transport shutdown";
+
 /// Why a transport call failed.
 ///
 /// Match on the variant, or use the predicates ([`is_timeout`],
@@ -92,6 +101,18 @@ impl TransportError {
     /// No connection could be made to the peer.
     pub fn is_connect(&self) -> bool {
         matches!(self, TransportError::Connect { .. })
+    }
+
+    /// The remote node took the request but dropped it without answering
+    /// (a Rust node dropped its [`Rpc`](crate::rpc::Rpc) unanswered).
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, TransportError::Remote(m) if m == DROPPED_WITHOUT_ANSWER)
+    }
+
+    /// The remote node's transport refused the request: it is closing, or
+    /// the node takes no RPCs. Another peer may answer.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, TransportError::Remote(m) if m == NOT_CONSUMING || m == SHUTTING_DOWN)
     }
 
     /// Maps a codec failure on a connection with `peer`. An I/O timeout

@@ -1,19 +1,25 @@
 //! The actors behind [babble-net](https://docs.rs/babble-net) and the wire
 //! format they speak.
 //!
-//! Most users depend on `babble-net`, which re-exports what a node needs.
-//! This crate holds the actors, one module each, with the messages they
-//! accept:
+//! **This crate is internal to babble-net.** Its items are public so that
+//! `babble-net` can build on them, not for other users: depend on
+//! `babble-net`, whose exports are the promised API; anything here may
+//! change in any release.
+//!
+//! It holds the actors, one module each, with the messages they accept:
 //!
 //! * [`dispatcher`]: hands incoming RPCs to the application;
 //! * [`listener`]: accepts connections and serves their requests;
-//! * [`peer_pool`]: the connections to one peer, and outgoing calls;
+//! * [`peer_pool`]: the outgoing path, and the connections to each peer;
+//! * [`signaling`]: the session with the WebRTC signaling router (its
+//!   protocol a socket-free state machine, [`signaling::client`]);
 //!
 //! and what they share: [`wire`] (the RPC messages and hashgraph data,
 //! encoded like Go Babble), [`codec`] (request and reply frames as
 //! tokio-util codecs), [`rpc`] (an incoming RPC with its responder),
 //! [`stream`] (the byte streams below), [`deadline`] (progress-aware I/O
-//! deadlines) and [`error`].
+//! deadlines), [`wamp`] (WAMP messages, for the signaling client and
+//! router), [`tls`] and [`error`].
 
 #![warn(missing_docs)]
 

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{CodecError, Reply, ServerCodec};
 use crate::deadline::DeadlineStream;
 use crate::dispatcher::{Dispatch, Dispatcher};
+use crate::error::SHUTTING_DOWN;
 use crate::rpc::Rpc;
 use crate::stream::{BoxConnection, StreamLayer};
 
@@ -262,7 +263,7 @@ async fn serve_connection(
         };
         let reply: Reply = tokio::select! {
             reply = exchange => reply,
-            _ = shutdown.cancelled() => Reply::error("transport shutdown"),
+            _ = shutdown.cancelled() => Reply::error(SHUTTING_DOWN),
         };
         debug!(log, "answering"; "rpc" => %rpc_type, "error" => &reply.error);
         framed.send(&reply).await?;

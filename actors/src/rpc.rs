@@ -8,16 +8,15 @@ use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 
 use crate::codec::Reply;
+use crate::error::DROPPED_WITHOUT_ANSWER;
 use crate::wire::{Command, Response, RpcType};
-
-/// What a caller is told when the node drops an RPC without answering it.
-pub const DROPPED_WITHOUT_ANSWER: &str = "the node dropped the request without answering";
 
 /// An RPC received from a peer, to be answered exactly once.
 ///
 /// Answer with [`Rpc::respond`]. Dropping an `Rpc` (or its [`Responder`])
-/// unanswered is safe: the caller gets an error saying so instead of
-/// waiting for its timeout.
+/// unanswered is safe: the caller gets an error saying so
+/// ([`TransportError::is_unanswered`](crate::error::TransportError::is_unanswered))
+/// instead of waiting for its timeout.
 ///
 /// ```
 /// # use babble_net_actors::rpc::Rpc;

@@ -47,7 +47,10 @@ pub fn client_config(trust: &Trust) -> io::Result<Arc<ClientConfig>> {
     let config = match trust {
         Trust::SkipVerification => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
+            .with_custom_certificate_verifier(Arc::new(Verifier {
+                policy: Policy::AcceptAny,
+                provider: provider(),
+            }))
             .with_no_client_auth(),
         Trust::CaFile(path) => {
             let pinned = read_certificates(path)?;
@@ -62,9 +65,8 @@ pub fn client_config(trust: &Trust) -> io::Result<Arc<ClientConfig>> {
                 .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(CaFileVerifier {
-                    pinned,
-                    chain,
+                .with_custom_certificate_verifier(Arc::new(Verifier {
+                    policy: Policy::CaFile { pinned, chain },
                     provider: provider(),
                 }))
                 .with_no_client_auth()
@@ -118,19 +120,31 @@ fn read_certificates(path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// Verifies a server against the certificates of a CA file: a chain up to
-/// one of them, as usual, or one of them presented as the server's own
-/// certificate. The second case is what Go's TLS client accepts for a
-/// self-signed certificate in its root pool; webpki alone refuses it when
-/// the certificate says `CA:TRUE` (`CaUsedAsEndEntity`).
+/// Which server certificates a [`Verifier`] accepts.
 #[derive(Debug)]
-struct CaFileVerifier {
-    pinned: Vec<CertificateDer<'static>>,
-    chain: Arc<WebPkiServerVerifier>,
+enum Policy {
+    /// Any certificate ([`Trust::SkipVerification`]).
+    AcceptAny,
+    /// A chain up to one of the certificates of a CA file, as usual, or
+    /// one of them presented as the server's own certificate. The second
+    /// case is what Go's TLS client accepts for a self-signed certificate
+    /// in its root pool; webpki alone refuses it when the certificate says
+    /// `CA:TRUE` (`CaUsedAsEndEntity`).
+    CaFile {
+        pinned: Vec<CertificateDer<'static>>,
+        chain: Arc<WebPkiServerVerifier>,
+    },
+}
+
+/// Checks the server's certificate by its [`Policy`]; handshake signatures
+/// are always verified.
+#[derive(Debug)]
+struct Verifier {
+    policy: Policy,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for CaFileVerifier {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -139,8 +153,11 @@ impl ServerCertVerifier for CaFileVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if !self.pinned.iter().any(|pinned| pinned == end_entity) {
-            return self.chain.verify_server_cert(
+        let Policy::CaFile { pinned, chain } = &self.policy else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        if !pinned.iter().any(|pinned| pinned == end_entity) {
+            return chain.verify_server_cert(
                 end_entity,
                 intermediates,
                 server_name,
@@ -209,52 +226,4 @@ fn check_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls
         return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
     }
     Ok(())
-}
-
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

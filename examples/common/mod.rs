@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
+use babble_net::wire::{
+    go_json, Frame, InternalTransaction, Peer, TransactionType, WireBody, WireEvent,
+};
 use babble_net::{
-    wire::go_json, Command, EagerSyncRequest, EagerSyncResponse, FastForwardRequest,
-    FastForwardResponse, Frame, InternalTransaction, JoinRequest, JoinResponse, Peer, Rpc,
-    SyncRequest, SyncResponse, TransactionType, Transport, TransportError, WireBody, WireEvent,
+    Command, EagerSyncRequest, EagerSyncResponse, FastForwardRequest, FastForwardResponse,
+    JoinRequest, JoinResponse, Rpc, SyncRequest, SyncResponse, Transport, TransportError,
 };
 use rand::seq::SliceRandom;
 

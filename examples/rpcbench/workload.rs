@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use babble_net::wire::{InternalTransaction, Peer, TransactionType, WireBody, WireEvent};
 use babble_net::{
     Command, EagerSyncRequest, EagerSyncResponse, FastForwardRequest, FastForwardResponse,
-    InternalTransaction, JoinRequest, JoinResponse, Peer, Response, SyncRequest, SyncResponse,
-    TransactionType, WireBody, WireEvent,
+    JoinRequest, JoinResponse, Response, SyncRequest, SyncResponse,
 };
 
 /// Transactions per event and bytes per transaction.

@@ -62,7 +62,8 @@ impl Drop for ChannelSlot {
     }
 }
 
-/// See the [module docs](self).
+/// A data channel as a byte stream: writes cut into messages of at most
+/// [`CHUNK`] bytes, reads joined again, at most 128 KiB queued.
 pub struct ChannelStream {
     channel: Arc<DataChannel>,
     _slot: Option<ChannelSlot>,

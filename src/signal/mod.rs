@@ -1,15 +1,16 @@
 //! WebRTC signaling: the [`Signal`] a WebRTC transport uses to exchange
 //! offers and answers with other peers before a direct link exists, its
-//! WAMP client ([`WampSignal`]), and the router ([`router`]) shipped as the
-//! `babble-signal` binary.
+//! WAMP client ([`WampSignal`]), and the router ([`router`], feature
+//! `signal-server`) shipped as the `babble-signal` binary.
 
 mod client;
+#[cfg(feature = "signal-server")]
 pub mod router;
 
 use async_trait::async_trait;
 
 pub use babble_net_actors::signaling::{Offer, SignalError, SignalSettings, SignalStatus};
-pub use babble_net_actors::tls::{client_config, server_config, Trust};
+pub use babble_net_actors::tls::{client_config, Trust};
 pub use client::{Offers, WampSignal};
 
 /// How WebRTC peers find each other: each registers under its ID; an offer

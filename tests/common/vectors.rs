@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
+use babble_net::codec::Reply;
 use babble_net::codec::{ClientCodec, ServerCodec};
-use babble_net::{Command, Reply, Response, RpcType};
+use babble_net::{Command, Response, RpcType};
 use bytes::BytesMut;
 use serde::Deserialize;
 use tokio_util::codec::Decoder;

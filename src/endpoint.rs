@@ -1,0 +1,77 @@
+//! What every transport shares: the inbox its RPCs arrive in, its
+//! shutdown signal, its settings, and the way a call is run.
+
+use std::future::Future;
+use std::time::Instant;
+
+use actix::Recipient;
+use slog::{debug, Logger};
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{Consumer, Inbox};
+use crate::{Config, Response, Rpc, RpcType, TransportError};
+
+/// See the [module docs](self).
+pub(crate) struct Endpoint {
+    pub(crate) inbox: Inbox,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) config: Config,
+    pub(crate) log: Logger,
+}
+
+impl Endpoint {
+    /// An endpoint with `config`; its Dispatcher starts on the current
+    /// arbiter.
+    pub(crate) fn new(config: &Config, log: Logger) -> Endpoint {
+        Endpoint {
+            inbox: Inbox::start(config.consumer_buffer, log.clone()),
+            shutdown: CancellationToken::new(),
+            config: config.clone(),
+            log,
+        }
+    }
+
+    /// Runs `exchange`, the call of `rpc_type` to `target`: refused once
+    /// the transport is closed, failed with `Shutdown` if it closes
+    /// meanwhile, logged when done.
+    pub(crate) async fn call<F>(
+        &self,
+        target: &str,
+        rpc_type: RpcType,
+        exchange: F,
+    ) -> Result<Response, TransportError>
+    where
+        F: Future<Output = Result<Response, TransportError>>,
+    {
+        if self.is_shutdown() {
+            return Err(TransportError::Shutdown);
+        }
+        let started = Instant::now();
+        let result = tokio::select! {
+            result = exchange => result,
+            _ = self.shutdown.cancelled() => Err(TransportError::Shutdown),
+        };
+        debug!(self.log, "call";
+            "peer" => target, "rpc" => %rpc_type, "duration" => ?started.elapsed(), "ok" => result.is_ok());
+        result
+    }
+
+    pub(crate) fn consumer(&self) -> Consumer {
+        self.inbox.consumer()
+    }
+
+    pub(crate) fn consume_with(&self, recipient: Recipient<Rpc>) {
+        self.inbox.consume_with(recipient)
+    }
+
+    pub(crate) fn is_shutdown(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Stops the endpoint: calls in flight and later fail with `Shutdown`,
+    /// RPCs still arriving are refused.
+    pub(crate) fn close(&self) {
+        self.shutdown.cancel();
+        self.inbox.close();
+    }
+}
