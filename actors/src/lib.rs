@@ -12,14 +12,15 @@
 //! * [`listener`]: accepts connections and serves their requests;
 //! * [`peer_pool`]: the outgoing path, and the connections to each peer;
 //! * [`signaling`]: the session with the WebRTC signaling router (its
-//!   protocol a socket-free state machine, [`signaling::client`]);
+//!   protocol a socket-free state machine, [`signaling::client`]), the
+//!   WAMP messages it shares with the router ([`signaling::wamp`]) and its
+//!   TLS settings ([`signaling::tls`]);
 //!
 //! and what they share: [`wire`] (the RPC messages and hashgraph data,
 //! encoded like Go Babble), [`codec`] (request and reply frames as
 //! tokio-util codecs), [`rpc`] (an incoming RPC with its responder),
 //! [`stream`] (the byte streams below), [`deadline`] (progress-aware I/O
-//! deadlines), [`wamp`] (WAMP messages, for the signaling client and
-//! router), [`tls`] and [`error`].
+//! deadlines) and [`error`].
 
 #![warn(missing_docs)]
 
@@ -32,6 +33,4 @@ pub mod peer_pool;
 pub mod rpc;
 pub mod signaling;
 pub mod stream;
-pub mod tls;
-pub mod wamp;
 pub mod wire;

@@ -3,11 +3,11 @@
 //!
 //! 1. [`PeerPools`] finds the pool of a target, starting it on first use
 //!    (supervised: a pool that fails restarts empty).
-//! 2. [`call`] leases a connection from that pool (one message,
+//! 2. [`PeerPools::call`] leases a connection from that pool (one message,
 //!    `Checkout`) or dials a new one, then writes the request and reads
 //!    the reply in the caller's own future, outside the actor's mailbox,
 //!    so a slow peer never holds up the pool.
-//! 3. The [`Lease`] gives the connection back when it is dropped (one
+//! 3. The `Lease` gives the connection back when it is dropped (one
 //!    message, `GiveBack`) if the exchange ended cleanly, or tells the pool
 //!    it failed; no path can forget it. A connection whose exchange was cut
 //!    short (the caller gave up) is closed.

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use actix::{Actor, Addr};
 use async_trait::async_trait;
+use babble_net_actors::signaling::tls::{self, Trust};
 use babble_net_actors::signaling::{
     CloseSignal, GetStatus, Listen, Offer, SendOffer, SignalError, SignalSettings, SignalStatus,
     Signaling,
 };
-use babble_net_actors::tls::{self, Trust};
 use futures::Stream;
 use slog::Logger;
 use tokio::sync::mpsc;

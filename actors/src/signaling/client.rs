@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::error::SignalError;
 use super::settings::SignalSettings;
-use crate::wamp::{code, uri, Message};
+use super::wamp::{code, uri, Message};
 
 /// Where the answer to an offer of ours goes.
 pub type AnswerSender = oneshot::Sender<Result<String, SignalError>>;

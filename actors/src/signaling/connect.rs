@@ -42,7 +42,7 @@ async fn upgrade(settings: &SignalSettings) -> Result<WsStream, SignalError> {
         .map_err(|e| connect_error(&e))?;
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
-        crate::wamp::SUBPROTOCOL
+        super::wamp::SUBPROTOCOL
             .parse()
             .expect("a valid header value"),
     );

@@ -7,7 +7,7 @@
 //! `[fromID, offerJSON]` whose single result is the answer JSON.
 //!
 //! The protocol is [`SignalClient`], a state machine with no socket; this
-//! actor only drives it: it opens connections ([`connect`]), feeds it what
+//! actor only drives it: it opens connections (`connect.rs`), feeds it what
 //! arrives and the ticks of one timer, and carries out its actions (write,
 //! ping, hand out an offer, reconnect after a pause). Incoming offers go to
 //! a bounded channel as [`Offer`]s, each answered exactly once.
@@ -17,6 +17,8 @@ mod connect;
 mod error;
 mod offer;
 mod settings;
+pub mod tls;
+pub mod wamp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +36,7 @@ pub use error::SignalError;
 pub use offer::Offer;
 pub use settings::SignalSettings;
 
-use crate::wamp::Message;
+use wamp::Message;
 
 /// Frames waiting to be written to the router; more mean it is not
 /// reading, and the connection is given up.

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use babble_net_actors::wamp::{code, random_id, uri, Message};
+use babble_net_actors::signaling::wamp::{code, random_id, uri, Message};
 use serde_json::{json, Map};
 
 /// How a message must be handled when its session cannot take more.

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use babble_net_actors::tls;
+use babble_net_actors::signaling::tls;
 use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 use tokio::net::TcpListener;

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use babble_net_actors::signaling::wamp::{uri, Message, SUBPROTOCOL};
 use babble_net_actors::stream::BoxConnection;
-use babble_net_actors::wamp::{uri, Message, SUBPROTOCOL};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Map};
 use slog::{debug, info, warn, Logger};
