@@ -1,0 +1,168 @@
+//! Every command README.md shows, run as written: the example clusters
+//! (their binaries, which `cargo test` builds), the node-per-process
+//! cluster from `config/`, and the signaling server with the README's own
+//! certificate. `cargo test --workspace` itself is what runs this.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository's root, where README.md's commands are run.
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where cargo put the example and binary executables of this build.
+fn target_dir() -> PathBuf {
+    let test = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<this test>
+    test.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// The `sh` blocks of README.md, each as its commands (continuation lines
+/// joined, comments left out).
+fn readme_blocks() -> Vec<Vec<String>> {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    let mut pending = String::new();
+    for line in readme.lines() {
+        match (&mut current, line.trim()) {
+            (None, "```sh") => current = Some(Vec::new()),
+            (Some(_), "```") => blocks.push(current.take().unwrap()),
+            (Some(commands), text) if !text.starts_with('#') && !text.is_empty() => {
+                match text.strip_suffix('\\') {
+                    Some(head) => pending.push_str(head),
+                    None => {
+                        pending.push_str(text);
+                        commands.push(std::mem::take(&mut pending));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+/// The executable and arguments `cargo run --example X -- ARGS` or
+/// `cargo run --bin X -- ARGS` stands for.
+fn executable(command: &str) -> Option<(PathBuf, Vec<String>)> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let (kind, name) = match words.as_slice() {
+        ["cargo", "run", "--example", name, ..] => ("examples", *name),
+        ["cargo", "run", "--bin", name, ..] => ("", *name),
+        _ => return None,
+    };
+    let args = match words.iter().position(|w| *w == "--") {
+        Some(at) => words[at + 1..].iter().map(|w| w.to_string()).collect(),
+        None => Vec::new(),
+    };
+    Some((target_dir().join(kind).join(name), args))
+}
+
+fn spawn(command: &str, dir: &Path) -> Child {
+    let (program, args) =
+        executable(command).unwrap_or_else(|| panic!("not a cargo run: {command}"));
+    Command::new(&program)
+        .args(&args)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()))
+}
+
+/// Waits for a cluster example to end (within `limit`), and checks it
+/// succeeded and reported no errors in its final JSON line.
+fn finishes_without_errors(command: &str, mut child: Child, limit: Duration) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{command}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+    assert!(status.success(), "{command}: {status}\n{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    let summary: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|_| panic!("{command}: last line {last:?}"));
+    assert_eq!(summary["errors"], 0, "{command}: {last}");
+}
+
+/// How long a cluster command may take: its `--secs` and a minute for
+/// starting and stopping a debug build.
+fn limit_of(command: &str) -> Duration {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let secs = words
+        .iter()
+        .position(|w| *w == "--secs")
+        .and_then(|at| words.get(at + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    Duration::from_secs(secs + 60)
+}
+
+#[test]
+fn the_readme_cluster_commands_run_with_no_errors() {
+    let clusters: Vec<Vec<String>> = readme_blocks()
+        .into_iter()
+        .map(|block| {
+            block
+                .into_iter()
+                .filter(|c| c.contains("--example") && c.contains("cluster"))
+                .collect::<Vec<_>>()
+        })
+        .filter(|block| !block.is_empty())
+        .collect();
+    assert!(clusters.len() >= 3, "README shows the cluster commands");
+    for block in clusters {
+        // The commands of one block run side by side, as the README says
+        // for the node-per-process cluster.
+        let children: Vec<_> = block.iter().map(|c| (c, spawn(c, root()))).collect();
+        for (command, child) in children {
+            finishes_without_errors(command, child, limit_of(command));
+        }
+    }
+}
+
+#[test]
+fn the_readme_signaling_server_commands_work() {
+    let block = readme_blocks()
+        .into_iter()
+        .find(|block| block.iter().any(|c| c.contains("babble-signal")))
+        .expect("README shows how to start babble-signal");
+    let dir = tempfile::tempdir().unwrap();
+    for command in &block {
+        if command.starts_with("openssl") {
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg(command)
+                .current_dir(dir.path())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "{command}");
+            continue;
+        }
+        let mut server = spawn(command, dir.path());
+        let mut stdout = BufReader::new(server.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("babble-signal listening on wss://127.0.0.1:2443/"),
+            "{command}: {line}"
+        );
+        // It stops cleanly on SIGTERM, as the README says.
+        let pid = server.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = server.wait().unwrap();
+        assert!(status.success(), "{command}: {status}");
+    }
+}
