@@ -33,12 +33,18 @@ pub struct Config {
     /// Idle connections kept per peer.
     pub max_pool: usize,
     /// Deadline of each RPC's I/O: a call fails when no byte moves for
-    /// this long (so a large transfer that keeps flowing does not).
+    /// this long (so a large transfer that keeps flowing does not), and in
+    /// any case once it has taken this long plus its bytes at
+    /// `min-transfer-rate`. See [`Config::call_bound`].
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// The same deadline for Join, which waits on consensus.
     #[serde(with = "humantime_serde")]
     pub join_timeout: Duration,
+    /// Bytes per second below which a transfer counts as stalled: a call
+    /// moving `n` bytes ends within its timeout plus `n` at this rate, and
+    /// so does reading a request or writing a reply on the server side.
+    pub min_transfer_rate: u64,
     /// Use the WebRTC transport instead of TCP.
     pub webrtc: bool,
     /// Address of the WebRTC signaling server.
@@ -62,14 +68,32 @@ pub struct Config {
     /// WebRTC: data channels one peer may have open on its peer connection
     /// to this node; more are closed as they open.
     pub webrtc_max_channels: usize,
-    /// Largest frame accepted in either direction, in bytes.
-    pub max_frame_size: usize,
-    /// Most inbound connections served at once; more wait to be accepted.
+    /// Largest request accepted from a peer, in bytes (an EagerSync of a
+    /// full sync limit of events must fit).
+    pub max_request_size: usize,
+    /// Largest reply accepted from a peer, in bytes (a FastForward snapshot
+    /// must fit; base64 makes it a third larger).
+    #[serde(alias = "max-frame-size")]
+    pub max_reply_size: usize,
+    /// Most inbound connections served at once. A new connection beyond it
+    /// is still served: the connection idle longest is closed for it (or,
+    /// when every one is in the middle of a request, the slowest one).
     pub max_inbound: usize,
-    /// An inbound connection on which no byte arrives for this long is
-    /// closed, whether it is idle or stopped half-way through a request.
+    /// Most inbound connections from one IP address (one peer ID on
+    /// WebRTC); beyond it that address's own connections are shed first.
+    pub max_inbound_per_ip: usize,
+    /// Bytes all inbound connections together may hold buffered while
+    /// reading requests (each connection reads its first 64 KiB outside
+    /// it); a connection that needs more waits, within its request's
+    /// deadline.
+    pub inbound_buffer_budget: usize,
+    /// An inbound connection with no request for this long is closed.
+    /// Whitespace does not count as a request.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Connections dialled at once to one peer; more callers wait for one
+    /// of them (or for a pooled connection) within their timeout.
+    pub max_dials_per_peer: usize,
     /// RPCs queued for the application before senders have to wait.
     pub consumer_buffer: usize,
 }
@@ -92,9 +116,14 @@ impl Default for Config {
             ice_password: None,
             webrtc_max_peers: 256,
             webrtc_max_channels: 64,
-            max_frame_size: babble_net_actors::codec::DEFAULT_MAX_FRAME_SIZE,
-            max_inbound: 512,
+            min_transfer_rate: 64 * 1024,
+            max_request_size: 16 * 1024 * 1024,
+            max_reply_size: babble_net_actors::codec::DEFAULT_MAX_FRAME_SIZE,
+            max_inbound: 1024,
+            max_inbound_per_ip: 256,
+            inbound_buffer_budget: 256 * 1024 * 1024,
             idle_timeout: Duration::from_secs(60),
+            max_dials_per_peer: 4,
             consumer_buffer: 64,
         }
     }
@@ -119,23 +148,40 @@ impl Config {
             .map_err(|err| TransportError::Config(format!("{}: {err}", path.display())))
     }
 
-    /// Checks values that cannot work.
+    /// Checks values that cannot work (zero limits, a budget smaller than a
+    /// request) or that overflow the deadline arithmetic (timeouts beyond a
+    /// day).
     pub fn validate(&self) -> Result<(), TransportError> {
         let fail = |what: &str| Err(TransportError::Config(what.to_owned()));
-        if self.timeout.is_zero() {
-            return fail("timeout must be greater than zero");
+        for (name, value) in [
+            ("timeout", self.timeout),
+            ("join-timeout", self.join_timeout),
+            ("idle-timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return fail(&format!("{name} must be greater than zero"));
+            }
+            if value > MAX_TIMEOUT {
+                return fail(&format!("{name} must be at most {MAX_TIMEOUT:?}"));
+            }
         }
-        if self.join_timeout.is_zero() {
-            return fail("join-timeout must be greater than zero");
+        if self.min_transfer_rate < 1024 {
+            return fail("min-transfer-rate must be at least 1024 bytes per second");
         }
-        if self.idle_timeout.is_zero() {
-            return fail("idle-timeout must be greater than zero");
+        if self.max_request_size < 64 || self.max_reply_size < 64 {
+            return fail("max-request-size and max-reply-size must be at least 64 bytes");
         }
-        if self.max_frame_size < 64 {
-            return fail("max-frame-size must be at least 64 bytes");
+        if self.max_request_size > MAX_FRAME || self.max_reply_size > MAX_FRAME {
+            return fail("max-request-size and max-reply-size must be at most 1 GiB");
         }
-        if self.max_inbound == 0 {
-            return fail("max-inbound must be at least 1");
+        if self.inbound_buffer_budget < self.max_request_size {
+            return fail("inbound-buffer-budget must hold at least one max-request-size request");
+        }
+        if self.max_inbound == 0 || self.max_inbound_per_ip == 0 {
+            return fail("max-inbound and max-inbound-per-ip must be at least 1");
+        }
+        if self.max_dials_per_peer == 0 {
+            return fail("max-dials-per-peer must be at least 1");
         }
         if self.consumer_buffer == 0 {
             return fail("consumer-buffer must be at least 1");
@@ -153,7 +199,27 @@ impl Config {
             _ => self.timeout,
         }
     }
+
+    /// The longest a call of `rpc_type` can take, whatever the peer does:
+    /// each step (a dial, the request, the reply) ends within the timeout
+    /// plus its bytes at `min-transfer-rate`, so a call ends within three
+    /// timeouts plus the largest request and reply at that rate. A call
+    /// that finds a pooled connection stale is retried once on a new one,
+    /// which can double it. Waiting for a dial slot
+    /// (`max-dials-per-peer`) counts against the same timeout.
+    pub fn call_bound(&self, rpc_type: crate::RpcType) -> Duration {
+        let timeout = self.timeout_for(rpc_type);
+        let bytes = (self.max_request_size + self.max_reply_size) as f64;
+        let attempt = timeout * 3 + Duration::from_secs_f64(bytes / self.min_transfer_rate as f64);
+        attempt * 2
+    }
 }
+
+/// Longest timeout accepted: a day (longer ones are typing mistakes).
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Largest frame limit accepted.
+const MAX_FRAME: usize = 1 << 30;
 
 #[cfg(test)]
 mod tests {
@@ -188,5 +254,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("timeout must be greater than zero"), "{err}");
+    }
+
+    #[test]
+    fn absurd_values_are_refused_not_panicked_on() {
+        for text in [
+            "timeout = \"100000000years\"",
+            "idle-timeout = \"30days\"",
+            "min-transfer-rate = 0",
+            "max-request-size = 0",
+            "max-reply-size = 18446744073709551615",
+            "max-inbound-per-ip = 0",
+            "inbound-buffer-budget = 10",
+            "max-dials-per-peer = 0",
+        ] {
+            let err = Config::from_toml_str(text).unwrap_err();
+            assert!(matches!(err, TransportError::Config(_)), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_old_frame_size_key_sets_the_reply_limit() {
+        let config = Config::from_toml_str("max-frame-size = 1000").unwrap();
+        assert_eq!(config.max_reply_size, 1000);
     }
 }

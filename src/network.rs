@@ -51,7 +51,9 @@ impl NetworkTransport {
         let settings = PoolSettings {
             max_pool: config.max_pool,
             max_idle: config.idle_timeout / 2,
-            max_frame_size: config.max_frame_size,
+            max_reply_size: config.max_reply_size,
+            max_dials: config.max_dials_per_peer,
+            min_rate: config.min_transfer_rate,
         };
         let pools = PeerPools::new(
             layer.clone(),
@@ -113,8 +115,12 @@ impl Transport for NetworkTransport {
             let config = &endpoint.config;
             let limits = ListenerLimits {
                 max_inbound: config.max_inbound,
+                max_inbound_per_ip: config.max_inbound_per_ip,
                 idle_timeout: config.idle_timeout,
-                max_frame_size: config.max_frame_size,
+                timeout: config.timeout,
+                min_rate: config.min_transfer_rate,
+                max_request_size: config.max_request_size,
+                buffer_budget: config.inbound_buffer_budget,
             };
             let (layer, dispatcher, counters, shutdown, log) = (
                 self.inner.layer.clone(),

@@ -142,7 +142,9 @@ async fn a_silent_peer_times_out_and_its_connection_is_not_reused() {
     assert!(err.is_timeout(), "{err}");
     let stats = client.pool_stats(&silent).await;
     assert_eq!((stats.idle, stats.dials), (0, 2), "each call dialled anew");
-    assert!(stats.restarts >= 1, "the failing pool was restarted");
+    // A timeout says the peer is slow, not gone: the pool keeps its other
+    // connections.
+    assert_eq!(stats.restarts, 0);
 }
 
 #[actix_rt::test]
@@ -431,7 +433,8 @@ async fn abuse(addr: &str, kind: usize) {
 #[actix_rt::test]
 async fn a_thousand_abusive_connections_leave_the_node_serving_and_nothing_behind() {
     let config = Config {
-        max_frame_size: 4096,
+        max_request_size: 4096,
+        inbound_buffer_budget: 1 << 20,
         idle_timeout: Duration::from_millis(500),
         max_inbound: 128,
         ..Config::default()

@@ -1,8 +1,12 @@
-//! A progress-aware deadline on a byte stream.
+//! A progress-aware deadline on a byte stream, with an overall bound.
 //!
 //! A read or write fails with [`io::ErrorKind::TimedOut`] once no byte has
 //! moved for the timeout, so a large transfer that keeps flowing is never
-//! cut short while a silent peer is detected in time.
+//! cut short while a silent peer is detected in time. With a minimum rate
+//! ([`DeadlineStream::restart_with_rate`]) it also fails once the whole
+//! exchange has taken longer than the timeout plus its bytes at that rate,
+//! so a peer trickling a byte just often enough cannot hold it for long:
+//! moving `n` bytes always ends within `timeout + n / min_rate`.
 //!
 //! Arming a timer for every read and write (as a per-operation timeout
 //! does) costs several microseconds per RPC on a ping, a tenth of the whole
@@ -19,31 +23,79 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// A stream whose reads and writes fail after `timeout` without progress.
+/// A stream whose reads and writes fail after `timeout` without progress,
+/// or, with a minimum rate, when they fall behind it.
 #[derive(Debug)]
 pub struct DeadlineStream<S> {
     inner: S,
     timeout: Option<Duration>,
     last_progress: Instant,
-    /// Armed at some point no later than `last_progress + timeout`.
+    /// Bytes per second below which the exchange fails (`None`: no bound).
+    min_rate: Option<u64>,
+    started: Instant,
+    /// Bytes read and written since `started`.
+    moved: u64,
+    /// Armed at some point no later than the deadline.
     timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> DeadlineStream<S> {
     /// Wraps `inner`; no deadline until [`DeadlineStream::restart`].
     pub fn new(inner: S) -> Self {
+        let now = Instant::now();
         DeadlineStream {
             inner,
             timeout: None,
-            last_progress: Instant::now(),
+            last_progress: now,
+            min_rate: None,
+            started: now,
+            moved: 0,
             timer: None,
         }
     }
 
-    /// Starts counting `timeout` from now (`None`: no deadline).
+    /// Starts counting `timeout` without progress from now (`None`: no
+    /// deadline), with no bound on the whole exchange.
     pub fn restart(&mut self, timeout: Option<Duration>) {
         self.timeout = timeout;
+        self.min_rate = None;
         self.last_progress = Instant::now();
+    }
+
+    /// Starts an exchange that must see progress every `timeout` and end
+    /// within `timeout` plus its bytes at `min_rate` bytes per second.
+    pub fn restart_with_rate(&mut self, timeout: Duration, min_rate: u64) {
+        let now = Instant::now();
+        self.timeout = Some(timeout);
+        self.min_rate = Some(min_rate.max(1));
+        self.last_progress = now;
+        self.started = now;
+        self.moved = 0;
+    }
+
+    /// Bytes read and written since the last [`restart_with_rate`].
+    ///
+    /// [`restart_with_rate`]: DeadlineStream::restart_with_rate
+    pub fn moved(&self) -> u64 {
+        self.moved
+    }
+
+    /// The wrapped stream, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// When the current deadline falls, and what to say then.
+    fn deadline(&self, timeout: Duration) -> (Instant, &'static str) {
+        let stalled = self.last_progress + timeout;
+        let Some(rate) = self.min_rate else {
+            return (stalled, "no progress");
+        };
+        let allowance = Duration::from_secs_f64(self.moved as f64 / rate as f64);
+        match self.started.checked_add(timeout.saturating_add(allowance)) {
+            Some(slow) if slow < stalled => (slow, "slower than the minimum rate"),
+            _ => (stalled, "no progress"),
+        }
     }
 
     /// The wrapped stream.
@@ -57,7 +109,7 @@ impl<S> DeadlineStream<S> {
         let Some(timeout) = self.timeout else {
             return Ok(());
         };
-        let deadline = self.last_progress + timeout;
+        let (deadline, why) = self.deadline(timeout);
         loop {
             let timer = self
                 .timer
@@ -69,18 +121,23 @@ impl<S> DeadlineStream<S> {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no progress for {timeout:?}"),
-                ));
+                let message = match why {
+                    "no progress" => format!("no progress for {timeout:?}"),
+                    _ => format!(
+                        "{why} ({} bytes/s after {timeout:?})",
+                        self.min_rate.unwrap_or(0)
+                    ),
+                };
+                return Err(io::Error::new(io::ErrorKind::TimedOut, message));
             }
             // Fired early: bytes moved since it was armed.
             timer.as_mut().reset(deadline);
         }
     }
 
-    fn progressed(&mut self) {
+    fn progressed(&mut self, bytes: usize) {
         self.last_progress = Instant::now();
+        self.moved += bytes as u64;
     }
 }
 
@@ -96,8 +153,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for DeadlineStream<S> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                if buf.filled().len() > before {
-                    this.progressed();
+                let read = buf.filled().len() - before;
+                if read > 0 {
+                    this.progressed(read);
                 }
                 Poll::Ready(result)
             }
@@ -118,8 +176,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for DeadlineStream<S> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_write(cx, data) {
             Poll::Ready(result) => {
-                if matches!(result, Ok(n) if n > 0) {
-                    this.progressed();
+                if let Ok(n @ 1..) = result {
+                    this.progressed(n);
                 }
                 Poll::Ready(result)
             }
@@ -138,8 +196,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for DeadlineStream<S> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
             Poll::Ready(result) => {
-                if matches!(result, Ok(n) if n > 0) {
-                    this.progressed();
+                if let Ok(n @ 1..) = result {
+                    this.progressed(n);
                 }
                 Poll::Ready(result)
             }
@@ -208,6 +266,49 @@ mod tests {
         let err = stream.read_u8().await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_millis(4000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickle_is_cut_at_the_timeout_plus_its_bytes_at_the_minimum_rate() {
+        let (mut writer, reader) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            // A byte every 900 ms: progress, but far below 1000 bytes/s.
+            loop {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                if writer.write_all(b"x").await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut stream = DeadlineStream::new(reader);
+        stream.restart_with_rate(Duration::from_secs(1), 1000);
+        let started = Instant::now();
+        let mut sink = Vec::new();
+        let err = stream.read_to_end(&mut sink).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            err.to_string().contains("slower than the minimum rate"),
+            "{err}"
+        );
+        // One byte arrived (at 900 ms): the bound is 1 s + 1 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(1001));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transfer_at_the_minimum_rate_goes_through() {
+        let (mut writer, reader) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            // 10 bytes every 10 ms: exactly 1000 bytes/s, for 3 s.
+            for _ in 0..300 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                writer.write_all(&[b'y'; 10]).await.unwrap();
+            }
+        });
+        let mut stream = DeadlineStream::new(reader);
+        stream.restart_with_rate(Duration::from_secs(1), 1000);
+        let mut sink = Vec::new();
+        stream.read_to_end(&mut sink).await.unwrap();
+        assert_eq!(sink.len(), 3000);
     }
 
     #[tokio::test(start_paused = true)]

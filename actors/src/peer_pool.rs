@@ -2,31 +2,39 @@
 //! that keeps the connections to one peer. Read top to bottom:
 //!
 //! 1. [`PeerPools`] finds the pool of a target, starting it on first use
-//!    (supervised: a pool that fails restarts empty).
-//! 2. [`PeerPools::call`] leases a connection from that pool (one message,
-//!    `Checkout`) or dials a new one, then writes the request and reads
-//!    the reply in the caller's own future, outside the actor's mailbox,
-//!    so a slow peer never holds up the pool.
+//!    (supervised), and retires pools not called for a while.
+//! 2. [`PeerPools::call`] asks that pool for a connection (one message,
+//!    `Checkout`): an idle one, or leave to dial one (at most
+//!    `max_dials` at once per peer; beyond, the call waits for whichever
+//!    comes first, a returned connection or a dial slot). It then writes
+//!    the request and reads the reply in the caller's own future, outside
+//!    the actor's mailbox, so a slow peer never holds up the pool.
 //! 3. The `Lease` gives the connection back when it is dropped (one
 //!    message, `GiveBack`) if the exchange ended cleanly, or tells the pool
 //!    it failed; no path can forget it. A connection whose exchange was cut
 //!    short (the caller gave up) is closed.
 //! 4. The [`PeerPool`] actor keeps at most `max_pool` idle connections,
-//!    newest first, and counts dials and restarts.
+//!    newest first, closes those idle longer than `max_idle`, and counts
+//!    dials and restarts.
 //!
-//! Deadlines are progress-aware: a call fails when no byte moves for the
-//! timeout, so a large reply that keeps flowing is not cut short, while a
-//! silent peer is detected within the timeout.
+//! Deadlines: a call fails when no byte moves for the timeout (a large
+//! reply that keeps flowing is not cut short), and in any case once the
+//! exchange has taken the timeout plus its bytes at `min_rate`, so a peer
+//! trickling its reply cannot hold a call for long.
 //!
 //! A Sync, EagerSync or FastForward that fails on a pooled connection
 //! before any byte of the reply arrived is retried once on a fresh
 //! connection: the peer most likely closed the idle connection (these RPCs
-//! are idempotent; Join is not retried). When a connection fails
-//! otherwise, the pool restarts empty: its other idle connections are most
-//! likely dead as well.
+//! are idempotent; Join is not retried). Which failures empty the pool is
+//! decided by what they say about the peer: a refused dial or a reset or
+//! closed connection mean the peer went away, and its other idle
+//! connections are most likely dead too ("restart"); a timeout, a bad
+//! frame or an error answer concern only that connection, which is
+//! closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +44,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use slog::{debug, warn, Logger};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +65,12 @@ pub struct PoolSettings {
     /// (the peer would likely have closed them).
     pub max_idle: Duration,
     /// Largest reply accepted.
-    pub max_frame_size: usize,
+    pub max_reply_size: usize,
+    /// Connections dialled at once to one peer.
+    pub max_dials: usize,
+    /// Bytes per second below which an exchange fails (see the module
+    /// docs).
+    pub min_rate: u64,
 }
 
 /// Counts of a PeerPool.
@@ -66,9 +80,12 @@ pub struct PoolStats {
     pub idle: usize,
     /// Connections dialled so far.
     pub dials: u64,
-    /// Times the pool was restarted after a failure.
+    /// Times the pool was emptied because its peer seemed gone.
     pub restarts: u64,
 }
+
+/// Calls waiting for a connection to one peer; more fail at once.
+const MAX_WAITERS: usize = 4096;
 
 /// One encoded request to send.
 #[derive(Clone, Debug)]
@@ -90,29 +107,47 @@ pub struct Call {
 struct PeerInfo {
     target: String,
     layer: Arc<dyn StreamLayer>,
-    max_frame_size: usize,
+    max_reply_size: usize,
+    min_rate: u64,
     log: Logger,
 }
 
-/// A pool and what dialling its peer takes.
+/// A pool, what dialling its peer takes, and how busy it is.
 #[derive(Clone)]
 struct PoolHandle {
     pool: Addr<PeerPool>,
     peer: Arc<PeerInfo>,
+    /// Calls using the pool now; a pool in use is never retired.
+    in_flight: Arc<AtomicUsize>,
+    /// When it was last called.
+    last_used: Arc<Mutex<Instant>>,
 }
+
+/// Marks a call in flight on its pool until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type PoolTable = Arc<Mutex<HashMap<String, PoolHandle>>>;
 
 /// The PeerPool of every target a transport calls.
 pub struct PeerPools {
     layer: Arc<dyn StreamLayer>,
     settings: PoolSettings,
     arbiter: ArbiterHandle,
-    pools: Mutex<HashMap<String, PoolHandle>>,
+    pools: PoolTable,
     shutdown: CancellationToken,
     log: Logger,
 }
 
 impl PeerPools {
-    /// Pools dialling through `layer`, whose actors run on `arbiter`.
+    /// Pools dialling through `layer`, whose actors run on `arbiter`. A
+    /// pool not called for `settings.max_idle` is retired (checked every
+    /// half of it).
     pub fn new(
         layer: Arc<dyn StreamLayer>,
         settings: PoolSettings,
@@ -120,26 +155,46 @@ impl PeerPools {
         shutdown: CancellationToken,
         log: Logger,
     ) -> PeerPools {
+        let pools = PoolTable::default();
+        arbiter.spawn(retire_unused(
+            pools.clone(),
+            settings.max_idle,
+            shutdown.clone(),
+        ));
         PeerPools {
             layer,
             settings,
             arbiter,
-            pools: Mutex::new(HashMap::new()),
+            pools,
             shutdown,
             log,
         }
     }
 
-    /// The pool of `target`, started on first use.
-    fn get(&self, target: &str) -> PoolHandle {
+    /// The pool of `target`, started on first use, and this call's mark
+    /// on it.
+    fn get(&self, target: &str) -> (PoolHandle, InFlight) {
         let mut pools = self.pools.lock().expect("pool table lock");
-        if let Some(handle) = pools.get(target).filter(|h| h.pool.connected()) {
-            return handle.clone();
-        }
+        let handle = match pools.get(target).filter(|h| h.pool.connected()) {
+            Some(handle) => handle.clone(),
+            None => {
+                let handle = self.start(target);
+                pools.insert(target.to_owned(), handle.clone());
+                handle
+            }
+        };
+        handle.in_flight.fetch_add(1, Ordering::Relaxed);
+        *handle.last_used.lock().expect("last use lock") = Instant::now();
+        let mark = InFlight(handle.in_flight.clone());
+        (handle, mark)
+    }
+
+    fn start(&self, target: &str) -> PoolHandle {
         let peer = Arc::new(PeerInfo {
             target: target.to_owned(),
             layer: self.layer.clone(),
-            max_frame_size: self.settings.max_frame_size,
+            max_reply_size: self.settings.max_reply_size,
+            min_rate: self.settings.min_rate,
             log: self.log.new(slog::o!("peer" => target.to_owned())),
         });
         let (settings, shutdown, log) = (
@@ -150,34 +205,30 @@ impl PeerPools {
         let pool = Supervisor::start_in_arbiter(&self.arbiter, move |_| PeerPool {
             settings,
             idle: Vec::new(),
+            dialing: 0,
+            waiters: VecDeque::new(),
             stats: PoolStats::default(),
             shutdown,
             log,
         });
-        let handle = PoolHandle { pool, peer };
-        pools.insert(target.to_owned(), handle.clone());
-        handle
+        PoolHandle {
+            pool,
+            peer,
+            in_flight: Arc::default(),
+            last_used: Arc::new(Mutex::new(Instant::now())),
+        }
     }
 
     /// Sends `call` to `target` and returns its reply; see the module docs.
     pub async fn call(&self, target: &str, call: Call) -> Result<Reply, TransportError> {
-        let PoolHandle { pool, peer } = self.get(target);
-        let idle = pool
-            .send(Checkout)
-            .await
-            .map_err(|_| TransportError::Shutdown)?;
-        let reused = idle.is_some();
-        let lease = match idle {
-            Some(framed) => Lease::of(framed, &pool),
-            None => dial(&peer, &pool, call.timeout).await?,
-        };
+        let (PoolHandle { pool, peer, .. }, _in_flight) = self.get(target);
+        let (lease, reused) = checkout(&peer, &pool, &call, false).await?;
         match exchange(lease, &call).await {
             Ok(reply) => Ok(reply),
             Err(failure) if reused && failure.before_reply && call.rpc_type != RpcType::Join => {
                 debug!(peer.log, "pooled connection was stale, retrying on a new one";
                     "rpc" => %call.rpc_type, "error" => %failure.error);
-                pool.do_send(Dialling);
-                let lease = dial(&peer, &pool, call.timeout).await?;
+                let (lease, _) = checkout(&peer, &pool, &call, true).await?;
                 exchange(lease, &call)
                     .await
                     .map_err(|failure| failed(&peer, failure, call.timeout))
@@ -200,6 +251,16 @@ impl PeerPools {
         }
     }
 
+    /// Pools alive now (one per peer called recently).
+    pub fn len(&self) -> usize {
+        self.pools.lock().expect("pool table lock").len()
+    }
+
+    /// Whether no pool is alive.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Closes every idle connection for good (the transport is closing).
     pub async fn close(&self) {
         let pools: Vec<_> = self
@@ -212,6 +273,74 @@ impl PeerPools {
         for pool in pools {
             let _ = pool.send(ClosePool).await;
         }
+    }
+}
+
+/// Every half `unused_for`, retires the pools not called for `unused_for`
+/// and with no call in flight: their idle connections close and the actor
+/// stops (nothing holds its address any more, so it is not restarted).
+async fn retire_unused(pools: PoolTable, unused_for: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(unused_for / 2);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let retired: Vec<Addr<PeerPool>> = {
+            let mut pools = pools.lock().expect("pool table lock");
+            let unused: Vec<String> = pools
+                .iter()
+                .filter(|(_, h)| {
+                    h.in_flight.load(Ordering::Relaxed) == 0
+                        && h.last_used.lock().expect("last use lock").elapsed() >= unused_for
+                })
+                .map(|(target, _)| target.clone())
+                .collect();
+            unused
+                .iter()
+                .filter_map(|target| pools.remove(target))
+                .map(|h| h.pool)
+                .collect()
+        };
+        for pool in retired {
+            pool.do_send(Retire);
+        }
+    }
+}
+
+/// Gets a connection from `pool` (or leave to dial one, and dials), within
+/// the call's timeout. `fresh` skips idle connections. Returns the lease
+/// and whether it is a pooled connection.
+async fn checkout(
+    peer: &PeerInfo,
+    pool: &Addr<PeerPool>,
+    call: &Call,
+    fresh: bool,
+) -> Result<(Lease, bool), TransportError> {
+    let timeout = call.timeout;
+    let grant = tokio::time::timeout(timeout, pool.send(Checkout { fresh }))
+        .await
+        .map_err(|_| TransportError::Timeout {
+            peer: peer.target.clone(),
+            after: timeout,
+        })?
+        .map_err(|_| TransportError::Shutdown)?;
+    match grant {
+        Grant::Connection(framed) => Ok((Lease::of(framed, pool, peer.min_rate), true)),
+        Grant::Dial => {
+            let dialled = dial(peer, pool, timeout).await;
+            let failure = dialled.as_ref().err().map(|error| match error {
+                TransportError::Connect { source, .. } => source.to_string(),
+                other => other.to_string(),
+            });
+            pool.do_send(Dialled { failure });
+            Ok((dialled?, false))
+        }
+        Grant::Refused(why) => Err(TransportError::Connect {
+            peer: peer.target.clone(),
+            source: io::Error::new(io::ErrorKind::ConnectionRefused, why),
+        }),
     }
 }
 
@@ -243,9 +372,9 @@ async fn dial(
         })?;
     let framed = Framed::new(
         DeadlineStream::new(connection),
-        ClientCodec::new(peer.max_frame_size),
+        ClientCodec::new(peer.max_reply_size),
     );
-    Ok(Lease::of(framed, pool))
+    Ok(Lease::of(framed, pool, peer.min_rate))
 }
 
 /// How one attempt ended badly.
@@ -259,12 +388,16 @@ struct Failure {
 /// lease goes back to the pool if the exchange ended cleanly.
 async fn exchange(mut lease: Lease, call: &Call) -> Result<Reply, Failure> {
     let framed = lease.framed.as_mut().expect("a lease holds its connection");
-    framed.get_mut().restart(Some(call.timeout));
+    framed
+        .get_mut()
+        .restart_with_rate(call.timeout, lease.min_rate);
     framed.codec_mut().expect(call.rpc_type);
     let before_reply = |error: CodecError| Failure {
         error,
         before_reply: true,
     };
+    // A write that fails leaves the lease cut short: the connection is
+    // closed, and the pool hears of it only if the retry fails too.
     // One write for the whole frame; see `encode_request`. Streams may
     // hold back what was written until flushed (a WebRTC channel finishes
     // its last message then).
@@ -287,15 +420,16 @@ async fn exchange(mut lease: Lease, call: &Call) -> Result<Reply, Failure> {
             Ok(reply)
         }
         Some(Err(error)) => {
-            lease.outcome = Outcome::Failed;
             let stale = matches!(&error, CodecError::Io(e) if is_stale(e));
+            // Only a peer that went away empties the pool (module docs).
+            lease.outcome = Outcome::Failed { peer_gone: stale };
             Err(Failure {
                 error,
                 before_reply: nothing_after && stale,
             })
         }
         None => {
-            lease.outcome = Outcome::Failed;
+            lease.outcome = Outcome::Failed { peer_gone: true };
             let eof = io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the peer closed the connection without answering",
@@ -339,22 +473,24 @@ enum Outcome {
     Cut,
     /// A complete reply and nothing after it: fit for another call.
     Clean,
-    /// The connection failed.
-    Failed,
+    /// The connection failed; `peer_gone` when the peer reset or closed it.
+    Failed { peer_gone: bool },
 }
 
 /// A connection on loan from a pool; see the module docs.
 struct Lease {
     framed: Option<ClientFramed>,
     pool: Addr<PeerPool>,
+    min_rate: u64,
     outcome: Outcome,
 }
 
 impl Lease {
-    fn of(framed: ClientFramed, pool: &Addr<PeerPool>) -> Lease {
+    fn of(framed: ClientFramed, pool: &Addr<PeerPool>, min_rate: u64) -> Lease {
         Lease {
             framed: Some(framed),
             pool: pool.clone(),
+            min_rate,
             outcome: Outcome::Cut,
         }
     }
@@ -364,8 +500,9 @@ impl Drop for Lease {
     fn drop(&mut self) {
         match (self.outcome, self.framed.take()) {
             (Outcome::Clean, Some(framed)) => self.pool.do_send(GiveBack(framed)),
-            (Outcome::Failed, _) => self.pool.do_send(ConnectionFailed),
-            // Cut short: the connection's state is unknown, it is closed.
+            (Outcome::Failed { peer_gone: true }, _) => self.pool.do_send(PeerGone),
+            // Failed on this connection only, or cut short: the connection
+            // is closed, the pool keeps the others.
             _ => {}
         }
     }
@@ -380,57 +517,147 @@ struct PooledConnection {
     idle_since: Instant,
 }
 
+/// What a call gets from its pool. Moved once per call; boxing the
+/// connection would cost an allocation per call instead.
+#[allow(clippy::large_enum_variant)]
+enum Grant {
+    /// An idle connection.
+    Connection(ClientFramed),
+    /// Leave to dial a new one (counted against `max_dials`).
+    Dial,
+    /// Nothing: the peer is unreachable (a dial just failed), or too many
+    /// calls wait already.
+    Refused(String),
+}
+
 /// The connections to one peer; see the module docs.
 pub struct PeerPool {
     settings: PoolSettings,
     idle: Vec<PooledConnection>,
+    /// Dials in progress.
+    dialing: usize,
+    /// Calls waiting for a connection or a dial slot, oldest first.
+    waiters: VecDeque<oneshot::Sender<Grant>>,
     stats: PoolStats,
     shutdown: CancellationToken,
     log: Logger,
 }
 
+impl PeerPool {
+    /// Hands `grant` to the oldest waiter still waiting; gives it back if
+    /// there is none.
+    fn serve_waiter(&mut self, mut grant: Grant) -> Option<Grant> {
+        while let Some(waiter) = self.waiters.pop_front() {
+            match waiter.send(grant) {
+                Ok(()) => return None,
+                Err(back) => grant = back,
+            }
+        }
+        Some(grant)
+    }
+
+    /// Lets waiting calls dial while dial slots are free.
+    fn grant_dials(&mut self) {
+        while self.dialing < self.settings.max_dials && !self.waiters.is_empty() {
+            self.dialing += 1;
+            self.stats.dials += 1;
+            if self.serve_waiter(Grant::Dial).is_some() {
+                // Nobody was still waiting after all.
+                self.dialing -= 1;
+                self.stats.dials -= 1;
+            }
+        }
+    }
+
+    /// Closes idle connections older than `max_idle`.
+    fn sweep(&mut self) {
+        let max_idle = self.settings.max_idle;
+        self.idle
+            .retain(|pooled| pooled.idle_since.elapsed() < max_idle);
+    }
+}
+
 impl Actor for PeerPool {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Idle connections a peer has long closed are not kept around
+        // until the next call finds them stale.
+        ctx.run_interval(self.settings.max_idle / 2, |pool, _| pool.sweep());
+    }
 }
 
 impl Supervised for PeerPool {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.idle.clear();
+        self.dialing = 0;
+        self.waiters.clear();
         self.stats.restarts += 1;
         debug!(self.log, "pool restarted empty");
     }
 }
 
-/// Asks for the most recently used idle connection still young enough;
-/// `None` means the caller dials (and the dial is counted).
+/// Asks for a connection: the most recently used idle one still young
+/// enough (unless `fresh`), else leave to dial, else a place in the queue.
 #[derive(Message)]
-#[rtype(result = "Option<ClientFramed>")]
-struct Checkout;
+#[rtype(result = "Grant")]
+struct Checkout {
+    fresh: bool,
+}
 
 impl Handler<Checkout> for PeerPool {
-    type Result = MessageResult<Checkout>;
+    type Result = actix::Response<Grant>;
 
-    fn handle(&mut self, _: Checkout, _: &mut Context<Self>) -> Self::Result {
-        while let Some(pooled) = self.idle.pop() {
-            if pooled.idle_since.elapsed() < self.settings.max_idle {
-                return MessageResult(Some(pooled.framed));
+    fn handle(&mut self, checkout: Checkout, _: &mut Context<Self>) -> Self::Result {
+        if !checkout.fresh {
+            self.sweep();
+            if let Some(pooled) = self.idle.pop() {
+                return actix::Response::reply(Grant::Connection(pooled.framed));
             }
         }
-        self.stats.dials += 1;
-        MessageResult(None)
+        if self.dialing < self.settings.max_dials {
+            self.dialing += 1;
+            self.stats.dials += 1;
+            return actix::Response::reply(Grant::Dial);
+        }
+        if self.waiters.len() >= MAX_WAITERS {
+            return actix::Response::reply(Grant::Refused(
+                "too many calls waiting for a connection to this peer".into(),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push_back(tx);
+        actix::Response::fut(async move {
+            rx.await
+                .unwrap_or_else(|_| Grant::Refused("the pool closed".into()))
+        })
     }
 }
 
-/// A caller dials again (a stale pooled connection is being replaced).
+/// A dial ended; `failure` says why it failed, if it did.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Dialling;
+struct Dialled {
+    failure: Option<String>,
+}
 
-impl Handler<Dialling> for PeerPool {
+impl Handler<Dialled> for PeerPool {
     type Result = ();
 
-    fn handle(&mut self, _: Dialling, _: &mut Context<Self>) {
-        self.stats.dials += 1;
+    fn handle(&mut self, dialled: Dialled, _: &mut Context<Self>) {
+        self.dialing = self.dialing.saturating_sub(1);
+        match dialled.failure {
+            // The peer cannot be reached: the calls waiting for it learn
+            // so now rather than at their timeout.
+            Some(why) => {
+                self.idle.clear();
+                self.stats.restarts += 1;
+                for waiter in self.waiters.drain(..) {
+                    let _ = waiter.send(Grant::Refused(why.clone()));
+                }
+            }
+            None => self.grant_dials(),
+        }
     }
 }
 
@@ -443,7 +670,13 @@ impl Handler<GiveBack> for PeerPool {
     type Result = ();
 
     fn handle(&mut self, GiveBack(framed): GiveBack, _: &mut Context<Self>) {
-        if self.idle.len() < self.settings.max_pool && !self.shutdown.is_cancelled() {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let Some(Grant::Connection(framed)) = self.serve_waiter(Grant::Connection(framed)) else {
+            return;
+        };
+        if self.idle.len() < self.settings.max_pool {
             self.idle.push(PooledConnection {
                 framed,
                 idle_since: Instant::now(),
@@ -452,16 +685,19 @@ impl Handler<GiveBack> for PeerPool {
     }
 }
 
-/// A connection failed: restart the pool empty.
+/// The peer reset or closed a connection: its idle ones most likely died
+/// with it.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct ConnectionFailed;
+struct PeerGone;
 
-impl Handler<ConnectionFailed> for PeerPool {
+impl Handler<PeerGone> for PeerPool {
     type Result = ();
 
-    fn handle(&mut self, _: ConnectionFailed, ctx: &mut Context<Self>) {
-        ctx.stop();
+    fn handle(&mut self, _: PeerGone, _: &mut Context<Self>) {
+        self.idle.clear();
+        self.stats.restarts += 1;
+        debug!(self.log, "peer gone: pool emptied");
     }
 }
 
@@ -491,5 +727,22 @@ impl Handler<ClosePool> for PeerPool {
 
     fn handle(&mut self, _: ClosePool, _: &mut Context<Self>) {
         self.idle.clear();
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(Grant::Refused("transport shutdown".into()));
+        }
+    }
+}
+
+/// The pool has not been called for a while: close it and stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Retire;
+
+impl Handler<Retire> for PeerPool {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        self.idle.clear();
+        ctx.stop();
     }
 }

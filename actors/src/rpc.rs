@@ -79,6 +79,19 @@ impl Rpc {
         self.responder.respond(result)
     }
 
+    /// Whether the caller has stopped waiting for the answer: it hung up
+    /// (its connection closed) or gave up. Answering is still harmless;
+    /// a node may skip expensive work.
+    pub fn is_abandoned(&self) -> bool {
+        self.responder.is_abandoned()
+    }
+
+    /// Resolves once the caller has stopped waiting for the answer; see
+    /// [`Rpc::is_abandoned`].
+    pub async fn abandoned(&mut self) {
+        self.responder.abandoned().await
+    }
+
     /// Splits the RPC, so the command can be moved out and answered later.
     pub fn into_parts(self) -> (Command, Responder) {
         (self.command, self.responder)
@@ -127,6 +140,11 @@ impl Responder {
     /// Whether the caller has stopped waiting for the answer.
     pub fn is_abandoned(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    /// Resolves once the caller has stopped waiting for the answer.
+    pub async fn abandoned(&mut self) {
+        self.tx.closed().await
     }
 }
 

@@ -22,6 +22,9 @@ use babble_net::{
 };
 use rand::seq::SliceRandom;
 
+/// How long a newcomer keeps trying to reach its sponsor.
+const JOIN_RETRY: Duration = Duration::from_secs(10);
+
 /// Counters of a whole cluster, printed once a second and at the end.
 #[derive(Default)]
 pub struct Stats {
@@ -310,7 +313,18 @@ impl ToyNode {
         };
         let id = self.id;
         let steps = async move {
-            let joined = transport.join(&sponsor, join).await;
+            // A sponsor started at the same moment may not listen yet: a
+            // node retries a refused connection for a while, as Go Babble's
+            // does.
+            let started = std::time::Instant::now();
+            let joined = loop {
+                match transport.join(&sponsor, join.clone()).await {
+                    Err(err) if err.is_connect() && started.elapsed() < JOIN_RETRY => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    joined => break joined,
+                }
+            };
             let state = match &joined {
                 Ok(_) => Some(
                     transport

@@ -1,9 +1,9 @@
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::Decoder;
 
-use super::scanner::ValueScanner;
+use super::scanner::{ValueScanner, MAX_BLANK};
 use super::{check_size, is_json_whitespace, CodecError, Reply, DEFAULT_MAX_FRAME_SIZE};
-use crate::wire::{go_json, Command, Response, RpcType};
+use crate::wire::{bounded, go_json, Command, Response, RpcType};
 
 /// Writes `command` as a request frame: type byte, JSON, newline.
 ///
@@ -34,6 +34,8 @@ pub struct ClientCodec {
     max_frame_size: usize,
     expecting: Option<RpcType>,
     state: ReplyState,
+    /// Whitespace since the last reply.
+    blank: usize,
 }
 
 #[derive(Debug)]
@@ -54,6 +56,7 @@ impl ClientCodec {
             max_frame_size,
             expecting: None,
             state: ReplyState::Error(ValueScanner::starting_at(0)),
+            blank: 0,
         }
     }
 
@@ -61,6 +64,7 @@ impl ClientCodec {
     pub fn expect(&mut self, rpc_type: RpcType) {
         self.expecting = Some(rpc_type);
         self.state = ReplyState::Error(ValueScanner::starting_at(0));
+        self.blank = 0;
     }
 }
 
@@ -80,6 +84,12 @@ impl Decoder for ClientCodec {
             // else is a reply nobody asked for.
             let blank = src.iter().take_while(|b| is_json_whitespace(**b)).count();
             src.advance(blank);
+            self.blank += blank;
+            if self.blank > MAX_BLANK {
+                return Err(CodecError::Syntax(format!(
+                    "more than {MAX_BLANK} bytes of whitespace after a reply"
+                )));
+            }
             return match src.is_empty() {
                 true => Ok(None),
                 false => Err(CodecError::UnexpectedReply),
@@ -127,7 +137,7 @@ impl Decoder for ClientCodec {
 
 fn decode_response(rpc_type: RpcType, json: &[u8]) -> Result<Option<Response>, CodecError> {
     fn parse<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<Option<T>, CodecError> {
-        serde_json::from_slice(json).map_err(|source| CodecError::Json {
+        bounded::decode(json).map_err(|source| CodecError::Json {
             what: "response",
             source,
         })

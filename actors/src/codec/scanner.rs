@@ -25,6 +25,11 @@ enum State {
     Literal { start: usize },
 }
 
+/// Whitespace allowed before a value. Go writes one newline between the
+/// values of a frame; a peer sending more is flooding (whitespace must not
+/// keep a connection busy for free).
+pub(crate) const MAX_BLANK: usize = 64;
+
 /// Incremental end-of-value finder, see the module docs.
 #[derive(Clone, Debug)]
 pub(crate) struct ValueScanner {
@@ -32,6 +37,8 @@ pub(crate) struct ValueScanner {
     pos: usize,
     depth: usize,
     state: State,
+    /// Whitespace seen before the value.
+    blank: usize,
 }
 
 impl ValueScanner {
@@ -42,6 +49,7 @@ impl ValueScanner {
             pos: offset,
             depth: 0,
             state: State::Start,
+            blank: 0,
         }
     }
 
@@ -54,7 +62,15 @@ impl ValueScanner {
             let byte = buf[self.pos];
             match self.state {
                 State::Start => match byte {
-                    b' ' | b'\t' | b'\r' | b'\n' => self.pos += 1,
+                    b' ' | b'\t' | b'\r' | b'\n' => {
+                        self.pos += 1;
+                        self.blank += 1;
+                        if self.blank > MAX_BLANK {
+                            return Err(CodecError::Syntax(format!(
+                                "more than {MAX_BLANK} bytes of whitespace before a value"
+                            )));
+                        }
+                    }
                     b'{' | b'[' => {
                         self.depth = 1;
                         self.state = State::Container;
@@ -192,6 +208,13 @@ mod tests {
         }
         assert_eq!(found, end_of(input));
         assert_eq!(found, Some(input.len() - 1));
+    }
+
+    #[test]
+    fn refuses_a_whitespace_flood_before_a_value() {
+        let mut scanner = ValueScanner::starting_at(0);
+        assert_eq!(scanner.scan(&[b' '; MAX_BLANK]).unwrap(), None);
+        assert!(scanner.scan(&[b' '; MAX_BLANK + 1]).is_err());
     }
 
     #[test]

@@ -1,9 +1,9 @@
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::scanner::ValueScanner;
+use super::scanner::{ValueScanner, MAX_BLANK};
 use super::{check_size, is_json_whitespace, CodecError, Reply, DEFAULT_MAX_FRAME_SIZE};
-use crate::wire::{go_json, Command, Response, RpcType};
+use crate::wire::{bounded, go_json, Command, Response, RpcType};
 
 /// Server side of a connection: decodes requests, encodes replies.
 ///
@@ -23,6 +23,8 @@ pub struct ServerCodec {
     max_frame_size: usize,
     /// The request being read, once its type byte has arrived.
     current: Option<(RpcType, ValueScanner)>,
+    /// Whitespace since the last request.
+    blank: usize,
 }
 
 impl ServerCodec {
@@ -31,6 +33,7 @@ impl ServerCodec {
         ServerCodec {
             max_frame_size,
             current: None,
+            blank: 0,
         }
     }
 
@@ -56,9 +59,16 @@ impl Decoder for ServerCodec {
             // whitespace) may come late; no type byte is whitespace.
             let blank = src.iter().take_while(|b| is_json_whitespace(**b)).count();
             src.advance(blank);
+            self.blank += blank;
+            if self.blank > MAX_BLANK {
+                return Err(CodecError::Syntax(format!(
+                    "more than {MAX_BLANK} bytes of whitespace between requests"
+                )));
+            }
             let Some(&byte) = src.first() else {
                 return Ok(None);
             };
+            self.blank = 0;
             let rpc_type = RpcType::from_byte(byte).ok_or(CodecError::UnknownRpcType(byte))?;
             self.current = Some((rpc_type, ValueScanner::starting_at(1)));
         }
@@ -85,7 +95,7 @@ impl Decoder for ServerCodec {
 
 fn decode_command(rpc_type: RpcType, json: &[u8]) -> Result<Command, CodecError> {
     fn parse<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, CodecError> {
-        serde_json::from_slice(json).map_err(|source| CodecError::Json {
+        bounded::decode(json).map_err(|source| CodecError::Json {
             what: "request",
             source,
         })

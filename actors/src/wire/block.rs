@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::bounded;
 use super::{go_json, ByteSlice, ByteSlices};
 use super::{InternalTransaction, InternalTransactionReceipt};
 
@@ -46,10 +47,16 @@ pub struct BlockBody {
     #[serde(rename = "Transactions", with = "go_json::bytes_list")]
     pub transactions: ByteSlices,
     /// Transactions that change the group.
-    #[serde(rename = "InternalTransactions")]
+    #[serde(
+        rename = "InternalTransactions",
+        deserialize_with = "bounded::seq::deserialize"
+    )]
     pub internal_transactions: Option<Vec<InternalTransaction>>,
     /// The application's verdicts on the internal transactions.
-    #[serde(rename = "InternalTransactionReceipts")]
+    #[serde(
+        rename = "InternalTransactionReceipts",
+        deserialize_with = "bounded::seq::deserialize"
+    )]
     pub internal_transaction_receipts: Option<Vec<InternalTransactionReceipt>>,
 }
 
@@ -61,6 +68,6 @@ pub struct Block {
     #[serde(rename = "Body")]
     pub body: BlockBody,
     /// Validator public key (hex) to signature; `None` is a nil map.
-    #[serde(rename = "Signatures")]
+    #[serde(rename = "Signatures", deserialize_with = "bounded::map::deserialize")]
     pub signatures: Option<BTreeMap<String, String>>,
 }

@@ -1,5 +1,6 @@
 use serde::{Deserialize, Serialize};
 
+use super::bounded;
 use super::{go_json, ByteSlice, ByteSlices};
 use super::{BlockSignature, InternalTransaction};
 
@@ -25,10 +26,16 @@ pub struct WireBody {
     #[serde(rename = "Transactions", with = "go_json::bytes_list")]
     pub transactions: ByteSlices,
     /// Transactions that change the group.
-    #[serde(rename = "InternalTransactions")]
+    #[serde(
+        rename = "InternalTransactions",
+        deserialize_with = "bounded::seq::deserialize"
+    )]
     pub internal_transactions: Option<Vec<InternalTransaction>>,
     /// Signatures of blocks.
-    #[serde(rename = "BlockSignatures")]
+    #[serde(
+        rename = "BlockSignatures",
+        deserialize_with = "bounded::seq::deserialize"
+    )]
     pub block_signatures: Option<Vec<WireBlockSignature>>,
     /// ID of the creator.
     #[serde(rename = "CreatorID")]
@@ -71,10 +78,13 @@ pub struct EventBody {
     #[serde(rename = "Transactions", with = "go_json::bytes_list")]
     pub transactions: ByteSlices,
     /// Transactions that change the group.
-    #[serde(rename = "InternalTransactions")]
+    #[serde(
+        rename = "InternalTransactions",
+        deserialize_with = "bounded::seq::deserialize"
+    )]
     pub internal_transactions: Option<Vec<InternalTransaction>>,
     /// Hashes of the self parent and the other parent.
-    #[serde(rename = "Parents")]
+    #[serde(rename = "Parents", deserialize_with = "bounded::seq::deserialize")]
     pub parents: Option<Vec<String>>,
     /// Public key of the creator (Go `[]byte`).
     #[serde(rename = "Creator", with = "go_json::bytes")]
@@ -83,7 +93,10 @@ pub struct EventBody {
     #[serde(rename = "Index")]
     pub index: i64,
     /// Signatures of blocks.
-    #[serde(rename = "BlockSignatures")]
+    #[serde(
+        rename = "BlockSignatures",
+        deserialize_with = "bounded::seq::deserialize"
+    )]
     pub block_signatures: Option<Vec<BlockSignature>>,
     /// Creation time (Unix seconds).
     #[serde(rename = "Timestamp")]

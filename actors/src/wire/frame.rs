@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::bounded;
 use super::go_json;
 use super::{Event, Peer};
 
@@ -28,7 +29,7 @@ pub struct FrameEvent {
 #[serde(default)]
 pub struct Root {
     /// The events below the frame (elements are Go pointers).
-    #[serde(rename = "Events")]
+    #[serde(rename = "Events", deserialize_with = "bounded::seq::deserialize")]
     pub events: Option<Vec<Option<FrameEvent>>>,
 }
 
@@ -40,16 +41,20 @@ pub struct Frame {
     #[serde(rename = "Round")]
     pub round: i64,
     /// The peer set of the round (elements are Go pointers).
-    #[serde(rename = "Peers")]
+    #[serde(rename = "Peers", deserialize_with = "bounded::seq::deserialize")]
     pub peers: Option<Vec<Option<Peer>>>,
     /// Public key (hex) to that participant's root.
-    #[serde(rename = "Roots")]
+    #[serde(rename = "Roots", deserialize_with = "bounded::map::deserialize")]
     pub roots: Option<BTreeMap<String, Option<Root>>>,
     /// The events of the frame, in consensus order.
-    #[serde(rename = "Events")]
+    #[serde(rename = "Events", deserialize_with = "bounded::seq::deserialize")]
     pub events: Option<Vec<Option<FrameEvent>>>,
     /// Round to the peer set that took effect in it.
-    #[serde(rename = "PeerSets", with = "go_json::string_sorted_map")]
+    #[serde(
+        rename = "PeerSets",
+        serialize_with = "go_json::string_sorted_map::serialize",
+        deserialize_with = "bounded::map_of_seqs::deserialize"
+    )]
     pub peer_sets: Option<BTreeMap<i64, Option<Vec<Option<Peer>>>>>,
     /// Consensus time (Unix seconds).
     #[serde(rename = "Timestamp")]

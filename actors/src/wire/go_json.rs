@@ -267,12 +267,11 @@ pub mod bytes_list {
                 d.deserialize_seq(self)
             }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-                while let Some(OwnedItem(item)) = seq.next_element()? {
-                    items.push(item);
-                }
-                Ok(Some(items))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                let items: Vec<OwnedItem> = crate::wire::bounded::seq::elements(seq)?;
+                Ok(Some(
+                    items.into_iter().map(|OwnedItem(item)| item).collect(),
+                ))
             }
         }
 
@@ -308,14 +307,15 @@ pub mod string_sorted_map {
         out.end()
     }
 
-    /// Deserializes a Go map with non-string keys.
+    /// Deserializes a Go map with non-string keys, charging each entry
+    /// (see [`bounded`](crate::wire::bounded)).
     pub fn deserialize<'de, K, V, D>(d: D) -> Result<Option<BTreeMap<K, V>>, D::Error>
     where
         K: Deserialize<'de> + Ord,
         V: Deserialize<'de>,
         D: Deserializer<'de>,
     {
-        Option::<BTreeMap<K, V>>::deserialize(d)
+        crate::wire::bounded::map::deserialize(d)
     }
 }
 

@@ -3,6 +3,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::bounded;
 use super::{go_json, ByteSlice};
 use super::{Block, Frame, InternalTransaction, Peer, WireEvent};
 
@@ -76,7 +77,7 @@ pub struct SyncResponse {
     #[serde(rename = "FromID")]
     pub from_id: u32,
     /// The events, in topological order; `None` when there are none.
-    #[serde(rename = "Events")]
+    #[serde(rename = "Events", deserialize_with = "bounded::seq::deserialize")]
     pub events: Option<Vec<WireEvent>>,
     /// What the responder knows.
     #[serde(rename = "Known", with = "go_json::string_sorted_map")]
@@ -91,7 +92,7 @@ pub struct EagerSyncRequest {
     #[serde(rename = "FromID")]
     pub from_id: u32,
     /// The pushed events.
-    #[serde(rename = "Events")]
+    #[serde(rename = "Events", deserialize_with = "bounded::seq::deserialize")]
     pub events: Option<Vec<WireEvent>>,
 }
 
@@ -157,7 +158,7 @@ pub struct JoinResponse {
     #[serde(rename = "AcceptedRound")]
     pub accepted_round: i64,
     /// The peer set the newcomer joins (elements are Go pointers).
-    #[serde(rename = "Peers")]
+    #[serde(rename = "Peers", deserialize_with = "bounded::seq::deserialize")]
     pub peers: Option<Vec<Option<Peer>>>,
 }
 

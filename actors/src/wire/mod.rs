@@ -7,6 +7,7 @@
 //! slice or map is an `Option` too.
 
 mod block;
+pub mod bounded;
 mod event;
 mod frame;
 pub mod go_json;

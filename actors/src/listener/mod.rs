@@ -1,45 +1,55 @@
 //! The Listener actor: accepts connections and serves the requests that
 //! arrive on them.
 //!
-//! Each accepted connection gets its own reader task: it decodes one
-//! request, hands it to the [`Dispatcher`], waits for the answer and writes
-//! it back, then reads the next one, so replies go out in order. A
-//! connection that sends something undecodable, or no byte for the idle
-//! timeout (idle, or stuck half-way through a request), is closed and the
-//! event logged; other connections are not affected.
+//! Each accepted connection gets its own reader task ([`connection`]): it
+//! reads one request, hands it to the [`Dispatcher`], waits for the answer
+//! and writes it back, then reads the next one, so replies go out in order.
+//! A connection that sends something undecodable, or breaks a limit, is
+//! closed and the event logged; other connections are not affected.
 //!
-//! At most `max_inbound` connections are served at once; beyond that the
-//! Listener stops accepting and new peers wait in the kernel's backlog.
-//! Accept errors (such as running out of file descriptors) are retried
-//! after a pause that grows up to a second, never in a hot loop.
+//! The Listener never stops accepting: at `max_inbound` connections (or
+//! `max_inbound_per_ip` from one address) a newcomer is still served, and
+//! an idle or slow connection is shed for it ([`slots`]), so nobody can
+//! lock honest peers out by holding connections open. Accept errors (such
+//! as running out of file descriptors) are retried after a pause that
+//! grows up to a second, never in a hot loop.
 
+mod connection;
+mod slots;
+
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures::{SinkExt, StreamExt};
 use slog::{debug, info, warn, Logger};
 use tokio::sync::{oneshot, Semaphore};
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{CodecError, Reply, ServerCodec};
-use crate::deadline::DeadlineStream;
-use crate::dispatcher::{Dispatch, Dispatcher};
-use crate::error::SHUTTING_DOWN;
-use crate::rpc::Rpc;
+use crate::dispatcher::Dispatcher;
 use crate::stream::{BoxConnection, StreamLayer};
+use connection::Ended;
+use slots::{Shed, Slots};
 
 /// Limits of a Listener.
 #[derive(Clone, Debug)]
 pub struct ListenerLimits {
-    /// Connections served at once.
+    /// Connections served at once (more shed idle or slow ones).
     pub max_inbound: usize,
-    /// Close a connection when no byte moves for this long.
+    /// Connections from one source (IP address, or peer ID) at once.
+    pub max_inbound_per_ip: usize,
+    /// Close a connection with no request for this long.
     pub idle_timeout: Duration,
+    /// A request must progress every `timeout`, and arrive within it plus
+    /// its size at `min_rate`; the same for writing a reply.
+    pub timeout: Duration,
+    /// Bytes per second, see `timeout`.
+    pub min_rate: u64,
     /// Largest request accepted.
-    pub max_frame_size: usize,
+    pub max_request_size: usize,
+    /// Bytes all connections together may buffer beyond 64 KiB each.
+    pub buffer_budget: usize,
 }
 
 /// Live counts of a Listener, readable without a message round trip.
@@ -48,6 +58,8 @@ pub struct ListenerCounters {
     open: AtomicUsize,
     accepted: AtomicU64,
     dropped: AtomicU64,
+    shed: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl ListenerCounters {
@@ -61,9 +73,20 @@ impl ListenerCounters {
         self.accepted.load(Ordering::Relaxed)
     }
 
-    /// Connections closed because of bad input, idleness or I/O errors.
+    /// Connections closed because of bad input, a broken limit or an I/O
+    /// error.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Connections shed to make room for newcomers.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+
+    /// Newcomers refused because every connection was being answered.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 }
 
@@ -73,6 +96,8 @@ pub struct Listener {
     dispatcher: Addr<Dispatcher>,
     limits: ListenerLimits,
     counters: Arc<ListenerCounters>,
+    slots: Arc<Mutex<Slots>>,
+    budget: Arc<Semaphore>,
     /// Cancelled to stop accepting and close every inbound connection.
     shutdown: CancellationToken,
     /// Fires once the accept loop has ended (and released the layer).
@@ -91,11 +116,15 @@ impl Listener {
         shutdown: CancellationToken,
         log: Logger,
     ) -> Self {
+        let slots = Slots::new(limits.max_inbound, limits.max_inbound_per_ip);
+        let units = (limits.buffer_budget / 1024).min(Semaphore::MAX_PERMITS);
         Listener {
             layer,
             dispatcher,
-            limits,
             counters,
+            slots: Arc::new(Mutex::new(slots)),
+            budget: Arc::new(Semaphore::new(units)),
+            limits,
             shutdown,
             accept_done: None,
             log,
@@ -112,7 +141,6 @@ impl Actor for Listener {
         self.accept_done = Some(done_rx);
         let accept = accept_loop(
             self.layer.clone(),
-            self.limits.max_inbound,
             self.shutdown.clone(),
             ctx.address(),
             self.log.clone(),
@@ -124,23 +152,17 @@ impl Actor for Listener {
     }
 }
 
-/// Accepts until shut down, waiting for a free slot before each accept.
+/// Accepts until shut down.
 async fn accept_loop(
     layer: Arc<dyn StreamLayer>,
-    max_inbound: usize,
     shutdown: CancellationToken,
     listener: Addr<Listener>,
     log: Logger,
 ) {
     const FIRST_PAUSE: Duration = Duration::from_millis(5);
     const LONGEST_PAUSE: Duration = Duration::from_secs(1);
-    let slots = Arc::new(Semaphore::new(max_inbound));
     let mut pause = FIRST_PAUSE;
     loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
-            _ = shutdown.cancelled() => return,
-        };
         let accepted = tokio::select! {
             accepted = layer.accept() => accepted,
             _ = shutdown.cancelled() => return,
@@ -148,11 +170,7 @@ async fn accept_loop(
         match accepted {
             Ok((connection, remote)) => {
                 pause = FIRST_PAUSE;
-                listener.do_send(Accepted {
-                    connection,
-                    remote,
-                    slot,
-                });
+                listener.do_send(Accepted { connection, remote });
             }
             Err(err) => {
                 warn!(log, "accept failed, retrying"; "error" => %err, "pause" => ?pause);
@@ -166,14 +184,21 @@ async fn accept_loop(
     }
 }
 
-/// A new inbound connection, holding one of the `max_inbound` slots until
-/// it closes.
+/// Where a connection comes from, for the per-source cap: its IP address
+/// on TCP, its name otherwise (the peer ID on WebRTC).
+fn source_of(remote: &str) -> String {
+    match remote.parse::<SocketAddr>() {
+        Ok(addr) => addr.ip().to_string(),
+        Err(_) => remote.to_owned(),
+    }
+}
+
+/// A new inbound connection.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Accepted {
     connection: BoxConnection,
     remote: String,
-    slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Handler<Accepted> for Listener {
@@ -182,29 +207,57 @@ impl Handler<Accepted> for Listener {
     fn handle(&mut self, accepted: Accepted, _: &mut Context<Self>) {
         let counters = self.counters.clone();
         counters.accepted.fetch_add(1, Ordering::Relaxed);
-        counters.open.fetch_add(1, Ordering::Relaxed);
         let log = self.log.new(slog::o!("peer" => accepted.remote.clone()));
+        let source = source_of(&accepted.remote);
+        let admission = self
+            .slots
+            .lock()
+            .expect("slots lock")
+            .admit(&source, std::time::Instant::now());
+        let Some((id, kick)) = admission.slot else {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            debug!(
+                log,
+                "refusing a connection: every connection is being answered"
+            );
+            return;
+        };
+        if let Some(reason) = admission.shed {
+            counters.shed.fetch_add(1, Ordering::Relaxed);
+            let cap = match reason {
+                Shed::Cap => "max-inbound",
+                Shed::SourceCap => "max-inbound-per-ip",
+            };
+            debug!(log, "shed a connection for a newcomer"; "cap" => cap, "source" => &source);
+        }
+        counters.open.fetch_add(1, Ordering::Relaxed);
         debug!(log, "connection accepted");
-        let reader = serve_connection(
-            accepted.connection,
-            accepted.remote,
-            self.dispatcher.clone(),
-            self.limits.clone(),
-            self.shutdown.clone(),
-            log.clone(),
-        );
+        let slots = self.slots.clone();
+        let cx = connection::Context {
+            id,
+            remote: accepted.remote,
+            slots: slots.clone(),
+            kick,
+            dispatcher: self.dispatcher.clone(),
+            limits: self.limits.clone(),
+            budget: self.budget.clone(),
+            shutdown: self.shutdown.clone(),
+            log: log.clone(),
+        };
+        let reader = connection::serve(accepted.connection, cx);
         actix_rt::spawn(async move {
-            let result = reader.await;
-            if let Err(err) = &result {
-                counters.dropped.fetch_add(1, Ordering::Relaxed);
-                // Bad input is the peer's problem, not ours: a warning, so
-                // that an operator can see who misbehaves.
-                warn!(log, "closing inbound connection"; "reason" => %err);
-            } else {
-                debug!(log, "inbound connection closed");
+            match reader.await {
+                Err(err) => {
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    // Bad input is the peer's problem, not ours: a warning,
+                    // so that an operator can see who misbehaves.
+                    warn!(log, "closing inbound connection"; "reason" => %err);
+                }
+                Ok(Ended::Idle) => debug!(log, "inbound connection closed: idle"),
+                Ok(ended) => debug!(log, "inbound connection closed"; "why" => ?ended),
             }
+            slots.lock().expect("slots lock").release(id);
             counters.open.fetch_sub(1, Ordering::Relaxed);
-            drop(accepted.slot);
         });
     }
 }
@@ -231,48 +284,6 @@ impl Handler<StopListener> for Listener {
     }
 }
 
-type ServerFramed = Framed<DeadlineStream<BoxConnection>, ServerCodec>;
-
-/// Serves requests on one connection until the peer closes it (`Ok`) or
-/// something goes wrong (`Err`, logged by the caller).
-async fn serve_connection(
-    connection: BoxConnection,
-    remote: String,
-    dispatcher: Addr<Dispatcher>,
-    limits: ListenerLimits,
-    shutdown: CancellationToken,
-    log: Logger,
-) -> Result<(), CodecError> {
-    let mut stream = DeadlineStream::new(connection);
-    stream.restart(Some(limits.idle_timeout));
-    let mut framed: ServerFramed = Framed::new(stream, ServerCodec::new(limits.max_frame_size));
-    loop {
-        let command = tokio::select! {
-            next = framed.next() => match next {
-                None => return Ok(()),
-                Some(command) => command?,
-            },
-            _ = shutdown.cancelled() => return Ok(()),
-        };
-        let rpc_type = command.rpc_type();
-        let (rpc, reply) = Rpc::new(command, Some(remote.clone()));
-        let exchange = async {
-            // A stopped Dispatcher drops the RPC, which answers `reply`.
-            let _ = dispatcher.send(Dispatch(rpc)).await;
-            reply.await
-        };
-        let reply: Reply = tokio::select! {
-            reply = exchange => reply,
-            _ = shutdown.cancelled() => Reply::error(SHUTTING_DOWN),
-        };
-        debug!(log, "answering"; "rpc" => %rpc_type, "error" => &reply.error);
-        framed.send(&reply).await?;
-        if shutdown.is_cancelled() {
-            return Ok(());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::io;
@@ -285,6 +296,7 @@ mod tests {
 
     use super::*;
     use crate::dispatcher::Delivery;
+    use crate::rpc::Rpc;
     use crate::wire::{Response, SyncResponse};
 
     /// Fails its first `failures` accepts, then hands out `connection`.
@@ -337,8 +349,12 @@ mod tests {
         let dispatcher = Dispatcher::new(Delivery::Stream(tx), log.clone()).start();
         let limits = ListenerLimits {
             max_inbound: 4,
+            max_inbound_per_ip: 4,
             idle_timeout: Duration::from_secs(5),
-            max_frame_size: 1024,
+            timeout: Duration::from_secs(1),
+            min_rate: 1024,
+            max_request_size: 1024,
+            buffer_budget: 1 << 20,
         };
         let shutdown = CancellationToken::new();
         let listener = Listener::new(

@@ -1,0 +1,275 @@
+//! Who may hold an inbound connection: admission at the connection cap,
+//! and which connection is shed for a newcomer. Pure state, no I/O.
+//!
+//! A newcomer is always admitted. When the Listener is at `max_inbound`
+//! connections, or the newcomer's source (IP address, or peer ID on
+//! WebRTC) at `max_per_source`, one connection makes room, chosen in this
+//! order among all connections (or the source's own):
+//! 1. the one idle longest (no request in progress): an idle connection
+//!    costs its owner nothing to reopen;
+//! 2. else the one reading its request slowest (fewest bytes per second
+//!    since the request began): a trickler, not an honest peer;
+//! 3. else nobody: every connection holds a request the node is answering,
+//!    and the newcomer is refused instead (those requests end within the
+//!    node's own answer time).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+/// What an inbound connection is doing.
+#[derive(Clone, Debug)]
+pub(crate) enum Activity {
+    /// Waiting for a request since `since`.
+    Idle { since: Instant },
+    /// Reading a request that began at `since`; `bytes` of it so far.
+    Reading {
+        since: Instant,
+        bytes: Arc<AtomicU64>,
+    },
+    /// The node is answering a request.
+    Serving,
+}
+
+struct Slot {
+    source: String,
+    activity: Activity,
+    kick: CancellationToken,
+}
+
+/// Why a connection was shed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shed {
+    /// For a newcomer, at the connection cap.
+    Cap,
+    /// For a newcomer from the same source, at the per-source cap.
+    SourceCap,
+}
+
+/// What admitting a newcomer did.
+pub(crate) struct Admission {
+    /// The newcomer's slot, or `None` when it is refused.
+    pub(crate) slot: Option<(u64, CancellationToken)>,
+    /// The connection shed to make room, if any.
+    pub(crate) shed: Option<Shed>,
+}
+
+/// See the [module docs](self).
+pub(crate) struct Slots {
+    max_total: usize,
+    max_per_source: usize,
+    slots: HashMap<u64, Slot>,
+    per_source: HashMap<String, usize>,
+    next_id: u64,
+}
+
+impl Slots {
+    pub(crate) fn new(max_total: usize, max_per_source: usize) -> Slots {
+        Slots {
+            max_total,
+            max_per_source,
+            slots: HashMap::new(),
+            per_source: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Connections held now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Admits a connection from `source` at `now`, shedding another one
+    /// when a cap is reached (see the module docs).
+    pub(crate) fn admit(&mut self, source: &str, now: Instant) -> Admission {
+        let from_source = self.per_source.get(source).copied().unwrap_or(0);
+        let need = if from_source >= self.max_per_source {
+            Some(Shed::SourceCap)
+        } else if self.slots.len() >= self.max_total {
+            Some(Shed::Cap)
+        } else {
+            None
+        };
+        if let Some(reason) = need {
+            let only = (reason == Shed::SourceCap).then_some(source);
+            match self.victim(only, now) {
+                Some(victim) => {
+                    let slot = self.remove(victim).expect("the victim is held");
+                    slot.kick.cancel();
+                }
+                None => {
+                    return Admission {
+                        slot: None,
+                        shed: None,
+                    }
+                }
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let kick = CancellationToken::new();
+        self.slots.insert(
+            id,
+            Slot {
+                source: source.to_owned(),
+                activity: Activity::Idle { since: now },
+                kick: kick.clone(),
+            },
+        );
+        *self.per_source.entry(source.to_owned()).or_default() += 1;
+        Admission {
+            slot: Some((id, kick)),
+            shed: need,
+        }
+    }
+
+    /// Records what connection `id` is doing.
+    pub(crate) fn set(&mut self, id: u64, activity: Activity) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.activity = activity;
+        }
+    }
+
+    /// Frees connection `id`'s slot (it closed, or was shed).
+    pub(crate) fn release(&mut self, id: u64) {
+        self.remove(id);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Slot> {
+        let slot = self.slots.remove(&id)?;
+        if let Some(count) = self.per_source.get_mut(&slot.source) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_source.remove(&slot.source);
+            }
+        }
+        Some(slot)
+    }
+
+    /// The connection to shed, among `only`'s or all.
+    fn victim(&self, only: Option<&str>, now: Instant) -> Option<u64> {
+        let candidates = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| only.is_none_or(|source| slot.source == source));
+        let mut idle_longest: Option<(Instant, u64)> = None;
+        let mut slowest: Option<(f64, u64)> = None;
+        for (&id, slot) in candidates {
+            match &slot.activity {
+                Activity::Idle { since } => {
+                    if idle_longest.is_none_or(|(oldest, _)| *since < oldest) {
+                        idle_longest = Some((*since, id));
+                    }
+                }
+                Activity::Reading { since, bytes } => {
+                    let secs = now.duration_since(*since).as_secs_f64().max(1e-3);
+                    let rate = bytes.load(Ordering::Relaxed) as f64 / secs;
+                    if slowest.is_none_or(|(lowest, _)| rate < lowest) {
+                        slowest = Some((rate, id));
+                    }
+                }
+                Activity::Serving => {}
+            }
+        }
+        idle_longest.map(|(_, id)| id).or(slowest.map(|(_, id)| id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn admitted(slots: &mut Slots, source: &str, now: Instant) -> (u64, CancellationToken) {
+        slots.admit(source, now).slot.expect("admitted")
+    }
+
+    #[test]
+    fn under_the_caps_nobody_is_shed() {
+        let mut slots = Slots::new(3, 2);
+        let now = Instant::now();
+        admitted(&mut slots, "a", now);
+        admitted(&mut slots, "b", now);
+        let admission = slots.admit("a", now);
+        assert!(admission.slot.is_some() && admission.shed.is_none());
+        assert_eq!(slots.len(), 3);
+    }
+
+    #[test]
+    fn at_the_cap_the_connection_idle_longest_makes_room() {
+        let mut slots = Slots::new(2, 10);
+        let now = Instant::now();
+        let (_, old) = admitted(&mut slots, "a", now);
+        let (_, young) = admitted(&mut slots, "b", now + Duration::from_secs(1));
+        let admission = slots.admit("c", now + Duration::from_secs(2));
+        assert_eq!(admission.shed, Some(Shed::Cap));
+        assert!(old.is_cancelled() && !young.is_cancelled());
+        assert_eq!(slots.len(), 2);
+    }
+
+    #[test]
+    fn with_nobody_idle_the_slowest_reader_makes_room() {
+        let mut slots = Slots::new(2, 10);
+        let now = Instant::now();
+        let (fast, fast_kick) = admitted(&mut slots, "honest", now);
+        let (slow, slow_kick) = admitted(&mut slots, "trickler", now);
+        slots.set(
+            fast,
+            Activity::Reading {
+                since: now,
+                bytes: Arc::new(AtomicU64::new(1_000_000)),
+            },
+        );
+        slots.set(
+            slow,
+            Activity::Reading {
+                since: now,
+                bytes: Arc::new(AtomicU64::new(3)),
+            },
+        );
+        let admission = slots.admit("newcomer", now + Duration::from_secs(1));
+        assert!(admission.slot.is_some());
+        assert!(slow_kick.is_cancelled() && !fast_kick.is_cancelled());
+    }
+
+    #[test]
+    fn when_every_connection_is_being_answered_the_newcomer_is_refused() {
+        let mut slots = Slots::new(1, 10);
+        let now = Instant::now();
+        let (id, kick) = admitted(&mut slots, "a", now);
+        slots.set(id, Activity::Serving);
+        let admission = slots.admit("b", now);
+        assert!(admission.slot.is_none());
+        assert!(!kick.is_cancelled());
+    }
+
+    #[test]
+    fn a_source_at_its_cap_sheds_its_own_connections_first() {
+        let mut slots = Slots::new(10, 2);
+        let now = Instant::now();
+        let (_, other) = admitted(&mut slots, "other", now);
+        let (_, own_old) = admitted(&mut slots, "flood", now + Duration::from_secs(1));
+        let (_, own_new) = admitted(&mut slots, "flood", now + Duration::from_secs(2));
+        let admission = slots.admit("flood", now + Duration::from_secs(3));
+        assert_eq!(admission.shed, Some(Shed::SourceCap));
+        // The other source's connection is older, but it is not shed.
+        assert!(!other.is_cancelled());
+        assert!(own_old.is_cancelled() && !own_new.is_cancelled());
+    }
+
+    #[test]
+    fn released_slots_free_their_source() {
+        let mut slots = Slots::new(10, 1);
+        let now = Instant::now();
+        let (id, _) = admitted(&mut slots, "a", now);
+        slots.release(id);
+        let admission = slots.admit("a", now);
+        assert!(admission.shed.is_none());
+        assert_eq!(slots.len(), 1);
+    }
+}
