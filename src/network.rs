@@ -97,6 +97,26 @@ impl NetworkTransport {
         (counters.accepted(), counters.dropped())
     }
 
+    /// Inbound connections shed to make room for newcomers at the
+    /// connection caps, and newcomers refused because every connection
+    /// was being answered.
+    pub fn inbound_shed(&self) -> (u64, u64) {
+        let counters = &self.inner.listener_counters;
+        (counters.shed(), counters.refused())
+    }
+
+    /// Bytes of the inbound buffer budget held now by connections reading
+    /// large requests; never more than `inbound-buffer-budget`.
+    pub fn inbound_buffered_bytes(&self) -> usize {
+        self.inner.listener_counters.buffered()
+    }
+
+    /// Peers with a connection pool now (pools not called for
+    /// `idle-timeout / 2` are retired).
+    pub fn peer_pools(&self) -> usize {
+        self.inner.pools.len()
+    }
+
     /// Counts of the RPCs received.
     pub async fn stats(&self) -> Result<DispatchStats, TransportError> {
         self.inner.endpoint.inbox.stats().await

@@ -484,37 +484,6 @@ async fn a_thousand_abusive_connections_leave_the_node_serving_and_nothing_behin
 }
 
 #[actix_rt::test]
-async fn inbound_connections_beyond_the_limit_wait_for_a_free_slot() {
-    let config = Config {
-        max_inbound: 2,
-        ..Config::default()
-    };
-    let server = tcp(&config);
-    suite::serve(&server, suite::echo_from_id);
-    let addr = server.advertise_addr();
-    // Two idle connections take both slots.
-    let first = TcpStream::connect(&addr).await.unwrap();
-    let _second = TcpStream::connect(&addr).await.unwrap();
-    eventually(Duration::from_secs(5), "two connections served", || {
-        server.inbound_connections() == 2
-    })
-    .await;
-    let client = Arc::new(tcp(&Config {
-        timeout: Duration::from_secs(10),
-        ..Config::default()
-    }));
-    let waiting = {
-        let client = client.clone();
-        let addr = addr.clone();
-        actix_rt::spawn(async move { client.sync(&addr, SyncRequest::default()).await })
-    };
-    // Freeing a slot lets the waiting call through.
-    drop(first);
-    waiting.await.unwrap().unwrap();
-    assert!(server.inbound_connections() <= 2);
-}
-
-#[actix_rt::test]
 async fn close_releases_the_port_and_every_connection() {
     let client = tcp(&Config::default());
     let server = tcp(&Config::default());

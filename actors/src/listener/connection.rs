@@ -27,7 +27,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use super::slots::{Activity, Slots};
-use super::ListenerLimits;
+use super::{ListenerCounters, ListenerLimits};
 use crate::codec::{CodecError, Reply, ServerCodec};
 use crate::deadline::DeadlineStream;
 use crate::dispatcher::{Dispatch, Dispatcher};
@@ -52,6 +52,7 @@ pub(super) struct Context {
     pub(super) dispatcher: Addr<Dispatcher>,
     pub(super) limits: ListenerLimits,
     pub(super) budget: Arc<Semaphore>,
+    pub(super) counters: Arc<ListenerCounters>,
     pub(super) shutdown: CancellationToken,
     pub(super) log: Logger,
 }
@@ -75,7 +76,10 @@ pub(super) async fn serve(connection: BoxConnection, cx: Context) -> Result<Ende
     let mut stream = DeadlineStream::new(connection);
     let mut buf = BytesMut::new();
     let mut codec = ServerCodec::new(cx.limits.max_request_size);
-    let mut reserved = Reservation::default();
+    let mut reserved = Reservation {
+        permits: None,
+        counters: cx.counters.clone(),
+    };
     loop {
         let idle_until = Instant::now() + cx.limits.idle_timeout;
         let command = tokio::select! {
@@ -220,9 +224,15 @@ async fn caller_gone(
 }
 
 /// The share of the Listener's buffer budget a connection holds.
-#[derive(Default)]
 struct Reservation {
     permits: Option<OwnedSemaphorePermit>,
+    counters: Arc<ListenerCounters>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.fit(0);
+    }
 }
 
 impl Reservation {
@@ -254,6 +264,9 @@ impl Reservation {
                 )
             })?
             .expect("the budget is never closed");
+        self.counters
+            .buffered
+            .fetch_add(permit.num_permits() * BUDGET_UNIT, Ordering::Relaxed);
         match &mut self.permits {
             Some(permits) => permits.merge(permit),
             None => self.permits = Some(permit),
@@ -268,6 +281,9 @@ impl Reservation {
         if needed >= held {
             return;
         }
+        self.counters
+            .buffered
+            .fetch_sub((held - needed) * BUDGET_UNIT, Ordering::Relaxed);
         if let Some(permits) = &mut self.permits {
             if needed == 0 {
                 self.permits = None;

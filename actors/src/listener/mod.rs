@@ -60,6 +60,8 @@ pub struct ListenerCounters {
     dropped: AtomicU64,
     shed: AtomicU64,
     refused: AtomicU64,
+    /// Budget bytes held by connections reading large requests.
+    buffered: AtomicUsize,
 }
 
 impl ListenerCounters {
@@ -87,6 +89,12 @@ impl ListenerCounters {
     /// Newcomers refused because every connection was being answered.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the shared buffer budget held now (beyond each
+    /// connection's free 64 KiB).
+    pub fn buffered(&self) -> usize {
+        self.buffered.load(Ordering::Relaxed)
     }
 }
 
@@ -241,6 +249,7 @@ impl Handler<Accepted> for Listener {
             dispatcher: self.dispatcher.clone(),
             limits: self.limits.clone(),
             budget: self.budget.clone(),
+            counters: counters.clone(),
             shutdown: self.shutdown.clone(),
             log: log.clone(),
         };
