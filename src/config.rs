@@ -200,18 +200,20 @@ impl Config {
         }
     }
 
-    /// The longest a call of `rpc_type` can take, whatever the peer does:
-    /// each step (a dial, the request, the reply) ends within the timeout
-    /// plus its bytes at `min-transfer-rate`, so a call ends within three
-    /// timeouts plus the largest request and reply at that rate. A call
-    /// that finds a pooled connection stale is retried once on a new one,
-    /// which can double it. Waiting for a dial slot
-    /// (`max-dials-per-peer`) counts against the same timeout.
+    /// The longest a call of `rpc_type` can take, whatever the peer does.
+    ///
+    /// An attempt waits at most the timeout for a connection (a pooled one
+    /// or a dial slot), at most the timeout for a dial, and exchanges the
+    /// request and reply within the timeout plus their bytes at
+    /// `min-transfer-rate`. A call whose pooled connection turns out stale
+    /// (closed before any reply byte) is retried once on a new one. So a
+    /// call ends within six timeouts plus two of the largest requests and
+    /// the largest reply at that rate; a call to a peer that merely stops
+    /// answering fails after about one timeout.
     pub fn call_bound(&self, rpc_type: crate::RpcType) -> Duration {
         let timeout = self.timeout_for(rpc_type);
-        let bytes = (self.max_request_size + self.max_reply_size) as f64;
-        let attempt = timeout * 3 + Duration::from_secs_f64(bytes / self.min_transfer_rate as f64);
-        attempt * 2
+        let bytes = (2 * self.max_request_size + self.max_reply_size) as f64;
+        timeout * 6 + Duration::from_secs_f64(bytes / self.min_transfer_rate as f64)
     }
 }
 
@@ -271,6 +273,13 @@ mod tests {
             let err = Config::from_toml_str(text).unwrap_err();
             assert!(matches!(err, TransportError::Config(_)), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn the_call_bound_of_the_defaults() {
+        // 6 s plus 160 MiB at 64 KiB/s: 2566 s, about 43 minutes.
+        let bound = Config::default().call_bound(crate::RpcType::Sync);
+        assert_eq!(bound, Duration::from_secs(2566));
     }
 
     #[test]
