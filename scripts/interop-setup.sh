@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the independent WAMP implementations the interop tests run
-# against (autobahn, crossbar, from PyPI) into target/interop-venv, where
-# tests/wamp_interop.rs finds them. Safe to run again.
+# Installs the independent implementations the interop tests run against,
+# from PyPI, into target/interop-venv: the WAMP client and router autobahn
+# and crossbar (tests/wamp_interop.rs), and noiseprotocol and coincurve for
+# the independent Noise peer (tests/secure_transport.rs). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=target/interop-venv
@@ -10,5 +11,9 @@ if [ ! -x "$venv/bin/crossbar" ]; then
   "$venv/bin/pip" install --quiet --upgrade pip
   "$venv/bin/pip" install --quiet autobahn crossbar
 fi
+if ! "$venv/bin/python" -c 'import noise, coincurve' 2>/dev/null; then
+  "$venv/bin/pip" install --quiet noiseprotocol coincurve
+fi
+"$venv/bin/python" -c 'import noise, coincurve; print("noiseprotocol, coincurve", coincurve.__version__)'
 "$venv/bin/python" -c 'import autobahn; print("autobahn", autobahn.__version__)'
 "$venv/bin/crossbar" version 2>/dev/null | grep -m1 -i "crossbar" || true

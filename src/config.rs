@@ -1,10 +1,12 @@
 //! Transport configuration, with Go Babble's names and defaults.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::secure::{NodeKey, PeerKey};
 use crate::TransportError;
 
 /// Everything a transport can be configured with.
@@ -55,13 +57,33 @@ pub struct Config {
     pub signal_skip_verify: bool,
     /// Trust the signaling server certificates in this PEM file (a CA, or
     /// the server's self-signed certificate) instead of the system's roots.
-    pub signal_ca_file: Option<std::path::PathBuf>,
+    pub signal_ca_file: Option<PathBuf>,
     /// STUN/TURN server for WebRTC, such as `stun:stun.l.google.com:19302`.
     pub ice_addr: Option<String>,
     /// Username for the TURN server.
     pub ice_username: Option<String>,
     /// Password for the TURN server.
     pub ice_password: Option<String>,
+    /// Encrypt and authenticate every connection with the Noise handshake
+    /// keyed to the node's key (`key-file`); see [`crate::secure`]. Off by
+    /// default: Go Babble nodes speak plaintext.
+    pub secure: bool,
+    /// The node's private key: a file holding the hex of the secp256k1
+    /// scalar (Go Babble's `priv_key`). Needed by `secure` and by
+    /// authenticated signaling.
+    pub key_file: Option<PathBuf>,
+    /// Go Babble's `peers.json` (`[{"NetAddr", "PubKeyHex", "Moniker"}]`):
+    /// the key each peer address must prove, and the keys a secure node
+    /// accepts.
+    pub peers_file: Option<PathBuf>,
+    /// More peers, as `address = "PubKeyHex"`.
+    pub peer_keys: BTreeMap<String, String>,
+    /// A secure node accepts any key that proves itself, not only its
+    /// peers' (for nodes that join a running network).
+    pub accept_any_key: bool,
+    /// Time a secure handshake may take.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
     /// WebRTC: peer connections other peers may hold to this node (two per
     /// peer at most); offers beyond it are refused.
     pub webrtc_max_peers: usize,
@@ -114,6 +136,12 @@ impl Default for Config {
             ice_addr: None,
             ice_username: None,
             ice_password: None,
+            secure: false,
+            key_file: None,
+            peers_file: None,
+            peer_keys: BTreeMap::new(),
+            accept_any_key: false,
+            handshake_timeout: Duration::from_secs(5),
             webrtc_max_peers: 256,
             webrtc_max_channels: 64,
             min_transfer_rate: 64 * 1024,
@@ -157,6 +185,7 @@ impl Config {
             ("timeout", self.timeout),
             ("join-timeout", self.join_timeout),
             ("idle-timeout", self.idle_timeout),
+            ("handshake-timeout", self.handshake_timeout),
         ] {
             if value.is_zero() {
                 return fail(&format!("{name} must be greater than zero"));
@@ -185,6 +214,16 @@ impl Config {
         }
         if self.consumer_buffer == 0 {
             return fail("consumer-buffer must be at least 1");
+        }
+        if self.secure && self.key_file.is_none() {
+            return fail("secure needs a key-file (the node's private key)");
+        }
+        for (address, key) in &self.peer_keys {
+            if PeerKey::parse(key).is_err() {
+                return fail(&format!(
+                    "peer-keys: {address} = {key:?} is not a public key"
+                ));
+            }
         }
         if self.webrtc_max_peers == 0 || self.webrtc_max_channels == 0 {
             return fail("webrtc-max-peers and webrtc-max-channels must be at least 1");
@@ -215,6 +254,48 @@ impl Config {
         let bytes = (2 * self.max_request_size + self.max_reply_size) as f64;
         timeout * 6 + Duration::from_secs_f64(bytes / self.min_transfer_rate as f64)
     }
+}
+
+impl Config {
+    /// The node's key, from `key-file`.
+    pub fn node_key(&self) -> Result<NodeKey, TransportError> {
+        let path = self
+            .key_file
+            .as_ref()
+            .ok_or_else(|| TransportError::Config("no key-file given".into()))?;
+        NodeKey::load(path).map_err(|e| TransportError::Config(format!("key-file: {e}")))
+    }
+
+    /// The peers' addresses and keys, from `peers-file` and `peer-keys`.
+    pub fn peer_key_map(&self) -> Result<Vec<(String, PeerKey)>, TransportError> {
+        let mut peers = Vec::new();
+        if let Some(path) = &self.peers_file {
+            let fail = |why: String| TransportError::Config(format!("{}: {why}", path.display()));
+            let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+            let entries: Vec<PeersFileEntry> =
+                serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+            for entry in entries {
+                let key = PeerKey::parse(&entry.pub_key_hex)
+                    .map_err(|e| fail(format!("{}: {e}", entry.net_addr)))?;
+                peers.push((entry.net_addr, key));
+            }
+        }
+        for (address, key) in &self.peer_keys {
+            let key = PeerKey::parse(key)
+                .map_err(|e| TransportError::Config(format!("peer-keys: {address}: {e}")))?;
+            peers.push((address.clone(), key));
+        }
+        Ok(peers)
+    }
+}
+
+/// One peer of Go Babble's `peers.json`.
+#[derive(Deserialize)]
+struct PeersFileEntry {
+    #[serde(rename = "NetAddr")]
+    net_addr: String,
+    #[serde(rename = "PubKeyHex")]
+    pub_key_hex: String,
 }
 
 /// Longest timeout accepted: a day (longer ones are typing mistakes).

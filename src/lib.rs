@@ -21,7 +21,8 @@
 //! [`is_remote`](TransportError::is_remote), ...).
 //!
 //! The rest lives in modules: [`wire`] (the hashgraph data the RPCs carry,
-//! and Go's exact JSON), [`signal`] and [`rtc`] (WebRTC's signaling and
+//! and Go's exact JSON), [`secure`] (node keys and authenticated,
+//! encrypted channels), [`signal`] and [`rtc`] (WebRTC's signaling and
 //! data channels), [`stream`] (the byte streams under a network transport,
 //! to bring your own), [`codec`] (the frames, for tools), [`stats`] and
 //! [`logging`].
@@ -62,6 +63,7 @@ pub mod logging;
 mod network;
 #[cfg(feature = "webrtc")]
 pub mod rtc;
+pub mod secure;
 pub mod signal;
 mod tcp;
 mod transport;
@@ -99,7 +101,7 @@ pub mod stream {
     //! [`NetworkTransport::new`](crate::NetworkTransport::new).
 
     pub use crate::tcp::TcpStreamLayer;
-    pub use babble_net_actors::stream::{BoxConnection, Connection, StreamLayer};
+    pub use babble_net_actors::stream::{BoxConnection, Connection, StreamLayer, Upgraded};
 }
 
 pub mod codec {

@@ -141,6 +141,7 @@ impl Transport for NetworkTransport {
                 min_rate: config.min_transfer_rate,
                 max_request_size: config.max_request_size,
                 buffer_budget: config.inbound_buffer_budget,
+                handshake_timeout: config.handshake_timeout,
             };
             let (layer, dispatcher, counters, shutdown, log) = (
                 self.inner.layer.clone(),

@@ -138,10 +138,15 @@ impl NetworkTransport {
     /// transport.close().await.unwrap();
     /// # });
     /// ```
+    ///
+    /// With `secure`, every connection is a Noise channel keyed to
+    /// `key-file`, with the peers of `peers-file` and `peer-keys`
+    /// ([`crate::secure`]).
     pub fn tcp(config: &Config, log: Logger) -> Result<NetworkTransport, TransportError> {
         config.validate()?;
         let layer = TcpStreamLayer::bind(&config.bind_addr, config.advertise.as_deref())?;
         let log = log.new(slog::o!("transport" => "tcp"));
-        Ok(NetworkTransport::new(Arc::new(layer), config, log))
+        let layer = crate::secure::wrap_if_secure(Arc::new(layer), config)?;
+        Ok(NetworkTransport::new(layer, config, log))
     }
 }

@@ -4,6 +4,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::codec::CodecError;
+use crate::secure::HandshakeError;
 
 /// What a caller is told when the node took its request and dropped it
 /// without answering.
@@ -80,6 +81,16 @@ pub enum TransportError {
     /// address, zero limits, ...).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The secure channel's handshake failed: the peer is not who it
+    /// should be, or could not prove it.
+    #[error("secure handshake with {peer} failed: {source}")]
+    Handshake {
+        /// The peer dialled.
+        peer: String,
+        /// What went wrong.
+        #[source]
+        source: HandshakeError,
+    },
 }
 
 impl TransportError {
@@ -101,6 +112,12 @@ impl TransportError {
     /// No connection could be made to the peer.
     pub fn is_connect(&self) -> bool {
         matches!(self, TransportError::Connect { .. })
+    }
+
+    /// The secure channel's handshake failed (wrong key, bad signature,
+    /// not a peer, timeout).
+    pub fn is_handshake(&self) -> bool {
+        matches!(self, TransportError::Handshake { .. })
     }
 
     /// The remote node took the request but dropped it without answering

@@ -51,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{ClientCodec, CodecError, Reply};
 use crate::deadline::DeadlineStream;
 use crate::error::TransportError;
+use crate::secure::HandshakeError;
 use crate::stream::{BoxConnection, StreamLayer};
 use crate::wire::RpcType;
 
@@ -358,6 +359,12 @@ async fn dial(
         .dial(&peer.target, timeout)
         .await
         .map_err(|source| match source.kind() {
+            _ if HandshakeError::from_io(&source).is_some() => TransportError::Handshake {
+                peer: peer.target.clone(),
+                source: HandshakeError::from_io(&source)
+                    .cloned()
+                    .expect("checked above"),
+            },
             io::ErrorKind::TimedOut => TransportError::Timeout {
                 peer: peer.target.clone(),
                 after: timeout,

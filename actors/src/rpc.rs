@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::codec::Reply;
 use crate::error::DROPPED_WITHOUT_ANSWER;
+use crate::identity::PeerKey;
 use crate::wire::{Command, Response, RpcType};
 
 /// An RPC received from a peer, to be answered exactly once.
@@ -36,6 +37,9 @@ pub struct Rpc {
     pub command: Command,
     /// Where it came from: the peer's address when the transport knows it.
     pub from: Option<String>,
+    /// The sender's key, verified by a secure channel's handshake; `None`
+    /// on a plaintext transport.
+    pub peer_key: Option<PeerKey>,
     responder: Responder,
 }
 
@@ -48,6 +52,7 @@ impl fmt::Debug for Rpc {
         f.debug_struct("Rpc")
             .field("rpc", &self.command.rpc_type())
             .field("from", &self.from)
+            .field("peer_key", &self.peer_key)
             .finish_non_exhaustive()
     }
 }
@@ -63,6 +68,7 @@ impl Rpc {
         let rpc = Rpc {
             command,
             from,
+            peer_key: None,
             responder,
         };
         (rpc, PendingReply { rx })

@@ -6,6 +6,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::identity::PeerKey;
+
 /// A connection: any bidirectional byte stream.
 pub trait Connection: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
@@ -14,6 +16,14 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Connection for T {}
 /// A boxed [`Connection`], so that TCP sockets and WebRTC data channels
 /// travel through the same actors.
 pub type BoxConnection = Box<dyn Connection>;
+
+/// An accepted connection, ready to serve.
+pub struct Upgraded {
+    /// The connection (decrypted, on a secure layer).
+    pub connection: BoxConnection,
+    /// The peer's verified key, when the layer authenticates peers.
+    pub peer_key: Option<PeerKey>,
+}
 
 /// What a network transport needs from the network below it: accept
 /// connections, dial peers, and say where it can be reached.
@@ -25,6 +35,24 @@ pub trait StreamLayer: Send + Sync + 'static {
     /// pause, so a transient one (out of file descriptors) must not be
     /// permanent. After [`close`](StreamLayer::close) it fails for good.
     fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, String)>>;
+
+    /// Completes an accepted connection before its first request is read:
+    /// a secure layer runs its handshake here, in the connection's own
+    /// task (a slow handshake holds only its own slot), within `timeout`.
+    /// Returns the connection to serve and, when the layer verified it,
+    /// the peer's key. By default the connection as it is.
+    fn upgrade(
+        &self,
+        connection: BoxConnection,
+        remote: &str,
+        timeout: Duration,
+    ) -> BoxFuture<'static, io::Result<Upgraded>> {
+        let _ = (remote, timeout);
+        Box::pin(futures::future::ready(Ok(Upgraded {
+            connection,
+            peer_key: None,
+        })))
+    }
 
     /// Opens a connection to `address`, giving up after `timeout`.
     fn dial(

@@ -360,7 +360,10 @@ pub fn bulk_config() -> Config {
 #[macro_export]
 macro_rules! transport_suite {
     ($pair:path) => {
-        mod suite_cases {
+        transport_suite!(suite_cases, $pair);
+    };
+    ($module:ident, $pair:path) => {
+        mod $module {
             use super::*;
             use $crate::common::suite;
 

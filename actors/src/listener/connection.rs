@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use bytes::BytesMut;
+use futures::future::BoxFuture;
 use slog::{debug, Logger};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -33,7 +34,7 @@ use crate::deadline::DeadlineStream;
 use crate::dispatcher::{Dispatch, Dispatcher};
 use crate::error::SHUTTING_DOWN;
 use crate::rpc::Rpc;
-use crate::stream::BoxConnection;
+use crate::stream::{BoxConnection, Upgraded};
 
 /// Bytes a connection may buffer outside the shared budget.
 const FREE_BUFFER: usize = 64 * 1024;
@@ -71,9 +72,19 @@ pub(super) enum Ended {
 }
 
 /// Serves requests on one connection until it ends (`Ok`) or something
-/// goes wrong (`Err`, logged by the caller).
-pub(super) async fn serve(connection: BoxConnection, cx: Context) -> Result<Ended, CodecError> {
-    let mut stream = DeadlineStream::new(connection);
+/// goes wrong (`Err`, logged by the caller). `upgrading` completes the
+/// connection first (a secure layer's handshake).
+pub(super) async fn serve(
+    upgrading: BoxFuture<'static, std::io::Result<Upgraded>>,
+    cx: Context,
+) -> Result<Ended, CodecError> {
+    let upgraded = tokio::select! {
+        upgraded = upgrading => upgraded?,
+        _ = cx.kick.cancelled() => return Ok(Ended::Kicked),
+        _ = cx.shutdown.cancelled() => return Ok(Ended::Kicked),
+    };
+    let peer_key = upgraded.peer_key;
+    let mut stream = DeadlineStream::new(upgraded.connection);
     let mut buf = BytesMut::new();
     let mut codec = ServerCodec::new(cx.limits.max_request_size);
     let mut reserved = Reservation {
@@ -93,7 +104,8 @@ pub(super) async fn serve(connection: BoxConnection, cx: Context) -> Result<Ende
         reserved.fit(buf.len());
         cx.set(Activity::Serving);
         let rpc_type = command.rpc_type();
-        let (rpc, pending) = Rpc::new(command, Some(cx.remote.clone()));
+        let (mut rpc, pending) = Rpc::new(command, Some(cx.remote.clone()));
+        rpc.peer_key = peer_key;
         let answered = async {
             // A stopped Dispatcher drops the RPC, which answers `pending`.
             let _ = cx.dispatcher.send(Dispatch(rpc)).await;

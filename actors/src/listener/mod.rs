@@ -50,6 +50,9 @@ pub struct ListenerLimits {
     pub max_request_size: usize,
     /// Bytes all connections together may buffer beyond 64 KiB each.
     pub buffer_budget: usize,
+    /// Time a stream layer's handshake may take (see
+    /// [`StreamLayer::upgrade`]).
+    pub handshake_timeout: Duration,
 }
 
 /// Live counts of a Listener, readable without a message round trip.
@@ -253,7 +256,12 @@ impl Handler<Accepted> for Listener {
             shutdown: self.shutdown.clone(),
             log: log.clone(),
         };
-        let reader = connection::serve(accepted.connection, cx);
+        let upgrading = self.layer.upgrade(
+            accepted.connection,
+            &cx.remote,
+            self.limits.handshake_timeout,
+        );
+        let reader = connection::serve(upgrading, cx);
         actix_rt::spawn(async move {
             match reader.await {
                 Err(err) => {
@@ -364,6 +372,7 @@ mod tests {
             min_rate: 1024,
             max_request_size: 1024,
             buffer_budget: 1 << 20,
+            handshake_timeout: Duration::from_secs(1),
         };
         let shutdown = CancellationToken::new();
         let listener = Listener::new(
