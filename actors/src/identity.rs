@@ -101,9 +101,7 @@ impl NodeKey {
 
     /// The public key.
     pub fn public(&self) -> PeerKey {
-        PeerKey {
-            verifying: *self.signing.verifying_key(),
-        }
+        PeerKey::of(self.signing.verifying_key())
     }
 
     /// The DER ECDSA signature of SHA-256(`message`).
@@ -113,16 +111,11 @@ impl NodeKey {
     }
 }
 
-/// A node's public key: who a peer is.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// A node's public key: who a peer is. Kept compressed (33 bytes), a
+/// valid point on secp256k1.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerKey {
-    verifying: VerifyingKey,
-}
-
-impl std::hash::Hash for PeerKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.verifying.to_encoded_point(true).as_bytes().hash(state)
-    }
+    compressed: [u8; 33],
 }
 
 impl PeerKey {
@@ -135,20 +128,31 @@ impl PeerKey {
     /// A key from its SEC1 bytes (33 compressed or 65 uncompressed).
     pub fn from_sec1(bytes: &[u8]) -> Result<PeerKey, KeyError> {
         VerifyingKey::from_sec1_bytes(bytes)
-            .map(|verifying| PeerKey { verifying })
+            .map(|verifying| PeerKey::of(&verifying))
             .map_err(|_| KeyError::Malformed("not a point on secp256k1".into()))
+    }
+
+    fn of(verifying: &VerifyingKey) -> PeerKey {
+        let point = verifying.to_encoded_point(true);
+        let mut compressed = [0u8; 33];
+        compressed.copy_from_slice(point.as_bytes());
+        PeerKey { compressed }
+    }
+
+    fn verifying(&self) -> VerifyingKey {
+        VerifyingKey::from_sec1_bytes(&self.compressed).expect("checked when made")
     }
 
     /// The 33-byte compressed form (what libp2p puts on the wire).
     pub fn to_compressed(&self) -> Vec<u8> {
-        self.verifying.to_encoded_point(true).as_bytes().to_vec()
+        self.compressed.to_vec()
     }
 
     /// Whether `signature` (DER) is this key's signature of
     /// SHA-256(`message`).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         match Signature::from_der(signature) {
-            Ok(signature) => self.verifying.verify(message, &signature).is_ok(),
+            Ok(signature) => self.verifying().verify(message, &signature).is_ok(),
             Err(_) => false,
         }
     }
@@ -158,7 +162,7 @@ impl PeerKey {
 /// uncompressed point.
 impl fmt::Display for PeerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let point = self.verifying.to_encoded_point(false);
+        let point = self.verifying().to_encoded_point(false);
         write!(f, "0X{}", hex::encode_upper(point.as_bytes()))
     }
 }
