@@ -55,6 +55,11 @@ pub struct Config {
     pub signal_realm: String,
     /// Accept any TLS certificate from the signaling server (tests only).
     pub signal_skip_verify: bool,
+    /// Authenticate to the signaling server with the node's key
+    /// (`key-file`) and sign every offer and answer, refusing unsigned
+    /// ones; the node's signaling ID is then its `PubKeyHex`. Off by
+    /// default: Go Babble nodes cannot authenticate.
+    pub signal_auth: bool,
     /// Trust the signaling server certificates in this PEM file (a CA, or
     /// the server's self-signed certificate) instead of the system's roots.
     pub signal_ca_file: Option<PathBuf>,
@@ -132,6 +137,7 @@ impl Default for Config {
             signal_addr: "127.0.0.1:2443".to_owned(),
             signal_realm: "main".to_owned(),
             signal_skip_verify: false,
+            signal_auth: false,
             signal_ca_file: None,
             ice_addr: None,
             ice_username: None,
@@ -217,6 +223,9 @@ impl Config {
         }
         if self.secure && self.key_file.is_none() {
             return fail("secure needs a key-file (the node's private key)");
+        }
+        if self.signal_auth && self.key_file.is_none() {
+            return fail("signal-auth needs a key-file (the node's private key)");
         }
         for (address, key) in &self.peer_keys {
             if PeerKey::parse(key).is_err() {

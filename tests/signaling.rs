@@ -810,3 +810,183 @@ async fn listening_fails_with_a_clear_error_when_the_router_is_unreachable() {
         "{error}"
     );
 }
+
+mod authenticated {
+    use super::*;
+    use babble_net::secure::NodeKey;
+
+    async fn auth_router() -> Router {
+        let config = RouterConfig {
+            require_auth: true,
+            ..router_config(&["main"])
+        };
+        Router::start(config, logging::discard()).await.unwrap()
+    }
+
+    /// A client authenticating as `key` (its ID is its key).
+    fn keyed_client(addr: &str, key: &NodeKey) -> WampSignal {
+        let settings = babble_net::signal::SignalSettings {
+            key: Some(key.clone()),
+            ..common::signal::settings(addr, "main", &key.public().to_string(), None)
+        };
+        WampSignal::new(settings, Duration::from_secs(5), logging::discard())
+    }
+
+    /// A raw session that says HELLO as `claimed` and answers the challenge
+    /// with `signer`'s signature; returns the session and the router's
+    /// answer to AUTHENTICATE.
+    async fn raw_authenticated(
+        addr: &str,
+        claimed: &NodeKey,
+        signer: &NodeKey,
+    ) -> (
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        String,
+    ) {
+        let mut ws = raw_session(addr).await;
+        let hello = serde_json::json!([1, "main", {
+            "roles": {"caller": {}, "callee": {}},
+            "authmethods": ["babble-secp256k1"],
+            "authid": claimed.public().to_string(),
+        }]);
+        ws.send(WsMessage::Text(hello.to_string().into()))
+            .await
+            .unwrap();
+        let challenge: serde_json::Value =
+            serde_json::from_str(&next_text(&mut ws).await.unwrap()).unwrap();
+        assert_eq!(challenge[0], 4, "{challenge}");
+        assert_eq!(challenge[1], "babble-secp256k1");
+        let bytes = hex::decode(challenge[2]["challenge"].as_str().unwrap()).unwrap();
+        assert_eq!(bytes.len(), 32);
+        let signature = hex::encode(signer.sign(&bytes));
+        let authenticate = serde_json::json!([5, signature, {}]);
+        ws.send(WsMessage::Text(authenticate.to_string().into()))
+            .await
+            .unwrap();
+        let answer = next_text(&mut ws).await.unwrap();
+        (ws, answer)
+    }
+
+    #[actix_rt::test]
+    async fn a_node_proves_its_key_and_registers_only_its_own_id() {
+        let router = auth_router().await;
+        let addr = router.local_addr().to_string();
+        let key = NodeKey::generate();
+        let (mut ws, welcome) = raw_authenticated(&addr, &key, &key).await;
+        assert!(welcome.starts_with("[2,"), "{welcome}");
+        assert!(welcome.contains(&key.public().to_string()), "{welcome}");
+        // Someone else's ID: not authorized; its own: registered.
+        let other = NodeKey::generate().public().to_string();
+        ws.send(WsMessage::Text(format!(r#"[64,1,{{}},"{other}"]"#).into()))
+            .await
+            .unwrap();
+        let refused = next_text(&mut ws).await.unwrap();
+        assert!(refused.contains("wamp.error.not_authorized"), "{refused}");
+        let own = key.public().to_string();
+        ws.send(WsMessage::Text(format!(r#"[64,2,{{}},"{own}"]"#).into()))
+            .await
+            .unwrap();
+        assert!(next_text(&mut ws).await.unwrap().starts_with("[65,2,"));
+    }
+
+    #[actix_rt::test]
+    async fn anonymous_sessions_and_wrong_signatures_are_refused() {
+        let router = auth_router().await;
+        let addr = router.local_addr().to_string();
+        let mut anonymous = raw_session(&addr).await;
+        anonymous
+            .send(WsMessage::Text(
+                r#"[1,"main",{"roles":{"caller":{}}}]"#.into(),
+            ))
+            .await
+            .unwrap();
+        let abort = next_text(&mut anonymous).await.unwrap();
+        assert!(
+            abort.starts_with("[3,") && abort.contains("wamp.error.not_authorized"),
+            "{abort}"
+        );
+        // Claims one key, signs with another.
+        let (claimed, signer) = (NodeKey::generate(), NodeKey::generate());
+        let (_, answer) = raw_authenticated(&addr, &claimed, &signer).await;
+        assert!(
+            answer.starts_with("[3,") && answer.contains("wamp.error.authentication_failed"),
+            "{answer}"
+        );
+        // A client without a key says why it cannot get in.
+        let keyless = client(&format!("ws://{addr}"), "main", "x", None);
+        let error = first_session_error(&keyless).await;
+        assert!(error.to_string().contains("not_authorized"), "{error}");
+        assert_eq!(router.session_count(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn signed_offers_get_signed_answers_and_replays_are_refused() {
+        let router = auth_router().await;
+        let addr = format!("ws://{}", router.local_addr());
+        let (alice, bob, mallory) = (
+            NodeKey::generate(),
+            NodeKey::generate(),
+            NodeKey::generate(),
+        );
+        let bob_signal = keyed_client(&addr, &bob);
+        answer_offers(&bob_signal, |_, _| Ok(ANSWER.into()));
+        bob_signal.listen().await.unwrap();
+        let alice_signal = keyed_client(&addr, &alice);
+        let bob_id = bob.public().to_string();
+        assert_eq!(
+            alice_signal.offer(&bob_id, OFFER.into()).await.unwrap(),
+            ANSWER
+        );
+
+        // Mallory, authenticated as herself, calls bob with offers claiming
+        // to be from alice.
+        let (mut ws, welcome) =
+            raw_authenticated(&router.local_addr().to_string(), &mallory, &mallory).await;
+        assert!(welcome.starts_with("[2,"));
+        let alice_id = alice.public().to_string();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let signed = |key: &NodeKey, ts: u64| {
+            let bytes = serde_json::json!(["offer", alice_id, bob_id, OFFER, ts]).to_string();
+            serde_json::json!({"ts": ts, "sig": hex::encode(key.sign(bytes.as_bytes()))})
+        };
+        let genuine = signed(&alice, now_ms);
+        let cases = [
+            ("unsigned", serde_json::json!([alice_id, OFFER])),
+            (
+                "forged",
+                serde_json::json!([alice_id, OFFER, signed(&mallory, now_ms)]),
+            ),
+            (
+                "stale",
+                serde_json::json!([alice_id, OFFER, signed(&alice, now_ms - 3_600_000)]),
+            ),
+            (
+                "captured",
+                serde_json::json!([alice_id, OFFER, genuine.clone()]),
+            ),
+            ("replayed", serde_json::json!([alice_id, OFFER, genuine])),
+        ];
+        for (request, (case, args)) in cases.iter().enumerate() {
+            let call = serde_json::json!([48, request + 1, {}, bob_id, args]);
+            ws.send(WsMessage::Text(call.to_string().into()))
+                .await
+                .unwrap();
+            let answer = next_text(&mut ws).await.unwrap();
+            if *case == "captured" {
+                // A genuine signed offer is answered once (whoever sends
+                // it, the DTLS fingerprint inside binds it to alice).
+                assert!(answer.starts_with("[50,"), "{case}: {answer}");
+            } else {
+                assert!(
+                    answer.starts_with("[8,48,") && answer.contains("io.babble.processing_offer"),
+                    "{case}: {answer}"
+                );
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use babble_net::rtc::{IceOptions, RtcLimits, WebRtcStreamLayer};
+use babble_net::signal::router::Router;
 use babble_net::signal::Signal;
 use babble_net::*;
 use common::signal::client;
@@ -383,3 +384,62 @@ async fn a_closed_peer_connection_is_pruned_without_new_offers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A WebRTC node authenticated as `key` on the router at `addr`, its data
+/// channels secured with the same key; it accepts only `peers`.
+async fn secure_node(
+    addr: &str,
+    key: &babble_net::secure::NodeKey,
+    peers: &[babble_net::secure::PeerKey],
+    config: &Config,
+) -> NetworkTransport {
+    let id = key.public().to_string();
+    let settings = babble_net::signal::SignalSettings {
+        key: Some(key.clone()),
+        ..common::signal::settings(addr, "main", &id, None)
+    };
+    let signal: Arc<dyn Signal> = Arc::new(babble_net::signal::WampSignal::new(
+        settings,
+        Duration::from_secs(10),
+        logging::discard(),
+    ));
+    let limits = RtcLimits::from_config(config);
+    let layer = WebRtcStreamLayer::start(signal, &loopback(), limits, logging::discard())
+        .await
+        .unwrap();
+    let peers = peers.iter().map(|k| (k.to_string(), *k));
+    let secured =
+        babble_net::secure::SecureStreamLayer::new(Arc::new(layer), key.clone(), peers, false);
+    let transport = NetworkTransport::new(Arc::new(secured), config, logging::discard());
+    transport.listen().unwrap();
+    transport
+}
+
+/// Two secure WebRTC nodes through an authenticating router.
+async fn secure_pair(config: Config) -> Pair {
+    let router = Router::start(
+        babble_net::signal::router::RouterConfig {
+            require_auth: true,
+            ..common::signal::router_config(&["main"])
+        },
+        logging::discard(),
+    )
+    .await
+    .unwrap();
+    // The router serves on after its handle is dropped.
+    let addr = format!("ws://{}", router.local_addr());
+    let (client_key, server_key) = (
+        babble_net::secure::NodeKey::generate(),
+        babble_net::secure::NodeKey::generate(),
+    );
+    let client = secure_node(&addr, &client_key, &[server_key.public()], &config).await;
+    let server = secure_node(&addr, &server_key, &[client_key.public()], &config).await;
+    Pair {
+        client: Arc::new(client),
+        server: Arc::new(server),
+        target: server_key.public().to_string(),
+        client_addr: client_key.public().to_string(),
+    }
+}
+
+transport_suite!(secure_suite, secure_pair);

@@ -4,6 +4,7 @@
 //! babble-signal --listen 127.0.0.1:2443 --realm main --cert-file cert.pem --key-file key.pem
 //! babble-signal --config config/signal.toml
 //! babble-signal --listen 127.0.0.1:2443 --insecure      # plain ws://, local demos only
+//! babble-signal --config config/signal.toml --require-auth  # nodes prove their keys
 //! ```
 //! Command-line flags override the file. Stops cleanly on SIGINT/SIGTERM.
 
@@ -40,6 +41,10 @@ struct Args {
     /// Serve plain ws:// without TLS (tests and local demos only).
     #[arg(long)]
     insecure: bool,
+    /// Admit only sessions that prove a node key (babble-secp256k1), each
+    /// registering only its own ID.
+    #[arg(long)]
+    require_auth: bool,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         config.key_file = args.key_file;
     }
     config.insecure |= args.insecure;
+    config.require_auth |= args.require_auth;
 
     let log = logging::terminal(level);
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -499,6 +499,10 @@ impl NetworkTransport {
     ///
     /// Fails with [`TransportError::Connect`] when the signaling server
     /// cannot be reached within the signal's connect timeout.
+    ///
+    /// With `secure`, every data channel also carries the Noise channel of
+    /// [`crate::secure`], keyed to `key-file`; a peer's address is its
+    /// `PubKeyHex`, so the key to expect is the address itself.
     pub async fn webrtc(
         signal: Arc<dyn Signal>,
         ice: &IceOptions,
@@ -509,7 +513,8 @@ impl NetworkTransport {
         let log = log.new(o!("transport" => "webrtc"));
         let limits = RtcLimits::from_config(config);
         let layer = WebRtcStreamLayer::start(signal, ice, limits, log.clone()).await?;
-        Ok(NetworkTransport::new(Arc::new(layer), config, log))
+        let layer = crate::secure::wrap_if_secure(Arc::new(layer), config)?;
+        Ok(NetworkTransport::new(layer, config, log))
     }
 }
 

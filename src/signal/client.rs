@@ -17,6 +17,7 @@ use slog::Logger;
 use tokio::sync::mpsc;
 
 use super::Signal;
+use crate::secure::PeerKey;
 use crate::Config;
 
 /// Offers made to us, see [`Signal::consumer`].
@@ -70,7 +71,9 @@ impl WampSignal {
     }
 
     /// Joins the router of `config` (`signal-addr`, `signal-realm`,
-    /// `signal-skip-verify`, `signal-ca-file`) under `id`, with the
+    /// `signal-skip-verify`, `signal-ca-file`, and with `signal-auth` the
+    /// node's key from `key-file`, whose `PubKeyHex` `id` must be) under
+    /// `id`, with the
     /// default limits of [`SignalSettings::new`] and `join-timeout` to
     /// connect. A `signal-addr` starting with `ws://` connects without
     /// TLS.
@@ -92,9 +95,27 @@ impl WampSignal {
             };
             Some(tls::client_config(&trust).map_err(|e| SignalError::Connect(e.to_string()))?)
         };
+        let id = id.into();
+        let key = match config.signal_auth {
+            true => {
+                let key = config
+                    .node_key()
+                    .map_err(|e| SignalError::Unauthenticated(e.to_string()))?;
+                if PeerKey::parse(&id).ok() != Some(key.public()) {
+                    return Err(SignalError::Unauthenticated(format!(
+                        "with signal-auth the signaling ID must be the node's key {}, not {id}",
+                        key.public()
+                    )));
+                }
+                Some(key)
+            }
+            false => None,
+        };
         let settings = SignalSettings {
             tls,
             connect_timeout: config.join_timeout,
+            max_offer_age: config.join_timeout,
+            key,
             ..SignalSettings::new(&config.signal_addr, &config.signal_realm, id)
         };
         Ok(WampSignal::new(settings, config.join_timeout, log))

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::error::SignalError;
 use super::settings::SignalSettings;
+use super::signed::{self, Sdp, SeenSignatures};
 use super::wamp::{code, uri, Message};
 
 /// Where the answer to an offer of ours goes.
@@ -109,6 +110,11 @@ pub struct SignalClient {
     last_error: Option<SignalError>,
     closed: bool,
     actions: VecDeque<Action>,
+    /// Signatures of offers and answers seen lately (replays are refused).
+    seen: SeenSignatures,
+    /// The wall clock at `started`, in Unix milliseconds, for signed SDP.
+    wall_at_start: u64,
+    started: Instant,
 }
 
 impl SignalClient {
@@ -131,7 +137,17 @@ impl SignalClient {
             last_error: None,
             closed: false,
             actions: VecDeque::new(),
+            seen: SeenSignatures::default(),
+            wall_at_start: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            started: now,
         }
+    }
+
+    /// The wall clock at `now`, in Unix milliseconds.
+    pub fn wall_ms(&self, now: Instant) -> u64 {
+        self.wall_at_start + now.saturating_duration_since(self.started).as_millis() as u64
     }
 
     /// The next thing the driver must do.
@@ -192,9 +208,14 @@ impl SignalClient {
             deadline: now + self.settings.connect_timeout,
         };
         self.last_heard = now;
+        let mut details = hello_details();
+        if self.settings.key.is_some() {
+            details.insert("authmethods".into(), json!([uri::AUTH_METHOD]));
+            details.insert("authid".into(), json!(self.settings.id));
+        }
         self.actions.push_back(Action::Send(Message::Hello {
             realm: self.settings.realm.clone(),
-            details: hello_details(),
+            details,
         }));
     }
 
@@ -280,12 +301,21 @@ impl SignalClient {
         };
         self.release_caller(&caller);
         let message = match result {
-            Ok(answer) => Message::Yield {
-                request,
-                options: Map::new(),
-                args: vec![Value::String(answer)],
-                kwargs: Map::new(),
-            },
+            Ok(answer) => {
+                let mut args = Vec::with_capacity(2);
+                if let Some(key) = &self.settings.key {
+                    let now_ms = self.wall_ms(Instant::now());
+                    let id = &self.settings.id;
+                    args.push(signed::sign(key, Sdp::Answer, id, &caller, &answer, now_ms));
+                }
+                args.insert(0, Value::String(answer));
+                Message::Yield {
+                    request,
+                    options: Map::new(),
+                    args,
+                    kwargs: Map::new(),
+                }
+            }
             Err(why) => processing_error(request, why),
         };
         self.actions.push_back(Action::Send(message));
@@ -427,11 +457,16 @@ impl SignalClient {
             }
             Message::Result { request, args, .. } => {
                 if let Some(call) = self.calls.remove(&request) {
-                    let answer = match args.into_iter().next() {
-                        Some(Value::String(answer)) => Ok(answer),
+                    let answer = match args.first() {
+                        Some(Value::String(answer)) => Ok(answer.clone()),
                         Some(other @ Value::Object(_)) => Ok(other.to_string()),
                         _ => Err(SignalError::Protocol("the answer carries no SDP".into())),
                     };
+                    let answer = answer.and_then(|answer| {
+                        self.check_signed(Sdp::Answer, &call.target, &answer, args.get(1), now)
+                            .map_err(SignalError::Unauthenticated)?;
+                        Ok(answer)
+                    });
                     let _ = call.reply.send(answer);
                 }
             }
@@ -453,7 +488,7 @@ impl SignalClient {
                     let _ = reply.send(Err(call_error(target, timeout, error, message)));
                 }
             }
-            Message::Invocation { request, args, .. } => self.invoked(session, request, args),
+            Message::Invocation { request, args, .. } => self.invoked(session, request, args, now),
             Message::Interrupt { request, .. } => {
                 // The caller gave up: its answer would go nowhere.
                 if let Some(caller) = self.answering.remove(&request) {
@@ -505,6 +540,28 @@ impl SignalClient {
                 let message = details.get("message").map(text_of).unwrap_or_default();
                 self.connect_failed(SignalError::Aborted { reason, message });
             }
+            Message::Challenge { authmethod, extra } => {
+                let challenge = extra
+                    .get("challenge")
+                    .and_then(Value::as_str)
+                    .and_then(|hex| hex::decode(hex).ok());
+                match (&self.settings.key, challenge) {
+                    (Some(key), Some(challenge)) if authmethod == uri::AUTH_METHOD => {
+                        let signature = hex::encode(key.sign(&challenge));
+                        self.actions.push_back(Action::Send(Message::Authenticate {
+                            signature,
+                            extra: Map::new(),
+                        }));
+                    }
+                    (None, _) => self.connect_failed(SignalError::Unauthenticated(
+                        "the signaling server requires authentication: give the node its key"
+                            .into(),
+                    )),
+                    _ => self.connect_failed(SignalError::Protocol(format!(
+                        "a {authmethod} challenge this client cannot answer"
+                    ))),
+                }
+            }
             other => {
                 let error = SignalError::Protocol(format!("expected WELCOME, got {other:?}"));
                 self.last_error = Some(error.clone());
@@ -551,16 +608,32 @@ impl SignalClient {
             return;
         };
         let remaining = offer.deadline.saturating_duration_since(now);
+        let mut args = Vec::with_capacity(3);
+        args.push(Value::String(self.settings.id.clone()));
+        // Anonymous mode sends exactly two arguments: a Go callee refuses
+        // any other count.
+        if let Some(key) = &self.settings.key {
+            let id = &self.settings.id;
+            let now_ms = self.wall_ms(now);
+            args.push(Value::String(offer.sdp.clone()));
+            args.push(signed::sign(
+                key,
+                Sdp::Offer,
+                id,
+                &offer.target,
+                &offer.sdp,
+                now_ms,
+            ));
+        } else {
+            args.push(Value::String(offer.sdp));
+        }
         self.actions.push_back(Action::Send(Message::Call {
             request,
             options: [("timeout".to_owned(), json!(remaining.as_millis() as u64))]
                 .into_iter()
                 .collect(),
             procedure: offer.target.clone(),
-            args: vec![
-                Value::String(self.settings.id.clone()),
-                Value::String(offer.sdp),
-            ],
+            args,
             kwargs: Map::new(),
         }));
         self.calls.insert(
@@ -576,7 +649,8 @@ impl SignalClient {
 
     /// An offer from another peer, handed to the node unless it would go
     /// over the limits.
-    fn invoked(&mut self, session: u64, request: u64, args: Vec<Value>) {
+    fn invoked(&mut self, session: u64, request: u64, args: Vec<Value>, now: Instant) {
+        let signature = args.get(2).cloned();
         let mut args = args.into_iter();
         let (Some(Value::String(from)), Some(sdp)) = (args.next(), args.next()) else {
             self.actions.push_back(Action::Send(Message::Error {
@@ -589,6 +663,12 @@ impl SignalClient {
             }));
             return;
         };
+        let sdp = text_of(&sdp);
+        if let Err(why) = self.check_signed(Sdp::Offer, &from, &sdp, signature.as_ref(), now) {
+            self.actions
+                .push_back(Action::Send(processing_error(request, why)));
+            return;
+        }
         let from_caller = self.answering_per_caller.get(&from).copied().unwrap_or(0);
         let refusal = if self.answering.contains_key(&request) {
             Some("an offer with this request ID is being answered")
@@ -610,8 +690,31 @@ impl SignalClient {
             session,
             request,
             from,
-            sdp: text_of(&sdp),
+            sdp,
         });
+    }
+
+    /// With a key, checks the signature of SDP that `signer` sent us, and
+    /// that it was not seen before; without one, nothing to check.
+    fn check_signed(
+        &mut self,
+        kind: Sdp,
+        signer: &str,
+        sdp: &str,
+        argument: Option<&Value>,
+        now: Instant,
+    ) -> Result<(), String> {
+        if self.settings.key.is_none() {
+            return Ok(());
+        }
+        let now_ms = self.wall_ms(now);
+        let max_age = self.settings.max_offer_age;
+        let id = &self.settings.id;
+        let sig = signed::verify(kind, signer, id, sdp, argument, now_ms, max_age)?;
+        if !self.seen.first_time(sig, now_ms, max_age) {
+            return Err("a replayed signature".into());
+        }
+        Ok(())
     }
 
     fn release_caller(&mut self, caller: &str) {
@@ -1116,6 +1219,207 @@ mod tests {
             &actions(&mut client)[..],
             [Action::Reconnect { after, .. }] if *after == settings().reconnect_max
         ));
+    }
+
+    /// A client authenticating as `key`, with a session open.
+    fn authenticated(key: &crate::identity::NodeKey, now: Instant) -> SignalClient {
+        let settings = SignalSettings {
+            key: Some(key.clone()),
+            ..SignalSettings::new("ws://router", "main", key.public().to_string())
+        };
+        let mut client = SignalClient::new(settings, now);
+        client.connected(now);
+        let [Message::Hello { details, .. }] = &sent(&mut client)[..] else {
+            panic!()
+        };
+        assert_eq!(details["authmethods"], json!([uri::AUTH_METHOD]));
+        assert_eq!(details["authid"], json!(key.public().to_string()));
+        client.received(
+            Message::Challenge {
+                authmethod: uri::AUTH_METHOD.into(),
+                extra: [("challenge".to_owned(), json!(hex::encode([7u8; 32])))]
+                    .into_iter()
+                    .collect(),
+            },
+            now,
+        );
+        let [Message::Authenticate { signature, .. }] = &sent(&mut client)[..] else {
+            panic!()
+        };
+        assert!(key
+            .public()
+            .verify(&[7u8; 32], &hex::decode(signature).unwrap()));
+        client.received(
+            Message::Welcome {
+                session: 5,
+                details: Map::new(),
+            },
+            now,
+        );
+        client
+    }
+
+    #[test]
+    fn an_authenticated_client_signs_its_offers_and_checks_the_answers() {
+        let now = Instant::now();
+        let (me, bob) = (
+            crate::identity::NodeKey::generate(),
+            crate::identity::NodeKey::generate(),
+        );
+        let bob_id = bob.public().to_string();
+        let mut client = authenticated(&me, now);
+        let (tx, mut rx) = oneshot::channel();
+        client.offer(
+            bob_id.clone(),
+            "offer-sdp".into(),
+            Duration::from_secs(5),
+            tx,
+            now,
+        );
+        let [Message::Call { request, args, .. }] = &sent(&mut client)[..] else {
+            panic!()
+        };
+        let my_id = me.public().to_string();
+        let now_ms = client.wall_ms(now);
+        signed::verify(
+            Sdp::Offer,
+            &my_id,
+            &bob_id,
+            "offer-sdp",
+            args.get(2),
+            now_ms,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        // An answer signed by someone else is refused.
+        let forged = signed::sign(
+            &crate::identity::NodeKey::generate(),
+            Sdp::Answer,
+            &bob_id,
+            &my_id,
+            "answer-sdp",
+            now_ms,
+        );
+        client.received(
+            Message::Result {
+                request: *request,
+                details: Map::new(),
+                args: vec![json!("answer-sdp"), forged],
+                kwargs: Map::new(),
+            },
+            now,
+        );
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            Err(SignalError::Unauthenticated(_))
+        ));
+        // Bob's own signature is accepted.
+        let (tx, mut rx) = oneshot::channel();
+        client.offer(
+            bob_id.clone(),
+            "offer-sdp".into(),
+            Duration::from_secs(5),
+            tx,
+            now,
+        );
+        let [Message::Call { request, .. }] = &sent(&mut client)[..] else {
+            panic!()
+        };
+        let signature = signed::sign(&bob, Sdp::Answer, &bob_id, &my_id, "answer-sdp", now_ms);
+        client.received(
+            Message::Result {
+                request: *request,
+                details: Map::new(),
+                args: vec![json!("answer-sdp"), signature],
+                kwargs: Map::new(),
+            },
+            now,
+        );
+        assert_eq!(rx.try_recv().unwrap(), Ok("answer-sdp".into()));
+    }
+
+    #[test]
+    fn unsigned_forged_and_replayed_offers_are_refused() {
+        let now = Instant::now();
+        let (me, alice) = (
+            crate::identity::NodeKey::generate(),
+            crate::identity::NodeKey::generate(),
+        );
+        let (my_id, alice_id) = (me.public().to_string(), alice.public().to_string());
+        let mut client = authenticated(&me, now);
+        let now_ms = client.wall_ms(now);
+        let invocation = |request, args: Vec<Value>| Message::Invocation {
+            request,
+            registration: 1,
+            details: Map::new(),
+            args,
+            kwargs: Map::new(),
+        };
+        let signed_offer = signed::sign(&alice, Sdp::Offer, &alice_id, &my_id, "sdp", now_ms);
+        let stale = signed::sign(
+            &alice,
+            Sdp::Offer,
+            &alice_id,
+            &my_id,
+            "sdp",
+            now_ms - 60_000,
+        );
+        let forged = signed::sign(&me, Sdp::Offer, &alice_id, &my_id, "sdp", now_ms);
+        for (request, args) in [
+            (1, vec![json!(alice_id), json!("sdp")]),
+            (2, vec![json!(alice_id), json!("sdp"), forged]),
+            (3, vec![json!(alice_id), json!("sdp"), stale]),
+            (
+                4,
+                vec![json!(alice_id), json!("other sdp"), signed_offer.clone()],
+            ),
+        ] {
+            client.received(invocation(request, args), now);
+            assert!(
+                matches!(&sent(&mut client)[..], [Message::Error { error, .. }] if error == uri::PROCESSING_OFFER),
+                "offer {request} was not refused"
+            );
+        }
+        client.received(
+            invocation(5, vec![json!(alice_id), json!("sdp"), signed_offer.clone()]),
+            now,
+        );
+        let [Action::Offer { request: 5, .. }] = &actions(&mut client)[..] else {
+            panic!("the signed offer was not handed out")
+        };
+        // The same signed offer again: a replay.
+        client.received(
+            invocation(6, vec![json!(alice_id), json!("sdp"), signed_offer]),
+            now,
+        );
+        assert!(matches!(&sent(&mut client)[..], [Message::Error { .. }]));
+        // The answer to offer 5 is signed by us, for alice.
+        client.answer(5, 5, Ok("answer".into()));
+        let [Message::Yield { args, .. }] = &sent(&mut client)[..] else {
+            panic!()
+        };
+        signed::verify(
+            Sdp::Answer,
+            &my_id,
+            &alice_id,
+            "answer",
+            args.get(1),
+            now_ms,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_anonymous_client_sends_exactly_two_arguments() {
+        let now = Instant::now();
+        let mut client = joined(now);
+        let (tx, _rx) = oneshot::channel();
+        client.offer("bob".into(), "sdp".into(), Duration::from_secs(5), tx, now);
+        let [Message::Call { args, .. }] = &sent(&mut client)[..] else {
+            panic!()
+        };
+        assert_eq!(args.len(), 2);
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub enum SignalError {
     /// The signal was closed.
     #[error("signal closed")]
     Closed,
+    /// With authentication on: an answer unsigned, signed by another key,
+    /// stale or replayed; or the router refused our credentials.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
     /// The router broke the protocol.
     #[error("signaling protocol error: {0}")]
     Protocol(String),

@@ -17,6 +17,7 @@ mod connect;
 mod error;
 mod offer;
 mod settings;
+pub mod signed;
 pub mod tls;
 pub mod wamp;
 

@@ -4,6 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::identity::NodeKey;
+
 /// How to reach the signaling router, who we are there, and the bounds
 /// the client keeps. Start from [`SignalSettings::new`] and change what
 /// differs.
@@ -41,6 +43,13 @@ pub struct SignalSettings {
     pub max_offers: usize,
     /// Offers from one peer being answered at once.
     pub max_offers_per_caller: usize,
+    /// Authenticate with this key (`babble-secp256k1`) and sign every
+    /// offer and answer, refusing unsigned ones. `id` must then be the
+    /// key's `PubKeyHex`. `None`: anonymous, as Go Babble nodes are.
+    pub key: Option<NodeKey>,
+    /// With a key: signed offers and answers older (or newer) than this
+    /// are refused as stale.
+    pub max_offer_age: Duration,
 }
 
 impl SignalSettings {
@@ -66,6 +75,8 @@ impl SignalSettings {
             max_calls: 64,
             max_offers: 64,
             max_offers_per_caller: 4,
+            key: None,
+            max_offer_age: Duration::from_secs(10),
         }
     }
 
@@ -86,6 +97,7 @@ impl fmt::Debug for SignalSettings {
             .field("realm", &self.realm)
             .field("id", &self.id)
             .field("tls", &self.tls.is_some())
+            .field("authenticated", &self.key.is_some())
             .finish_non_exhaustive()
     }
 }

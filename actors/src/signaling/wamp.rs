@@ -39,6 +39,14 @@ pub mod uri {
     pub const CLOSE_NORMAL: &str = "wamp.close.close_realm";
     /// Reply to a GOODBYE.
     pub const GOODBYE_AND_OUT: &str = "wamp.close.goodbye_and_out";
+    /// The authentication method of babble nodes: a challenge signed with
+    /// the node's secp256k1 key.
+    pub const AUTH_METHOD: &str = "babble-secp256k1";
+    /// The router refused the session's credentials.
+    pub const AUTHENTICATION_FAILED: &str = "wamp.error.authentication_failed";
+    /// The session may not do that (register another node's ID, or join
+    /// anonymously where authentication is required).
+    pub const NOT_AUTHORIZED: &str = "wamp.error.not_authorized";
     /// What a babble callee answers when it cannot process an offer.
     pub const PROCESSING_OFFER: &str = "io.babble.processing_offer";
     /// A session asked for more than the router allows one session
@@ -62,6 +70,14 @@ pub enum Message {
     Welcome {
         session: u64,
         details: Map<String, Value>,
+    },
+    Challenge {
+        authmethod: String,
+        extra: Map<String, Value>,
+    },
+    Authenticate {
+        signature: String,
+        extra: Map<String, Value>,
     },
     Abort {
         details: Map<String, Value>,
@@ -137,6 +153,8 @@ pub mod code {
     pub const HELLO: u64 = 1;
     pub const WELCOME: u64 = 2;
     pub const ABORT: u64 = 3;
+    pub const CHALLENGE: u64 = 4;
+    pub const AUTHENTICATE: u64 = 5;
     pub const GOODBYE: u64 = 6;
     pub const ERROR: u64 = 8;
     pub const CALL: u64 = 48;
@@ -179,6 +197,14 @@ impl Message {
             ABORT => Message::Abort {
                 details: fields.dict("details")?,
                 reason: fields.uri("reason")?,
+            },
+            CHALLENGE => Message::Challenge {
+                authmethod: fields.uri("authmethod")?,
+                extra: fields.dict("extra")?,
+            },
+            AUTHENTICATE => Message::Authenticate {
+                signature: fields.uri("signature")?,
+                extra: fields.dict("extra")?,
             },
             GOODBYE => Message::Goodbye {
                 details: fields.dict("details")?,
@@ -254,6 +280,10 @@ impl Message {
             Message::Hello { realm, details } => json!([HELLO, realm, details]),
             Message::Welcome { session, details } => json!([WELCOME, session, details]),
             Message::Abort { details, reason } => json!([ABORT, details, reason]),
+            Message::Challenge { authmethod, extra } => json!([CHALLENGE, authmethod, extra]),
+            Message::Authenticate { signature, extra } => {
+                json!([AUTHENTICATE, signature, extra])
+            }
             Message::Goodbye { details, reason } => json!([GOODBYE, details, reason]),
             Message::Error {
                 request_type,
@@ -384,6 +414,11 @@ impl Fields {
             Some(_) => Err(ParseError("keyword arguments are not an object".into())),
         }
     }
+}
+
+/// 32 random bytes for a `babble-secp256k1` challenge.
+pub fn random_challenge() -> [u8; 32] {
+    rand::random()
 }
 
 /// A random WAMP ID, as session IDs must be (1..=2^53).

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use babble_net_actors::identity::PeerKey;
 use babble_net_actors::signaling::wamp::{code, random_id, uri, Message};
 use serde_json::{json, Map};
 
@@ -48,6 +49,9 @@ struct Realm {
 /// What the dealer knows of one session.
 struct Session {
     realm: String,
+    /// The key the session proved, when the router requires it: the only
+    /// procedure it may register.
+    authid: Option<PeerKey>,
     /// Registration IDs it owns.
     registrations: HashSet<u64>,
     /// Its calls in flight: its request ID to the invocation.
@@ -142,13 +146,15 @@ impl Dealer {
         self.realms.entry(realm.to_owned()).or_default();
     }
 
-    /// A new session in `realm`, with a fresh random ID.
-    pub(super) fn join(&mut self, realm: &str) -> u64 {
+    /// A new session in `realm`, with a fresh random ID; `authid` when it
+    /// proved a key.
+    pub(super) fn join(&mut self, realm: &str, authid: Option<PeerKey>) -> u64 {
         let session = fresh_id(&self.sessions);
         self.sessions.insert(
             session,
             Session {
                 realm: realm.to_owned(),
+                authid,
                 registrations: HashSet::new(),
                 calls: HashMap::new(),
                 invocations: HashSet::new(),
@@ -270,6 +276,16 @@ impl Dealer {
             );
         }
         let owner = self.sessions.get_mut(&session).expect("checked by handle");
+        if let Some(authid) = owner.authid {
+            if PeerKey::parse(&procedure).ok() != Some(authid) {
+                return error(
+                    code::REGISTER,
+                    request,
+                    uri::NOT_AUTHORIZED,
+                    Some("a session may only register its own ID"),
+                );
+            }
+        }
         if owner.registrations.len() >= self.limits.max_registrations {
             return error(
                 code::REGISTER,
@@ -564,7 +580,7 @@ mod tests {
     #[test]
     fn a_call_reaches_the_callee_and_its_answer_the_caller() {
         let mut dealer = dealer(&["main"]);
-        let (callee, caller) = (dealer.join("main"), dealer.join("main"));
+        let (callee, caller) = (dealer.join("main", None), dealer.join("main", None));
         let Message::Registered { registration, .. } = register(&mut dealer, callee, 1, "peer.b")
         else {
             panic!("not registered")
@@ -619,7 +635,7 @@ mod tests {
     #[test]
     fn realms_do_not_see_each_other() {
         let mut dealer = dealer(&["a", "b"]);
-        let (in_a, in_b) = (dealer.join("a"), dealer.join("b"));
+        let (in_a, in_b) = (dealer.join("a", None), dealer.join("b", None));
         register(&mut dealer, in_a, 1, "peer");
         // The same name registers fine in the other realm...
         assert!(matches!(
@@ -634,7 +650,7 @@ mod tests {
     #[test]
     fn duplicate_registration_is_refused_and_a_leaver_frees_its_names() {
         let mut dealer = dealer(&["main"]);
-        let (first, second) = (dealer.join("main"), dealer.join("main"));
+        let (first, second) = (dealer.join("main", None), dealer.join("main", None));
         register(&mut dealer, first, 1, "id");
         let Message::Error { error, .. } = register(&mut dealer, second, 1, "id") else {
             panic!()
@@ -651,7 +667,7 @@ mod tests {
     #[test]
     fn unregister_frees_the_name_and_only_the_owner_may_do_it() {
         let mut dealer = dealer(&["main"]);
-        let (owner, other) = (dealer.join("main"), dealer.join("main"));
+        let (owner, other) = (dealer.join("main", None), dealer.join("main", None));
         let Message::Registered { registration, .. } = register(&mut dealer, owner, 1, "id") else {
             panic!()
         };
@@ -672,7 +688,7 @@ mod tests {
     #[test]
     fn a_session_may_register_only_so_many_procedures() {
         let mut dealer = dealer(&["main"]);
-        let session = dealer.join("main");
+        let session = dealer.join("main", None);
         register(&mut dealer, session, 1, "a");
         register(&mut dealer, session, 2, "b");
         let Message::Error { error, .. } = register(&mut dealer, session, 3, "c") else {
@@ -684,7 +700,7 @@ mod tests {
     #[test]
     fn a_caller_may_have_only_so_many_calls_in_flight() {
         let mut dealer = dealer(&["main"]);
-        let (callee, caller) = (dealer.join("main"), dealer.join("main"));
+        let (callee, caller) = (dealer.join("main", None), dealer.join("main", None));
         register(&mut dealer, callee, 1, "p");
         for request in 1..=3 {
             assert!(matches!(
@@ -700,9 +716,9 @@ mod tests {
     #[test]
     fn a_flooded_callee_is_protected_and_stays_registered() {
         let mut dealer = dealer(&["main"]);
-        let callee = dealer.join("main");
+        let callee = dealer.join("main", None);
         register(&mut dealer, callee, 1, "p");
-        let floods: Vec<u64> = (0..3).map(|_| dealer.join("main")).collect();
+        let floods: Vec<u64> = (0..3).map(|_| dealer.join("main", None)).collect();
         let mut refused = 0;
         for (i, flood) in floods.iter().enumerate() {
             for request in 1..=2 {
@@ -716,7 +732,7 @@ mod tests {
         assert_eq!(refused, 6 - LIMITS.max_invocations);
         assert_eq!(dealer.sessions[&callee].invocations.len(), 4);
         // The callee still owns its name.
-        let other = dealer.join("main");
+        let other = dealer.join("main", None);
         let Message::Error { error, .. } = register(&mut dealer, other, 1, "p") else {
             panic!()
         };
@@ -726,7 +742,7 @@ mod tests {
     #[test]
     fn a_refused_invocation_fails_the_call_only() {
         let mut dealer = dealer(&["main"]);
-        let (callee, caller) = (dealer.join("main"), dealer.join("main"));
+        let (callee, caller) = (dealer.join("main", None), dealer.join("main", None));
         register(&mut dealer, callee, 1, "p");
         let out = call(&mut dealer, caller, 7, "p");
         let Cause::Invocation(invocation) = out[0].2 else {
@@ -742,7 +758,7 @@ mod tests {
     #[test]
     fn a_reused_call_request_id_is_a_protocol_violation() {
         let mut dealer = dealer(&["main"]);
-        let (callee, caller) = (dealer.join("main"), dealer.join("main"));
+        let (callee, caller) = (dealer.join("main", None), dealer.join("main", None));
         register(&mut dealer, callee, 1, "p");
         call(&mut dealer, caller, 9, "p");
         let second = Message::Call {
@@ -760,7 +776,7 @@ mod tests {
     #[test]
     fn cancel_answers_the_caller_and_interrupts_the_callee() {
         let mut dealer = dealer(&["main"]);
-        let (callee, caller) = (dealer.join("main"), dealer.join("main"));
+        let (callee, caller) = (dealer.join("main", None), dealer.join("main", None));
         register(&mut dealer, callee, 1, "p");
         call(&mut dealer, caller, 9, "p");
         let out = dealer
@@ -784,7 +800,7 @@ mod tests {
     #[test]
     fn a_leaving_callee_fails_its_calls_and_a_leaving_caller_interrupts_them() {
         let mut dealer = dealer(&["main"]);
-        let (callee, caller) = (dealer.join("main"), dealer.join("main"));
+        let (callee, caller) = (dealer.join("main", None), dealer.join("main", None));
         register(&mut dealer, callee, 1, "p");
         register(&mut dealer, caller, 1, "q");
         call(&mut dealer, caller, 1, "p");
@@ -802,9 +818,26 @@ mod tests {
     }
 
     #[test]
+    fn an_authenticated_session_may_register_only_its_own_id() {
+        let mut dealer = dealer(&["main"]);
+        let key = crate::secure::NodeKey::generate().public();
+        let session = dealer.join("main", Some(key));
+        let Message::Error { error, .. } = register(&mut dealer, session, 1, "someone.else") else {
+            panic!()
+        };
+        assert_eq!(error, uri::NOT_AUTHORIZED);
+        // Its own key, in any spelling of the hex.
+        let own = key.to_string().to_lowercase();
+        assert!(matches!(
+            register(&mut dealer, session, 2, &own),
+            Message::Registered { .. }
+        ));
+    }
+
+    #[test]
     fn clients_may_not_send_router_messages() {
         let mut dealer = dealer(&["main"]);
-        let session = dealer.join("main");
+        let session = dealer.join("main", None);
         assert!(dealer
             .handle(
                 session,

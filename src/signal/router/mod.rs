@@ -41,6 +41,10 @@ pub struct RouterConfig {
     pub key_file: Option<PathBuf>,
     /// Serve plain `ws://` without TLS. Only for tests and local demos.
     pub insecure: bool,
+    /// Admit only sessions that prove a node key (`babble-secp256k1`
+    /// challenge), and let each register only its own ID. Go Babble nodes
+    /// cannot authenticate: leave it off for networks with Go nodes.
+    pub require_auth: bool,
     /// Most sessions at once; more connections are closed at once.
     pub max_sessions: usize,
     /// Largest WebSocket message accepted, in bytes.
@@ -84,6 +88,7 @@ impl Default for RouterConfig {
             cert_file: None,
             key_file: None,
             insecure: false,
+            require_auth: false,
             max_sessions: 1024,
             max_message_size: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),

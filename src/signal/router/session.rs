@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use babble_net_actors::identity::PeerKey;
 use babble_net_actors::signaling::wamp::{uri, Message, SUBPROTOCOL};
 use babble_net_actors::stream::BoxConnection;
 use futures::{SinkExt, StreamExt};
@@ -144,8 +145,16 @@ pub(super) async fn serve(
 ) {
     let log = shared.log.new(slog::o!("remote" => remote.to_string()));
     let handshake_timeout = shared.config.handshake_timeout;
-    let opened = tokio::time::timeout(handshake_timeout, open(&shared, tcp, tls)).await;
-    let (mut ws, realm) = match opened {
+    let handshake = async {
+        let (mut ws, realm, details) = open(&shared, tcp, tls).await?;
+        let authid = match shared.config.require_auth {
+            true => Some(authenticate(&mut ws, &details, shared.config.write_timeout).await?),
+            false => None,
+        };
+        Ok::<_, String>((ws, realm, authid))
+    };
+    let opened = tokio::time::timeout(handshake_timeout, handshake).await;
+    let (mut ws, realm, authid) = match opened {
         Ok(Ok(opened)) => opened,
         Ok(Err(why)) => {
             info!(log, "connection refused"; "why" => why);
@@ -169,12 +178,16 @@ pub(super) async fn serve(
         .await;
         return;
     }
-    let session = shared.dealer.lock().expect("dealer lock").join(&realm);
+    let session = shared
+        .dealer
+        .lock()
+        .expect("dealer lock")
+        .join(&realm, authid);
     let queue = shared.sessions.open(session);
     let log = log.new(slog::o!("session" => session, "realm" => realm.clone()));
     let welcome = Message::Welcome {
         session,
-        details: welcome_details(),
+        details: welcome_details(authid),
     };
     if send(&mut ws, frame_of(&welcome), shared.config.write_timeout)
         .await
@@ -205,7 +218,7 @@ async fn open(
     shared: &Shared,
     tcp: TcpStream,
     tls: Option<tokio_rustls::TlsAcceptor>,
-) -> Result<(Ws, String), String> {
+) -> Result<(Ws, String, Map<String, serde_json::Value>), String> {
     let stream: BoxConnection = match tls {
         Some(acceptor) => Box::new(
             acceptor
@@ -235,7 +248,7 @@ async fn open(
             continue;
         };
         return match Message::parse(&text) {
-            Ok(Message::Hello { realm, .. }) => Ok((ws, realm)),
+            Ok(Message::Hello { realm, details }) => Ok((ws, realm, details)),
             Ok(_) | Err(_) => {
                 let details = [(
                     "message".to_owned(),
@@ -287,20 +300,83 @@ fn choose_subprotocol(
     Err(refusal)
 }
 
-fn welcome_details() -> Map<String, serde_json::Value> {
+fn welcome_details(authid: Option<PeerKey>) -> Map<String, serde_json::Value> {
     let dealer = json!({ "features": { "call_canceling": true, "call_timeout": true } });
+    let (id, role, method) = match authid {
+        Some(key) => (key.to_string(), "node", uri::AUTH_METHOD),
+        None => ("anonymous".to_owned(), "anonymous", "anonymous"),
+    };
     [
         ("roles".to_owned(), json!({ "dealer": dealer })),
         (
             "agent".to_owned(),
             json!(concat!("babble-signal/", env!("CARGO_PKG_VERSION"))),
         ),
-        ("authid".to_owned(), json!("anonymous")),
-        ("authrole".to_owned(), json!("anonymous")),
-        ("authmethod".to_owned(), json!("anonymous")),
+        ("authid".to_owned(), json!(id)),
+        ("authrole".to_owned(), json!(role)),
+        ("authmethod".to_owned(), json!(method)),
     ]
     .into_iter()
     .collect()
+}
+
+/// The `babble-secp256k1` challenge: the session must offer the method,
+/// name its key as `authid`, and sign 32 random bytes with it. Returns the
+/// proven key; on failure the session has been sent ABORT and the reason
+/// is returned for the log.
+async fn authenticate(
+    ws: &mut Ws,
+    hello: &Map<String, serde_json::Value>,
+    timeout: Duration,
+) -> Result<PeerKey, String> {
+    let offered = hello
+        .get("authmethods")
+        .and_then(|m| m.as_array())
+        .is_some_and(|methods| methods.iter().any(|m| m == uri::AUTH_METHOD));
+    if !offered {
+        let why = "this router requires babble-secp256k1 authentication";
+        abort(ws, uri::NOT_AUTHORIZED, why, timeout).await;
+        return Err(why.into());
+    }
+    let claimed = hello.get("authid").and_then(|id| id.as_str()).unwrap_or("");
+    let Ok(key) = PeerKey::parse(claimed) else {
+        let why = "the authid is not a secp256k1 public key";
+        abort(ws, uri::AUTHENTICATION_FAILED, why, timeout).await;
+        return Err(why.into());
+    };
+    let challenge = babble_net_actors::signaling::wamp::random_challenge();
+    let extra = [("challenge".to_owned(), json!(hex::encode(challenge)))]
+        .into_iter()
+        .collect();
+    let message = Message::Challenge {
+        authmethod: uri::AUTH_METHOD.into(),
+        extra,
+    };
+    send(ws, frame_of(&message), timeout).await?;
+    let signature = loop {
+        let frame = ws
+            .next()
+            .await
+            .ok_or("closed before AUTHENTICATE")?
+            .map_err(|e| e.to_string())?;
+        match frame {
+            WsMessage::Text(text) => break Message::parse(&text).ok(),
+            WsMessage::Close(_) => return Err("closed before AUTHENTICATE".into()),
+            _ => continue,
+        }
+    };
+    let proven = match signature {
+        Some(Message::Authenticate { signature, .. }) => {
+            hex::decode(&signature).is_ok_and(|signature| key.verify(&challenge, &signature))
+        }
+        _ => false,
+    };
+    if !proven {
+        let why = "the challenge was not signed by the authid's key";
+        abort(ws, uri::AUTHENTICATION_FAILED, why, timeout).await;
+        return Err(why.into());
+    }
+    Ok(key)
 }
 
 fn frame_of(message: &Message) -> WsMessage {
