@@ -13,6 +13,11 @@
 //!     --signal ws://127.0.0.1:2443 --id server --loopback-only
 //! cargo run --release --example rpcbench -- call --transport webrtc \
 //!     --signal ws://127.0.0.1:2443 --id client --target server --loopback-only ...
+//! # The secure channel: the server prints its key; the caller expects it.
+//! cargo run --release --example rpcbench -- serve --listen 127.0.0.1:7000 \
+//!     --secure --key-file server.key
+//! cargo run --release --example rpcbench -- call --target 127.0.0.1:7000 \
+//!     --secure --key-file client.key --target-key 0X04...
 //! ```
 //! `call` speaks the wire format to any server, Go Babble's included, and
 //! `serve` answers any client. `call` prints one JSON line last.
@@ -34,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use babble_net::codec::{encode_request, Reply, ServerCodec};
 use babble_net::rtc::IceOptions;
+use babble_net::secure::NodeKey;
 use babble_net::signal::WampSignal;
 use babble_net::{logging, Command, Config, InmemTransport, NetworkTransport, Response, Transport};
 use bytes::BytesMut;
@@ -141,6 +147,51 @@ impl SignalArgs {
     }
 }
 
+/// The secure channel (docs/SECURITY.md).
+#[derive(Args)]
+struct SecureArgs {
+    /// Encrypt and authenticate with the Noise channel keyed to --key-file.
+    #[arg(long)]
+    secure: bool,
+    /// This role's private key (hex of the secp256k1 scalar); a new key is
+    /// generated and written there when the file does not exist.
+    #[arg(long)]
+    key_file: Option<std::path::PathBuf>,
+    /// call: the server's PubKeyHex (on WebRTC, the target ID when it is a
+    /// key).
+    #[arg(long)]
+    target_key: Option<String>,
+}
+
+impl SecureArgs {
+    /// `config` with the secure settings: a server accepts any caller that
+    /// proves its key; a caller expects `--target-key` at `target`.
+    fn apply(&self, config: Config, target: Option<&str>) -> Config {
+        if !self.secure {
+            return config;
+        }
+        let Some(path) = &self.key_file else {
+            fail("--secure needs --key-file");
+        };
+        if !path.exists() {
+            let key = NodeKey::generate();
+            key.save(path).unwrap_or_else(|e| fail(e));
+            eprintln!("rpcbench: new key {} in {}", key.public(), path.display());
+        }
+        let mut peer_keys = std::collections::BTreeMap::new();
+        if let (Some(target), Some(key)) = (target, &self.target_key) {
+            peer_keys.insert(target.to_owned(), key.clone());
+        }
+        Config {
+            secure: true,
+            key_file: Some(path.clone()),
+            peer_keys,
+            accept_any_key: true,
+            ..config
+        }
+    }
+}
+
 #[derive(Args)]
 struct ShapeArgs {
     /// Transactions per generated event.
@@ -170,6 +221,8 @@ struct ServeArgs {
     #[command(flatten)]
     signal: SignalArgs,
     #[command(flatten)]
+    secure: SecureArgs,
+    #[command(flatten)]
     shape: ShapeArgs,
 }
 
@@ -198,6 +251,8 @@ struct CallArgs {
     transport: TransportKind,
     #[command(flatten)]
     signal: SignalArgs,
+    #[command(flatten)]
+    secure: SecureArgs,
     #[command(flatten)]
     shape: ShapeArgs,
 }
@@ -331,6 +386,7 @@ async fn serve(args: ServeArgs) {
         max_inbound: 4096,
         ..Config::default()
     };
+    let config = args.secure.apply(config, None);
     let transport = match args.transport {
         TransportKind::Tcp => {
             NetworkTransport::tcp(&config, logging::terminal(slog::Level::Warning))
@@ -343,7 +399,17 @@ async fn serve(args: ServeArgs) {
     };
     transport.listen().unwrap_or_else(|e| fail(e));
     answer_all(&transport, args.shape.shape());
-    println!("rpcbench serve listening on {}", transport.local_addr());
+    match config.secure {
+        true => {
+            let key = config.node_key().unwrap_or_else(|e| fail(e));
+            println!(
+                "rpcbench serve listening on {} as {}",
+                transport.local_addr(),
+                key.public()
+            );
+        }
+        false => println!("rpcbench serve listening on {}", transport.local_addr()),
+    }
     let _ = tokio::signal::ctrl_c().await;
     let _ = transport.close().await;
 }
@@ -366,6 +432,7 @@ async fn call(args: CallArgs) -> Report {
         join_timeout: Duration::from_millis(args.timeout_ms),
         ..Config::default()
     };
+    let config = args.secure.apply(config, Some(&args.target));
     let (client, target): (Arc<dyn Transport>, String) = match args.transport {
         TransportKind::Tcp => {
             if args.target.is_empty() {

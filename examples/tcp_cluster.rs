@@ -12,6 +12,9 @@
 //! cargo run --example tcp_cluster -- --node-config config/node2.toml --secs 10
 //! cargo run --example tcp_cluster -- --node-config config/node3.toml --secs 10
 //! ```
+//! With `--secure`, every connection is a secure channel: each node
+//! generates its key and knows every other node's address and key.
+//!
 //! Prints progress once a second, then one JSON line with the totals.
 
 mod common;
@@ -22,6 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
+use babble_net::secure::{NodeKey, PeerKey, SecureStreamLayer};
+use babble_net::stream::{StreamLayer, TcpStreamLayer};
 use babble_net::{logging, Config, NetworkTransport, Transport};
 use clap::Parser;
 use common::{Start, Stats, StopNode, ToyNode};
@@ -45,6 +50,10 @@ struct Args {
     /// Log level (error, warn, info, debug, trace).
     #[arg(long, default_value = "warn")]
     log_level: String,
+    /// Secure channels: each node generates its key, and every node knows
+    /// every other's address and key (docs/SECURITY.md).
+    #[arg(long)]
+    secure: bool,
 }
 
 /// A node's file: its place in the cluster and its transport settings.
@@ -122,20 +131,47 @@ async fn run_one_node(args: &Args, path: &PathBuf, log: slog::Logger) {
     println!("{}", stats.summary("tcp", 1, &[]));
 }
 
-/// Starts node `id` on `config` and returns it with its transport.
+/// How the nodes of one process reach each other: plain TCP, or secure
+/// channels with a key per node and everyone's keys known.
+struct Network {
+    keys: Option<Vec<NodeKey>>,
+    peers: Vec<(String, PeerKey)>,
+    log: slog::Logger,
+}
+
+impl Network {
+    /// Node `index`'s transport on `tcp`.
+    fn transport(&self, index: usize, tcp: TcpStreamLayer) -> NetworkTransport {
+        let tcp: Arc<dyn StreamLayer> = Arc::new(tcp);
+        let layer: Arc<dyn StreamLayer> = match &self.keys {
+            Some(keys) => Arc::new(SecureStreamLayer::new(
+                tcp,
+                keys[index].clone(),
+                self.peers.clone(),
+                false,
+            )),
+            None => tcp,
+        };
+        let transport = NetworkTransport::new(layer, &Config::default(), self.log.clone());
+        transport
+            .listen()
+            .unwrap_or_else(|err| fail(err.to_string()));
+        transport
+    }
+}
+
+fn bind(addr: &str) -> TcpStreamLayer {
+    TcpStreamLayer::bind(addr, None).unwrap_or_else(|e| fail(e.to_string()))
+}
+
 fn start_node(
     id: u32,
-    config: &Config,
+    transport: NetworkTransport,
     start: Start,
     stats: &Arc<Stats>,
     args: &Args,
     log: &slog::Logger,
 ) -> (NetworkTransport, Addr<ToyNode>) {
-    let transport =
-        NetworkTransport::tcp(config, log.clone()).unwrap_or_else(|err| fail(err.to_string()));
-    transport
-        .listen()
-        .unwrap_or_else(|err| fail(err.to_string()));
     let node = ToyNode::new(
         id,
         Arc::new(transport.clone()),
@@ -153,53 +189,47 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
         fail("--nodes must be at least 3".into());
     }
     let stats = Arc::new(Stats::default());
-    let ephemeral = Config {
-        bind_addr: "127.0.0.1:0".into(),
-        ..Config::default()
+    // Bind every node first, so that each knows the others' ports (and,
+    // secure, their keys).
+    let layers: Vec<TcpStreamLayer> = (0..args.nodes).map(|_| bind("127.0.0.1:0")).collect();
+    let addrs: Vec<String> = layers.iter().map(|l| l.advertise_addr()).collect();
+    let keys: Option<Vec<NodeKey>> = args
+        .secure
+        .then(|| (0..args.nodes).map(|_| NodeKey::generate()).collect());
+    let peers = match &keys {
+        Some(keys) => addrs
+            .iter()
+            .cloned()
+            .zip(keys.iter().map(|k| k.public()))
+            .collect(),
+        None => Vec::new(),
     };
-    // Bind every founder first, so that each knows the others' ports.
-    let founders: Vec<NetworkTransport> = (0..args.nodes - 1)
-        .map(|_| {
-            NetworkTransport::tcp(&ephemeral, log.clone()).unwrap_or_else(|e| fail(e.to_string()))
-        })
-        .collect();
-    let addrs: Vec<String> = founders.iter().map(|t| t.advertise_addr()).collect();
+    let network = Network {
+        keys,
+        peers,
+        log: log.clone(),
+    };
+    let founders = &addrs[..args.nodes - 1];
     let peers_of =
-        |me: &str| -> Vec<String> { addrs.iter().filter(|a| *a != me).cloned().collect() };
+        |me: &str| -> Vec<String> { founders.iter().filter(|a| *a != me).cloned().collect() };
 
     let mut nodes: Vec<(NetworkTransport, Addr<ToyNode>)> = Vec::new();
-    for (id, transport) in founders.into_iter().enumerate() {
-        transport
-            .listen()
-            .unwrap_or_else(|err| fail(err.to_string()));
-        let start = Start::Member {
-            peers: peers_of(&transport.advertise_addr()),
+    for (id, layer) in layers.into_iter().enumerate() {
+        let start = if id + 1 < args.nodes {
+            Start::Member {
+                peers: peers_of(&addrs[id]),
+            }
+        } else {
+            Start::Newcomer {
+                sponsor: addrs[0].clone(),
+            }
         };
-        let node = ToyNode::new(
-            id as u32,
-            Arc::new(transport.clone()),
-            start,
-            stats.clone(),
-            Duration::from_millis(args.period_ms),
-            log.clone(),
-        )
-        .start();
-        nodes.push((transport, node));
+        let transport = network.transport(id, layer);
+        nodes.push(start_node(id as u32, transport, start, &stats, args, &log));
     }
-    let newcomer = Start::Newcomer {
-        sponsor: addrs[0].clone(),
-    };
-    nodes.push(start_node(
-        args.nodes as u32 - 1,
-        &ephemeral,
-        newcomer,
-        &stats,
-        args,
-        &log,
-    ));
 
     // Half-way through, node 1 dies; a second later it comes back on the
-    // same address and catches up through gossip.
+    // same address (with the same key) and catches up through gossip.
     let victim = 1;
     let kill_at = (args.secs / 2).max(1);
     let mut restarts = 0u64;
@@ -218,14 +248,11 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
             pending = Some(second + 1);
         }
         if pending == Some(second) || (pending.is_some() && second == args.secs) {
-            let config = Config {
-                bind_addr: addrs[victim].clone(),
-                ..Config::default()
-            };
             let start = Start::Member {
                 peers: peers_of(&addrs[victim]),
             };
-            nodes[victim] = start_node(victim as u32, &config, start, &stats, args, &log);
+            let transport = network.transport(victim, bind(&addrs[victim]));
+            nodes[victim] = start_node(victim as u32, transport, start, &stats, args, &log);
             stats.down.lock().unwrap().remove(&addrs[victim]);
             restarts += 1;
             pending = None;
@@ -240,8 +267,9 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
     for (transport, _) in &nodes {
         let _ = transport.close().await;
     }
+    let transport = if args.secure { "tcp+secure" } else { "tcp" };
     println!(
         "{}",
-        stats.summary("tcp", args.nodes, &[("restarts", restarts)])
+        stats.summary(transport, args.nodes, &[("restarts", restarts)])
     );
 }

@@ -5,6 +5,10 @@
 //! ```text
 //! cargo run --example webrtc_cluster -- --nodes 4 --secs 5
 //! ```
+//! With `--secure`, the signaling server requires authentication, offers
+//! and answers are signed, and data channels carry secure channels; each
+//! node generates its key, which is its ID.
+//!
 //! Prints progress once a second, then one JSON line with the totals.
 
 mod common;
@@ -14,9 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Actor;
-use babble_net::rtc::IceOptions;
+use babble_net::rtc::{IceOptions, RtcLimits, WebRtcStreamLayer};
+use babble_net::secure::{NodeKey, PeerKey, SecureStreamLayer};
 use babble_net::signal::router::{Router, RouterConfig};
-use babble_net::signal::{Signal, WampSignal};
+use babble_net::signal::{Signal, SignalSettings, WampSignal};
+use babble_net::stream::StreamLayer;
 use babble_net::{logging, Config, NetworkTransport, Transport};
 use clap::Parser;
 use common::{Start, Stats, StopNode, ToyNode};
@@ -36,6 +42,10 @@ struct Args {
     /// Log level (error, warn, info, debug, trace).
     #[arg(long, default_value = "warn")]
     log_level: String,
+    /// Authenticated signaling, signed offers and secure channels: each
+    /// node generates its key, which is its ID (docs/SECURITY.md).
+    #[arg(long)]
+    secure: bool,
 }
 
 fn fail(message: String) -> ! {
@@ -56,6 +66,7 @@ async fn main() {
     let router_config = RouterConfig {
         listen: "127.0.0.1:0".into(),
         insecure: true,
+        require_auth: args.secure,
         ..RouterConfig::default()
     };
     let router = Router::start(router_config, log.clone())
@@ -71,16 +82,47 @@ async fn main() {
         ..IceOptions::default()
     };
 
-    let ids: Vec<String> = (0..args.nodes).map(|i| format!("node{i}")).collect();
+    // Secure: each node's key is its ID, and every node knows the others.
+    let keys: Vec<Option<NodeKey>> = (0..args.nodes)
+        .map(|_| args.secure.then(NodeKey::generate))
+        .collect();
+    let ids: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| match key {
+            Some(key) => key.public().to_string(),
+            None => format!("node{i}"),
+        })
+        .collect();
+    let peers: Vec<(String, PeerKey)> = keys
+        .iter()
+        .flatten()
+        .map(|key| (key.public().to_string(), key.public()))
+        .collect();
     let stats = Arc::new(Stats::default());
     let mut nodes = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        let signal = WampSignal::from_config(&config, id.clone(), log.clone())
-            .unwrap_or_else(|e| fail(e.to_string()));
-        let signal: Arc<dyn Signal> = Arc::new(signal);
-        let transport = NetworkTransport::webrtc(signal, &ice, &config, log.clone())
-            .await
-            .unwrap_or_else(|e| fail(e.to_string()));
+        let settings = SignalSettings {
+            connect_timeout: config.join_timeout,
+            key: keys[i].clone(),
+            ..SignalSettings::new(&config.signal_addr, &config.signal_realm, id.clone())
+        };
+        let signal: Arc<dyn Signal> =
+            Arc::new(WampSignal::new(settings, config.join_timeout, log.clone()));
+        let layer =
+            WebRtcStreamLayer::start(signal, &ice, RtcLimits::from_config(&config), log.clone())
+                .await
+                .unwrap_or_else(|e| fail(e.to_string()));
+        let layer: Arc<dyn StreamLayer> = match &keys[i] {
+            Some(key) => Arc::new(SecureStreamLayer::new(
+                Arc::new(layer),
+                key.clone(),
+                peers.clone(),
+                false,
+            )),
+            None => Arc::new(layer),
+        };
+        let transport = NetworkTransport::new(layer, &config, log.clone());
         transport.listen().unwrap_or_else(|e| fail(e.to_string()));
         let founders = &ids[..args.nodes - 1];
         let start = if i + 1 < args.nodes {
@@ -117,5 +159,10 @@ async fn main() {
         let _ = transport.close().await;
     }
     router.shutdown().await;
-    println!("{}", stats.summary("webrtc", args.nodes, &[]));
+    let transport = if args.secure {
+        "webrtc+secure"
+    } else {
+        "webrtc"
+    };
+    println!("{}", stats.summary(transport, args.nodes, &[]));
 }

@@ -56,6 +56,16 @@ run eager-1000     call --target "127.0.0.1:$serve_port" --rpc eager --calls "$(
 run fastforward    call --target "127.0.0.1:$serve_port" --rpc fastforward --calls "$(calls 200)" --concurrency 1 --max-pool 2 --sync-limit 0
 run inmem-ping     call --transport inmem --rpc sync --calls "$(calls 20000)" --concurrency 1 --max-pool 2 --sync-limit 0
 
+# The secure channel over TCP: the same runs against a server with a key.
+secure_port=$(free_port)
+"$bench" serve --listen "127.0.0.1:$secure_port" --secure --key-file "$work/server.key" >"$work/server-$secure_port.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 100); do grep -q listening "$work/server-$secure_port.log" 2>/dev/null && break; sleep 0.05; done
+server_key=$(grep -o '0X04[0-9A-F]*' "$work/server-$secure_port.log" | head -1)
+secure=(--secure --key-file "$work/client.key" --target-key "$server_key")
+run secure-ping      call --target "127.0.0.1:$secure_port" "${secure[@]}" --rpc sync --calls "$(calls 20000)" --concurrency 1 --max-pool 2 --sync-limit 0
+run secure-sync-1000 call --target "127.0.0.1:$secure_port" "${secure[@]}" --rpc sync --calls "$(calls 500)" --concurrency 1 --max-pool 2 --sync-limit 1000
+
 # WebRTC: the same server role behind a signaling server, ICE on loopback.
 signal_port=$(free_port)
 "$signal_bin" --listen "127.0.0.1:$signal_port" --insecure --log-level warn >"$work/signal.log" 2>&1 &
@@ -109,6 +119,10 @@ ws = r["webrtc-sync-1000"]
 row("webrtc sync-1000", ws, f"{eps(ws):.0f} events/s vs TCP {eps(s):.0f}", f"{eps(ws)/eps(s):.2f}x TCP", "(none)", ws['errors'] == 0)
 we = r["webrtc-eager-1000"]
 row("webrtc eager-1000", we, f"{eps(we):.0f} events/s vs TCP {eps(e):.0f}", f"{eps(we)/eps(e):.2f}x TCP", "0 errors", we['errors'] == 0)
+sp = r["secure-ping"]
+row("secure ping", sp, f"p50 {sp['p50_us']} µs vs plaintext {p['p50_us']} µs", f"{sp['p50_us']/p['p50_us']:.2f}x p50", "≤ 1.15x", sp['p50_us'] <= 1.15*p['p50_us'] and sp['errors'] == 0)
+ss = r["secure-sync-1000"]
+row("secure sync-1000", ss, f"{eps(ss):.0f} events/s vs plaintext {eps(s):.0f}", f"{eps(ss)/eps(s):.2f}x", "≥ 0.8x", eps(ss) >= 0.8*eps(s) and ss['errors'] == 0)
 im = r["inmem-ping"]
 row("inmem ping", im, f"p50 {im['p50_us']} µs", "-", "(reference)", True)
 with open(out, "w") as o:

@@ -256,12 +256,17 @@ impl Config {
     /// `min-transfer-rate`. A call whose pooled connection turns out stale
     /// (closed before any reply byte) is retried once on a new one. So a
     /// call ends within six timeouts plus two of the largest requests and
-    /// the largest reply at that rate; a call to a peer that merely stops
-    /// answering fails after about one timeout.
+    /// the largest reply at that rate (plus two handshake timeouts on a
+    /// secure channel); a call to a peer that merely stops answering fails
+    /// after about one timeout.
     pub fn call_bound(&self, rpc_type: crate::RpcType) -> Duration {
         let timeout = self.timeout_for(rpc_type);
         let bytes = (2 * self.max_request_size + self.max_reply_size) as f64;
-        timeout * 6 + Duration::from_secs_f64(bytes / self.min_transfer_rate as f64)
+        let handshakes = match self.secure {
+            true => self.handshake_timeout * 2,
+            false => Duration::ZERO,
+        };
+        timeout * 6 + handshakes + Duration::from_secs_f64(bytes / self.min_transfer_rate as f64)
     }
 }
 

@@ -64,6 +64,7 @@ pub struct SecureStreamLayer {
     /// The key expected at each peer address.
     expected: Arc<HashMap<String, PeerKey>>,
     accept: Acceptance,
+    handshake_timeout: Duration,
 }
 
 impl SecureStreamLayer {
@@ -89,7 +90,15 @@ impl SecureStreamLayer {
             key,
             expected: Arc::new(expected),
             accept,
+            handshake_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// How long a dialler's handshake may take (5 s by default); on the
+    /// listener's side, `handshake-timeout` of the transport's config.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> SecureStreamLayer {
+        self.handshake_timeout = timeout;
+        self
     }
 
     /// The key expected at `address`.
@@ -134,11 +143,11 @@ impl StreamLayer for SecureStreamLayer {
     ) -> BoxFuture<'static, io::Result<BoxConnection>> {
         let expect = self.expected_at(address);
         let dialling = self.inner.dial(address, timeout);
-        let key = self.key.clone();
+        let (key, handshake_timeout) = (self.key.clone(), self.handshake_timeout);
         async move {
             let expect = expect.map_err(HandshakeError::into_io)?;
             let connection = dialling.await?;
-            let (secured, _) = stream::connect(connection, &key, expect, timeout)
+            let (secured, _) = stream::connect(connection, &key, expect, handshake_timeout)
                 .await
                 .map_err(HandshakeError::into_io)?;
             Ok(Box::new(secured) as BoxConnection)
@@ -170,10 +179,7 @@ pub(crate) fn wrap_if_secure(
     }
     let key = config.node_key()?;
     let peers = config.peer_key_map()?;
-    Ok(Arc::new(SecureStreamLayer::new(
-        layer,
-        key,
-        peers,
-        config.accept_any_key,
-    )))
+    let secured = SecureStreamLayer::new(layer, key, peers, config.accept_any_key)
+        .with_handshake_timeout(config.handshake_timeout);
+    Ok(Arc::new(secured))
 }
