@@ -75,6 +75,10 @@ async fn main() {
     println!("signaling server on ws://{}/", router.local_addr());
     let config = Config {
         signal_addr: format!("ws://{}", router.local_addr()),
+        // SCTP retransmits a lost packet after at least a second (its
+        // minimum RTO): a WebRTC call needs a timeout above that to ride
+        // out one loss (docs/WEBRTC.md).
+        timeout: Duration::from_secs(3),
         ..Config::default()
     };
     let ice = IceOptions {
