@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (libFuzzer, through cargo-fuzz, on stable Rust) of
 # every parser that reads peer bytes: request frames, reply frames, WAMP
-# messages, SDP JSON. Targets live in tests/fuzz/fuzz_targets.
+# messages, SDP JSON, secure-channel handshake messages. Targets live in tests/fuzz/fuzz_targets.
 #
 #   scripts/fuzz.sh               # each target for 30 seconds
 #   SECS=600 scripts/fuzz.sh      # each for ten minutes
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 secs=${SECS:-30}
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(request_frames reply_frames wamp_messages sdp_json)
+[ ${#targets[@]} -eq 0 ] && targets=(request_frames reply_frames wamp_messages sdp_json noise_handshake)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
