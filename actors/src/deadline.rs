@@ -32,6 +32,8 @@ pub struct DeadlineStream<S> {
     last_progress: Instant,
     /// Bytes per second below which the exchange fails (`None`: no bound).
     min_rate: Option<u64>,
+    /// A fixed deadline, whatever moves (`None`: none).
+    absolute: Option<Instant>,
     started: Instant,
     /// Bytes read and written since `started`.
     moved: u64,
@@ -48,10 +50,19 @@ impl<S> DeadlineStream<S> {
             timeout: None,
             last_progress: now,
             min_rate: None,
+            absolute: None,
             started: now,
             moved: 0,
             timer: None,
         }
+    }
+
+    /// Fails reads and writes from `deadline` on, whatever moves (an idle
+    /// connection's deadline: bytes that are not a request do not count).
+    pub fn until(&mut self, deadline: Instant) {
+        self.timeout = None;
+        self.min_rate = None;
+        self.absolute = Some(deadline);
     }
 
     /// Starts counting `timeout` without progress from now (`None`: no
@@ -59,6 +70,7 @@ impl<S> DeadlineStream<S> {
     pub fn restart(&mut self, timeout: Option<Duration>) {
         self.timeout = timeout;
         self.min_rate = None;
+        self.absolute = None;
         self.last_progress = Instant::now();
     }
 
@@ -68,6 +80,7 @@ impl<S> DeadlineStream<S> {
         let now = Instant::now();
         self.timeout = Some(timeout);
         self.min_rate = Some(min_rate.max(1));
+        self.absolute = None;
         self.last_progress = now;
         self.started = now;
         self.moved = 0;
@@ -106,10 +119,14 @@ impl<S> DeadlineStream<S> {
     /// Fails once the deadline has passed; otherwise makes sure the timer
     /// will wake the task by then.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let Some(timeout) = self.timeout else {
-            return Ok(());
+        let (deadline, why, timeout) = match (self.timeout, self.absolute) {
+            (Some(timeout), _) => {
+                let (deadline, why) = self.deadline(timeout);
+                (deadline, why, timeout)
+            }
+            (None, Some(deadline)) => (deadline, "idle", Duration::ZERO),
+            (None, None) => return Ok(()),
         };
-        let (deadline, why) = self.deadline(timeout);
         loop {
             let timer = self
                 .timer
@@ -123,6 +140,7 @@ impl<S> DeadlineStream<S> {
             if Instant::now() >= deadline {
                 let message = match why {
                     "no progress" => format!("no progress for {timeout:?}"),
+                    "idle" => "idle past its deadline".to_owned(),
                     _ => format!(
                         "{why} ({} bytes/s after {timeout:?})",
                         self.min_rate.unwrap_or(0)

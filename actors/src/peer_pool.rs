@@ -34,7 +34,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -120,8 +120,8 @@ struct PoolHandle {
     peer: Arc<PeerInfo>,
     /// Calls using the pool now; a pool in use is never retired.
     in_flight: Arc<AtomicUsize>,
-    /// When it was last called.
-    last_used: Arc<Mutex<Instant>>,
+    /// When it was last called, in milliseconds after the pools' start.
+    last_used: Arc<AtomicU64>,
 }
 
 /// Marks a call in flight on its pool until dropped.
@@ -135,12 +135,19 @@ impl Drop for InFlight {
 
 type PoolTable = Arc<Mutex<HashMap<String, PoolHandle>>>;
 
+/// Milliseconds since `base`.
+fn millis_since(base: Instant) -> u64 {
+    base.elapsed().as_millis() as u64
+}
+
 /// The PeerPool of every target a transport calls.
 pub struct PeerPools {
     layer: Arc<dyn StreamLayer>,
     settings: PoolSettings,
     arbiter: ArbiterHandle,
     pools: PoolTable,
+    /// When the pools started: `last_used` counts from it.
+    base: Instant,
     shutdown: CancellationToken,
     log: Logger,
 }
@@ -157,8 +164,10 @@ impl PeerPools {
         log: Logger,
     ) -> PeerPools {
         let pools = PoolTable::default();
+        let base = Instant::now();
         arbiter.spawn(retire_unused(
             pools.clone(),
+            base,
             settings.max_idle,
             shutdown.clone(),
         ));
@@ -167,6 +176,7 @@ impl PeerPools {
             settings,
             arbiter,
             pools,
+            base,
             shutdown,
             log,
         }
@@ -185,7 +195,9 @@ impl PeerPools {
             }
         };
         handle.in_flight.fetch_add(1, Ordering::Relaxed);
-        *handle.last_used.lock().expect("last use lock") = Instant::now();
+        handle
+            .last_used
+            .store(millis_since(self.base), Ordering::Relaxed);
         let mark = InFlight(handle.in_flight.clone());
         (handle, mark)
     }
@@ -216,7 +228,7 @@ impl PeerPools {
             pool,
             peer,
             in_flight: Arc::default(),
-            last_used: Arc::new(Mutex::new(Instant::now())),
+            last_used: Arc::new(AtomicU64::new(millis_since(self.base))),
         }
     }
 
@@ -280,7 +292,12 @@ impl PeerPools {
 /// Every half `unused_for`, retires the pools not called for `unused_for`
 /// and with no call in flight: their idle connections close and the actor
 /// stops (nothing holds its address any more, so it is not restarted).
-async fn retire_unused(pools: PoolTable, unused_for: Duration, shutdown: CancellationToken) {
+async fn retire_unused(
+    pools: PoolTable,
+    base: Instant,
+    unused_for: Duration,
+    shutdown: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(unused_for / 2);
     ticks.tick().await;
     loop {
@@ -293,8 +310,9 @@ async fn retire_unused(pools: PoolTable, unused_for: Duration, shutdown: Cancell
             let unused: Vec<String> = pools
                 .iter()
                 .filter(|(_, h)| {
+                    let idle_ms = millis_since(base) - h.last_used.load(Ordering::Relaxed);
                     h.in_flight.load(Ordering::Relaxed) == 0
-                        && h.last_used.lock().expect("last use lock").elapsed() >= unused_for
+                        && Duration::from_millis(idle_ms) >= unused_for
                 })
                 .map(|(target, _)| target.clone())
                 .collect();

@@ -13,8 +13,8 @@
 //! Bytes buffered beyond a connection's first 64 KiB are taken from the
 //! Listener's shared budget, and given back once the request is decoded.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
-use super::slots::{Activity, Slots};
+use super::slots::Activity;
 use super::{ListenerCounters, ListenerLimits};
 use crate::codec::{CodecError, Reply, ServerCodec};
 use crate::deadline::DeadlineStream;
@@ -46,9 +46,9 @@ const MAX_WHILE_SERVING: usize = 1024;
 
 /// What serving a connection needs from its Listener.
 pub(super) struct Context {
-    pub(super) id: u64,
     pub(super) remote: String,
-    pub(super) slots: Arc<Mutex<Slots>>,
+    pub(super) activity: Arc<Activity>,
+    /// Cancelled when the connection is shed or the Listener stops.
     pub(super) kick: CancellationToken,
     pub(super) dispatcher: Addr<Dispatcher>,
     pub(super) limits: ListenerLimits,
@@ -81,7 +81,6 @@ pub(super) async fn serve(
     let upgraded = tokio::select! {
         upgraded = upgrading => upgraded?,
         _ = cx.kick.cancelled() => return Ok(Ended::Kicked),
-        _ = cx.shutdown.cancelled() => return Ok(Ended::Kicked),
     };
     let peer_key = upgraded.peer_key;
     let mut stream = DeadlineStream::new(upgraded.connection);
@@ -99,10 +98,9 @@ pub(super) async fn serve(
                 Read::Ended(ended) => return Ok(ended),
             },
             _ = cx.kick.cancelled() => return Ok(Ended::Kicked),
-            _ = cx.shutdown.cancelled() => return Ok(Ended::Kicked),
         };
         reserved.fit(buf.len());
-        cx.set(Activity::Serving);
+        cx.activity.serving();
         let rpc_type = command.rpc_type();
         let (mut rpc, pending) = Rpc::new(command, Some(cx.remote.clone()));
         rpc.peer_key = peer_key;
@@ -121,8 +119,10 @@ pub(super) async fn serve(
                 debug!(cx.log, "the caller hung up before the answer"; "rpc" => %rpc_type);
                 return Ok(Ended::Abandoned);
             }
-            _ = cx.kick.cancelled() => return Ok(Ended::Kicked),
-            _ = cx.shutdown.cancelled() => Reply::error(SHUTTING_DOWN),
+            _ = cx.kick.cancelled() => match cx.shutdown.is_cancelled() {
+                true => Reply::error(SHUTTING_DOWN),
+                false => return Ok(Ended::Kicked),
+            },
         };
         debug!(cx.log, "answering"; "rpc" => %rpc_type, "error" => &reply.error);
         let mut out = BytesMut::new();
@@ -133,9 +133,7 @@ pub(super) async fn serve(
         if cx.shutdown.is_cancelled() {
             return Ok(Ended::Kicked);
         }
-        cx.set(Activity::Idle {
-            since: std::time::Instant::now(),
-        });
+        cx.activity.idle(std::time::Instant::now());
         // An idle connection keeps no large buffer.
         if buf.is_empty() && buf.capacity() > FREE_BUFFER {
             buf = BytesMut::new();
@@ -150,15 +148,6 @@ enum Read {
     Ended(Ended),
 }
 
-impl Context {
-    fn set(&self, activity: Activity) {
-        self.slots
-            .lock()
-            .expect("slots lock")
-            .set(self.id, activity);
-    }
-}
-
 /// Reads until a whole request is decoded, the peer closes the
 /// connection between requests, or none begins before `idle_until`.
 async fn read_request(
@@ -169,27 +158,21 @@ async fn read_request(
     idle_until: Instant,
     cx: &Context,
 ) -> Result<Read, CodecError> {
-    // Between requests the idle deadline applies; from a request's first
-    // byte, the stream's own.
-    stream.restart(None);
-    let mut reading: Option<Arc<AtomicU64>> = None;
+    // Between requests the idle deadline applies, whatever arrives; from a
+    // request's first byte, the request's own.
+    stream.until(idle_until);
+    let mut reading = false;
     loop {
         if let Some(command) = codec.decode(buf)? {
             return Ok(Read::Request(command));
         }
         if codec.is_mid_frame() {
-            match &reading {
-                None => {
-                    stream.restart_with_rate(cx.limits.timeout, cx.limits.min_rate);
-                    let bytes = Arc::new(AtomicU64::new(buf.len() as u64));
-                    cx.set(Activity::Reading {
-                        since: std::time::Instant::now(),
-                        bytes: bytes.clone(),
-                    });
-                    reading = Some(bytes);
-                }
-                Some(bytes) => bytes.store(stream.moved(), Ordering::Relaxed),
+            if !reading {
+                stream.restart_with_rate(cx.limits.timeout, cx.limits.min_rate);
+                cx.activity.reading(std::time::Instant::now());
+                reading = true;
             }
+            cx.activity.read(stream.moved());
         }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(buf.len().clamp(4096, FREE_BUFFER));
@@ -198,13 +181,12 @@ async fn read_request(
             .grow(buf.capacity(), &cx.budget, cx.limits.timeout)
             .await
             .map_err(CodecError::Io)?;
-        let read = if reading.is_some() {
-            stream.read_buf(buf).await?
-        } else {
-            match tokio::time::timeout_at(idle_until, stream.read_buf(buf)).await {
-                Ok(read) => read?,
-                Err(_) => return Ok(Read::Ended(Ended::Idle)),
+        let read = match stream.read_buf(buf).await {
+            Ok(read) => read,
+            Err(e) if !reading && e.kind() == std::io::ErrorKind::TimedOut => {
+                return Ok(Read::Ended(Ended::Idle))
             }
+            Err(e) => return Err(e.into()),
         };
         if read == 0 {
             return match codec.decode_eof(buf)? {

@@ -220,12 +220,13 @@ impl Handler<Accepted> for Listener {
         counters.accepted.fetch_add(1, Ordering::Relaxed);
         let log = self.log.new(slog::o!("peer" => accepted.remote.clone()));
         let source = source_of(&accepted.remote);
-        let admission = self
-            .slots
-            .lock()
-            .expect("slots lock")
-            .admit(&source, std::time::Instant::now());
-        let Some((id, kick)) = admission.slot else {
+        let kick = self.shutdown.child_token();
+        let admission =
+            self.slots
+                .lock()
+                .expect("slots lock")
+                .admit(&source, std::time::Instant::now(), kick);
+        let Some((id, kick, activity)) = admission.slot else {
             counters.refused.fetch_add(1, Ordering::Relaxed);
             debug!(
                 log,
@@ -245,9 +246,8 @@ impl Handler<Accepted> for Listener {
         debug!(log, "connection accepted");
         let slots = self.slots.clone();
         let cx = connection::Context {
-            id,
             remote: accepted.remote,
-            slots: slots.clone(),
+            activity,
             kick,
             dispatcher: self.dispatcher.clone(),
             limits: self.limits.clone(),

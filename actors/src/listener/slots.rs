@@ -14,29 +14,75 @@
 //!    node's own answer time).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-/// What an inbound connection is doing.
-#[derive(Clone, Debug)]
-pub(crate) enum Activity {
-    /// Waiting for a request since `since`.
-    Idle { since: Instant },
-    /// Reading a request that began at `since`; `bytes` of it so far.
-    Reading {
-        since: Instant,
-        bytes: Arc<AtomicU64>,
-    },
+const IDLE: u8 = 0;
+const READING: u8 = 1;
+const SERVING: u8 = 2;
+
+/// What an inbound connection is doing, updated by its own task without
+/// taking the Listener's lock (it changes twice per request).
+#[derive(Debug)]
+pub(crate) struct Activity {
+    base: Instant,
+    state: AtomicU8,
+    /// Microseconds after `base` when the state began.
+    since: AtomicU64,
+    /// Bytes of the request being read.
+    bytes: AtomicU64,
+}
+
+impl Activity {
+    fn new(base: Instant, now: Instant) -> Activity {
+        let activity = Activity {
+            base,
+            state: AtomicU8::new(IDLE),
+            since: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        };
+        activity.enter(IDLE, now);
+        activity
+    }
+
+    fn enter(&self, state: u8, now: Instant) {
+        let since = now.saturating_duration_since(self.base).as_micros() as u64;
+        self.since.store(since, Ordering::Relaxed);
+        self.bytes.store(0, Ordering::Relaxed);
+        self.state.store(state, Ordering::Relaxed);
+    }
+
+    /// Waiting for a request, from `now`.
+    pub(crate) fn idle(&self, now: Instant) {
+        self.enter(IDLE, now);
+    }
+
+    /// Reading a request that began at `now`.
+    pub(crate) fn reading(&self, now: Instant) {
+        self.enter(READING, now);
+    }
+
+    /// `bytes` of the request being read have arrived.
+    pub(crate) fn read(&self, bytes: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+    }
+
     /// The node is answering a request.
-    Serving,
+    pub(crate) fn serving(&self) {
+        self.state.store(SERVING, Ordering::Relaxed);
+    }
+
+    fn since(&self) -> Instant {
+        self.base + std::time::Duration::from_micros(self.since.load(Ordering::Relaxed))
+    }
 }
 
 struct Slot {
     source: String,
-    activity: Activity,
+    activity: Arc<Activity>,
     kick: CancellationToken,
 }
 
@@ -49,16 +95,21 @@ pub(crate) enum Shed {
     SourceCap,
 }
 
+/// A newcomer's slot: its ID, the token that sheds it, and where its task
+/// says what it is doing.
+pub(crate) type Admitted = (u64, CancellationToken, Arc<Activity>);
+
 /// What admitting a newcomer did.
 pub(crate) struct Admission {
     /// The newcomer's slot, or `None` when it is refused.
-    pub(crate) slot: Option<(u64, CancellationToken)>,
+    pub(crate) slot: Option<Admitted>,
     /// The connection shed to make room, if any.
     pub(crate) shed: Option<Shed>,
 }
 
 /// See the [module docs](self).
 pub(crate) struct Slots {
+    base: Instant,
     max_total: usize,
     max_per_source: usize,
     slots: HashMap<u64, Slot>,
@@ -69,6 +120,7 @@ pub(crate) struct Slots {
 impl Slots {
     pub(crate) fn new(max_total: usize, max_per_source: usize) -> Slots {
         Slots {
+            base: Instant::now(),
             max_total,
             max_per_source,
             slots: HashMap::new(),
@@ -84,8 +136,14 @@ impl Slots {
     }
 
     /// Admits a connection from `source` at `now`, shedding another one
-    /// when a cap is reached (see the module docs).
-    pub(crate) fn admit(&mut self, source: &str, now: Instant) -> Admission {
+    /// when a cap is reached (see the module docs). `kick` is the
+    /// newcomer's token (a child of the Listener's shutdown token).
+    pub(crate) fn admit(
+        &mut self,
+        source: &str,
+        now: Instant,
+        kick: CancellationToken,
+    ) -> Admission {
         let from_source = self.per_source.get(source).copied().unwrap_or(0);
         let need = if from_source >= self.max_per_source {
             Some(Shed::SourceCap)
@@ -111,26 +169,19 @@ impl Slots {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let kick = CancellationToken::new();
+        let activity = Arc::new(Activity::new(self.base, now));
         self.slots.insert(
             id,
             Slot {
                 source: source.to_owned(),
-                activity: Activity::Idle { since: now },
+                activity: activity.clone(),
                 kick: kick.clone(),
             },
         );
         *self.per_source.entry(source.to_owned()).or_default() += 1;
         Admission {
-            slot: Some((id, kick)),
+            slot: Some((id, kick, activity)),
             shed: need,
-        }
-    }
-
-    /// Records what connection `id` is doing.
-    pub(crate) fn set(&mut self, id: u64, activity: Activity) {
-        if let Some(slot) = self.slots.get_mut(&id) {
-            slot.activity = activity;
         }
     }
 
@@ -159,20 +210,22 @@ impl Slots {
         let mut idle_longest: Option<(Instant, u64)> = None;
         let mut slowest: Option<(f64, u64)> = None;
         for (&id, slot) in candidates {
-            match &slot.activity {
-                Activity::Idle { since } => {
-                    if idle_longest.is_none_or(|(oldest, _)| *since < oldest) {
-                        idle_longest = Some((*since, id));
+            let activity = &slot.activity;
+            let since = activity.since();
+            match activity.state.load(Ordering::Relaxed) {
+                IDLE => {
+                    if idle_longest.is_none_or(|(oldest, _)| since < oldest) {
+                        idle_longest = Some((since, id));
                     }
                 }
-                Activity::Reading { since, bytes } => {
-                    let secs = now.duration_since(*since).as_secs_f64().max(1e-3);
-                    let rate = bytes.load(Ordering::Relaxed) as f64 / secs;
+                READING => {
+                    let secs = now.saturating_duration_since(since).as_secs_f64().max(1e-3);
+                    let rate = activity.bytes.load(Ordering::Relaxed) as f64 / secs;
                     if slowest.is_none_or(|(lowest, _)| rate < lowest) {
                         slowest = Some((rate, id));
                     }
                 }
-                Activity::Serving => {}
+                _ => {}
             }
         }
         idle_longest.map(|(_, id)| id).or(slowest.map(|(_, id)| id))
@@ -185,8 +238,15 @@ mod tests {
 
     use super::*;
 
-    fn admitted(slots: &mut Slots, source: &str, now: Instant) -> (u64, CancellationToken) {
-        slots.admit(source, now).slot.expect("admitted")
+    fn admitted(
+        slots: &mut Slots,
+        source: &str,
+        now: Instant,
+    ) -> (u64, CancellationToken, Arc<Activity>) {
+        slots
+            .admit(source, now, CancellationToken::new())
+            .slot
+            .expect("admitted")
     }
 
     #[test]
@@ -195,7 +255,7 @@ mod tests {
         let now = Instant::now();
         admitted(&mut slots, "a", now);
         admitted(&mut slots, "b", now);
-        let admission = slots.admit("a", now);
+        let admission = slots.admit("a", now, CancellationToken::new());
         assert!(admission.slot.is_some() && admission.shed.is_none());
         assert_eq!(slots.len(), 3);
     }
@@ -204,9 +264,9 @@ mod tests {
     fn at_the_cap_the_connection_idle_longest_makes_room() {
         let mut slots = Slots::new(2, 10);
         let now = Instant::now();
-        let (_, old) = admitted(&mut slots, "a", now);
-        let (_, young) = admitted(&mut slots, "b", now + Duration::from_secs(1));
-        let admission = slots.admit("c", now + Duration::from_secs(2));
+        let (_, old, _) = admitted(&mut slots, "a", now);
+        let (_, young, _) = admitted(&mut slots, "b", now + Duration::from_secs(1));
+        let admission = slots.admit("c", now + Duration::from_secs(2), CancellationToken::new());
         assert_eq!(admission.shed, Some(Shed::Cap));
         assert!(old.is_cancelled() && !young.is_cancelled());
         assert_eq!(slots.len(), 2);
@@ -216,23 +276,17 @@ mod tests {
     fn with_nobody_idle_the_slowest_reader_makes_room() {
         let mut slots = Slots::new(2, 10);
         let now = Instant::now();
-        let (fast, fast_kick) = admitted(&mut slots, "honest", now);
-        let (slow, slow_kick) = admitted(&mut slots, "trickler", now);
-        slots.set(
-            fast,
-            Activity::Reading {
-                since: now,
-                bytes: Arc::new(AtomicU64::new(1_000_000)),
-            },
+        let (_, fast_kick, fast) = admitted(&mut slots, "honest", now);
+        let (_, slow_kick, slow) = admitted(&mut slots, "trickler", now);
+        fast.reading(now);
+        fast.read(1_000_000);
+        slow.reading(now);
+        slow.read(3);
+        let admission = slots.admit(
+            "newcomer",
+            now + Duration::from_secs(1),
+            CancellationToken::new(),
         );
-        slots.set(
-            slow,
-            Activity::Reading {
-                since: now,
-                bytes: Arc::new(AtomicU64::new(3)),
-            },
-        );
-        let admission = slots.admit("newcomer", now + Duration::from_secs(1));
         assert!(admission.slot.is_some());
         assert!(slow_kick.is_cancelled() && !fast_kick.is_cancelled());
     }
@@ -241,9 +295,9 @@ mod tests {
     fn when_every_connection_is_being_answered_the_newcomer_is_refused() {
         let mut slots = Slots::new(1, 10);
         let now = Instant::now();
-        let (id, kick) = admitted(&mut slots, "a", now);
-        slots.set(id, Activity::Serving);
-        let admission = slots.admit("b", now);
+        let (_, kick, activity) = admitted(&mut slots, "a", now);
+        activity.serving();
+        let admission = slots.admit("b", now, CancellationToken::new());
         assert!(admission.slot.is_none());
         assert!(!kick.is_cancelled());
     }
@@ -252,10 +306,14 @@ mod tests {
     fn a_source_at_its_cap_sheds_its_own_connections_first() {
         let mut slots = Slots::new(10, 2);
         let now = Instant::now();
-        let (_, other) = admitted(&mut slots, "other", now);
-        let (_, own_old) = admitted(&mut slots, "flood", now + Duration::from_secs(1));
-        let (_, own_new) = admitted(&mut slots, "flood", now + Duration::from_secs(2));
-        let admission = slots.admit("flood", now + Duration::from_secs(3));
+        let (_, other, _) = admitted(&mut slots, "other", now);
+        let (_, own_old, _) = admitted(&mut slots, "flood", now + Duration::from_secs(1));
+        let (_, own_new, _) = admitted(&mut slots, "flood", now + Duration::from_secs(2));
+        let admission = slots.admit(
+            "flood",
+            now + Duration::from_secs(3),
+            CancellationToken::new(),
+        );
         assert_eq!(admission.shed, Some(Shed::SourceCap));
         // The other source's connection is older, but it is not shed.
         assert!(!other.is_cancelled());
@@ -266,9 +324,9 @@ mod tests {
     fn released_slots_free_their_source() {
         let mut slots = Slots::new(10, 1);
         let now = Instant::now();
-        let (id, _) = admitted(&mut slots, "a", now);
+        let (id, _, _) = admitted(&mut slots, "a", now);
         slots.release(id);
-        let admission = slots.admit("a", now);
+        let admission = slots.admit("a", now, CancellationToken::new());
         assert!(admission.shed.is_none());
         assert_eq!(slots.len(), 1);
     }
