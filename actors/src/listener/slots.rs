@@ -213,11 +213,10 @@ impl Slots {
             let activity = &slot.activity;
             let since = activity.since();
             match activity.state.load(Ordering::Relaxed) {
-                IDLE => {
-                    if idle_longest.is_none_or(|(oldest, _)| since < oldest) {
-                        idle_longest = Some((since, id));
-                    }
+                IDLE if idle_longest.is_none_or(|(oldest, _)| since < oldest) => {
+                    idle_longest = Some((since, id));
                 }
+                IDLE => {}
                 READING => {
                     let secs = now.saturating_duration_since(since).as_secs_f64().max(1e-3);
                     let rate = activity.bytes.load(Ordering::Relaxed) as f64 / secs;
