@@ -216,6 +216,10 @@ struct ServeArgs {
     /// Address to listen on (TCP).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
+    /// The server's I/O timeout: a request must arrive, and a reply go
+    /// out, within it plus their bytes at the minimum rate.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
     #[arg(long, value_enum, default_value = "tcp")]
     transport: TransportKind,
     #[command(flatten)]
@@ -384,6 +388,7 @@ async fn serve(args: ServeArgs) {
     let config = Config {
         bind_addr: args.listen.clone(),
         max_inbound: 4096,
+        timeout: Duration::from_millis(args.timeout_ms),
         ..Config::default()
     };
     let config = args.secure.apply(config, None);

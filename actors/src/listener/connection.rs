@@ -4,8 +4,9 @@
 //! Deadlines, all from the configuration:
 //! * between requests, the connection is closed `idle_timeout` after its
 //!   last reply (or after it opened): whitespace does not move that;
-//! * a request must keep moving (a byte every `timeout`) and arrive whole
-//!   within `timeout` plus its size at `min_rate`, from its first byte;
+//! * a request must arrive whole within `timeout` plus its size at
+//!   `min_rate`, from its first byte (a pause is fine as long as the bytes
+//!   before it paid for it);
 //! * a reply is written within `timeout` plus its size at `min_rate`;
 //! * while the node answers, the socket is watched: a caller that hangs up
 //!   abandons its request (the [`Rpc`] sees it) and frees the slot.
@@ -127,7 +128,7 @@ pub(super) async fn serve(
         debug!(cx.log, "answering"; "rpc" => %rpc_type, "error" => &reply.error);
         let mut out = BytesMut::new();
         codec.encode(&reply, &mut out)?;
-        stream.restart_with_rate(cx.limits.timeout, cx.limits.min_rate);
+        stream.restart_bounded(cx.limits.timeout, cx.limits.min_rate);
         stream.write_all(&out).await?;
         stream.flush().await?;
         if cx.shutdown.is_cancelled() {
@@ -168,7 +169,7 @@ async fn read_request(
         }
         if codec.is_mid_frame() {
             if !reading {
-                stream.restart_with_rate(cx.limits.timeout, cx.limits.min_rate);
+                stream.restart_bounded(cx.limits.timeout, cx.limits.min_rate);
                 cx.activity.reading(std::time::Instant::now());
                 reading = true;
             }

@@ -1,13 +1,23 @@
 //! SDP offers and answers as they arrive through signaling: JSON holding
-//! SDP text, parsed as the WebRTC layer does before applying it. Any input
-//! must parse or fail with an error, never panic.
+//! SDP text (`{"type": ..., "sdp": ...}`), then the SDP itself, parsed
+//! with the same parser the WebRTC stack applies it with. Any input must
+//! parse or fail with an error, never panic.
 #![no_main]
 
+use std::io::Cursor;
+
 use libfuzzer_sys::fuzz_target;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use sdp::description::session::SessionDescription;
+
+#[derive(serde::Deserialize)]
+struct SdpJson {
+    #[serde(rename = "type")]
+    _kind: String,
+    sdp: String,
+}
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(description) = serde_json::from_slice::<RTCSessionDescription>(data) {
-        let _ = description.unmarshal();
+    if let Ok(json) = serde_json::from_slice::<SdpJson>(data) {
+        let _ = SessionDescription::unmarshal(&mut Cursor::new(json.sdp.as_bytes()));
     }
 });
