@@ -3,17 +3,21 @@
 //! ```text
 //! cargo run --example inmem_cluster -- --nodes 4 --secs 3
 //! ```
-//! Prints progress once a second, then one JSON line with the totals.
+//! Prints progress once a second, then one JSON line with the totals and
+//! the process's peak memory. Large clusters work too (each node knows
+//! `--fanout` peers, and the gossip period grows with the cluster):
+//! ```text
+//! cargo run --release --example inmem_cluster -- --nodes 1000 --secs 10
+//! ```
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
 use babble_net::{logging, Config, InmemTransport, Transport};
 use clap::Parser;
-use common::{Start, Stats, StopNode, ToyNode};
+use common::{Gossip, NodeThreads, Start, Stats, ToyNode};
 
 #[derive(Parser)]
 #[command(about = "Runs toy gossip nodes on the in-memory transport")]
@@ -24,9 +28,20 @@ struct Args {
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 3)]
     secs: u64,
-    /// Milliseconds between two gossip rounds of a node.
-    #[arg(long, default_value_t = 20)]
+    /// Milliseconds between two gossip rounds of a node (0: 20 ms, or
+    /// longer for clusters over 20 nodes, so that the cluster makes about
+    /// 1000 syncs a second).
+    #[arg(long, default_value_t = 0)]
     period_ms: u64,
+    /// Peers each node gossips with.
+    #[arg(long, default_value_t = 8)]
+    fanout: usize,
+    /// Syncs a node has in flight at most.
+    #[arg(long, default_value_t = 2)]
+    max_syncs: usize,
+    /// Events a node keeps at most.
+    #[arg(long, default_value_t = 256)]
+    max_events: usize,
     /// Log level of the transports (error, warn, info, debug, trace).
     #[arg(long, default_value = "warn")]
     log_level: String,
@@ -44,62 +59,75 @@ async fn main() {
         std::process::exit(2);
     };
     let log = logging::terminal(level);
+    let gossip = Gossip {
+        period: match args.period_ms {
+            0 => Gossip::period_for(args.nodes, Duration::from_millis(20), 1000),
+            ms => Duration::from_millis(ms),
+        },
+        max_syncs: args.max_syncs.max(1),
+        max_events: args.max_events,
+    };
+    println!(
+        "{} nodes, {} peers each, a gossip round every {:?}",
+        args.nodes,
+        args.fanout.min(args.nodes - 1),
+        gossip.period
+    );
     let config = Config::default();
     let transports: Vec<InmemTransport> = (0..args.nodes)
         .map(|i| InmemTransport::with_config(Some(format!("node{i}")), &config, log.clone()))
         .collect();
-    for a in &transports {
-        for b in &transports {
-            if a.local_addr() != b.local_addr() {
-                a.connect(b.local_addr(), b);
-            }
+    let founders = args.nodes - 1;
+    let newcomer = &transports[founders];
+    let sponsor = &transports[0];
+    // Each founder reaches its own peers; the newcomer may be handed any
+    // founder by its sponsor, and the sponsor adds the newcomer.
+    let peers: Vec<Vec<usize>> = (0..founders)
+        .map(|i| common::peers_of(i, founders, args.fanout))
+        .collect();
+    for (i, peers) in peers.iter().enumerate() {
+        for &p in peers {
+            transports[i].connect(transports[p].local_addr(), &transports[p]);
         }
     }
+    for founder in &transports[..founders] {
+        newcomer.connect(founder.local_addr(), founder);
+    }
+    sponsor.connect(newcomer.local_addr(), newcomer);
 
     let stats = Arc::new(Stats::default());
-    let founders: Vec<String> = transports[..args.nodes - 1]
-        .iter()
-        .map(|t| t.local_addr())
-        .collect();
+    let threads = NodeThreads::per_core();
     let nodes: Vec<_> = transports
         .iter()
         .enumerate()
         .map(|(i, transport)| {
-            let start = if i + 1 < args.nodes {
-                let peers = founders
-                    .iter()
-                    .filter(|a| **a != transport.local_addr())
-                    .cloned();
-                Start::Member {
-                    peers: peers.collect(),
-                }
-            } else {
-                Start::Newcomer {
-                    sponsor: founders[0].clone(),
-                }
+            let start = match peers.get(i) {
+                Some(peers) => Start::Member {
+                    peers: peers.iter().map(|&p| transports[p].local_addr()).collect(),
+                },
+                None => Start::Newcomer {
+                    sponsor: sponsor.local_addr(),
+                },
             };
-            ToyNode::new(
+            let node = ToyNode::new(
                 i as u32,
                 Arc::new(transport.clone()),
                 start,
                 stats.clone(),
-                Duration::from_millis(args.period_ms),
+                gossip.clone(),
                 log.clone(),
-            )
-            .start()
+            );
+            threads.start(i, node)
         })
         .collect();
 
     common::report_every_second(&stats, args.secs, |_| {}).await;
 
-    stats
-        .finished
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    for node in &nodes {
-        let _ = node.send(StopNode).await;
-    }
-    for transport in &transports {
-        let _ = transport.close().await;
-    }
+    common::stop_all(
+        &stats,
+        &nodes,
+        transports.iter().map(|t| t as &dyn Transport),
+    )
+    .await;
     println!("{}", stats.summary("inmem", args.nodes, &[]));
 }

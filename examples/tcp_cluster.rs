@@ -15,7 +15,13 @@
 //! With `--secure`, every connection is a secure channel: each node
 //! generates its key and knows every other node's address and key.
 //!
-//! Prints progress once a second, then one JSON line with the totals.
+//! Large clusters work too (each node knows `--fanout` peers, the gossip
+//! period grows with the cluster, nodes run on one thread per core):
+//! ```text
+//! cargo run --release --example tcp_cluster -- --nodes 64 --secs 10
+//! ```
+//! Prints progress once a second, then one JSON line with the totals and
+//! the process's peak memory.
 
 mod common;
 
@@ -29,7 +35,7 @@ use babble_net::secure::{NodeKey, PeerKey, SecureStreamLayer};
 use babble_net::stream::{StreamLayer, TcpStreamLayer};
 use babble_net::{logging, Config, NetworkTransport, Transport};
 use clap::Parser;
-use common::{Start, Stats, StopNode, ToyNode};
+use common::{Gossip, NodeThreads, Start, Stats, StopNode, ToyNode};
 use serde::Deserialize;
 
 #[derive(Parser)]
@@ -44,9 +50,20 @@ struct Args {
     /// Run one node described by this file instead (see config/node1.toml).
     #[arg(long)]
     node_config: Option<PathBuf>,
-    /// Milliseconds between two gossip rounds of a node.
-    #[arg(long, default_value_t = 20)]
+    /// Milliseconds between two gossip rounds of a node (0: 20 ms, or
+    /// longer for clusters over 20 nodes, so that the cluster makes about
+    /// 1000 syncs a second).
+    #[arg(long, default_value_t = 0)]
     period_ms: u64,
+    /// Peers each node gossips with.
+    #[arg(long, default_value_t = 8)]
+    fanout: usize,
+    /// Syncs a node has in flight at most.
+    #[arg(long, default_value_t = 2)]
+    max_syncs: usize,
+    /// Events a node keeps at most.
+    #[arg(long, default_value_t = 256)]
+    max_events: usize,
     /// Log level (error, warn, info, debug, trace).
     #[arg(long, default_value = "warn")]
     log_level: String,
@@ -74,6 +91,20 @@ struct NodeSection {
     peers: Vec<String>,
     /// Join through this member (and fast-forward from it) instead.
     sponsor: Option<String>,
+}
+
+impl Args {
+    /// How each node gossips, for a cluster of `nodes`.
+    fn gossip(&self, nodes: usize) -> Gossip {
+        Gossip {
+            period: match self.period_ms {
+                0 => Gossip::period_for(nodes, Duration::from_millis(20), 1000),
+                ms => Duration::from_millis(ms),
+            },
+            max_syncs: self.max_syncs.max(1),
+            max_events: self.max_events,
+        }
+    }
 }
 
 fn fail(message: String) -> ! {
@@ -120,7 +151,7 @@ async fn run_one_node(args: &Args, path: &PathBuf, log: slog::Logger) {
         Arc::new(transport.clone()),
         start,
         stats.clone(),
-        Duration::from_millis(args.period_ms),
+        args.gossip(1),
         log,
     )
     .start();
@@ -164,31 +195,50 @@ fn bind(addr: &str) -> TcpStreamLayer {
     TcpStreamLayer::bind(addr, None).unwrap_or_else(|e| fail(e.to_string()))
 }
 
-fn start_node(
-    id: u32,
-    transport: NetworkTransport,
-    start: Start,
-    stats: &Arc<Stats>,
-    args: &Args,
-    log: &slog::Logger,
-) -> (NetworkTransport, Addr<ToyNode>) {
-    let node = ToyNode::new(
-        id,
-        Arc::new(transport.clone()),
-        start,
-        stats.clone(),
-        Duration::from_millis(args.period_ms),
-        log.clone(),
-    )
-    .start();
-    (transport, node)
+/// What the nodes of the cluster share.
+struct Cluster {
+    stats: Arc<Stats>,
+    gossip: Gossip,
+    threads: NodeThreads,
+    log: slog::Logger,
+}
+
+impl Cluster {
+    fn start_node(
+        &self,
+        id: u32,
+        transport: NetworkTransport,
+        start: Start,
+    ) -> (NetworkTransport, Addr<ToyNode>) {
+        let node = ToyNode::new(
+            id,
+            Arc::new(transport.clone()),
+            start,
+            self.stats.clone(),
+            self.gossip.clone(),
+            self.log.clone(),
+        );
+        (transport, self.threads.start(id as usize, node))
+    }
 }
 
 async fn run_cluster(args: &Args, log: slog::Logger) {
     if args.nodes < 3 {
         fail("--nodes must be at least 3".into());
     }
-    let stats = Arc::new(Stats::default());
+    let cluster = Cluster {
+        stats: Arc::new(Stats::default()),
+        gossip: args.gossip(args.nodes),
+        threads: NodeThreads::per_core(),
+        log: log.clone(),
+    };
+    let stats = &cluster.stats;
+    println!(
+        "{} nodes, {} peers each, a gossip round every {:?}",
+        args.nodes,
+        args.fanout.min(args.nodes - 2),
+        cluster.gossip.period
+    );
     // Bind every node first, so that each knows the others' ports (and,
     // secure, their keys).
     let layers: Vec<TcpStreamLayer> = (0..args.nodes).map(|_| bind("127.0.0.1:0")).collect();
@@ -209,15 +259,19 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
         peers,
         log: log.clone(),
     };
-    let founders = &addrs[..args.nodes - 1];
-    let peers_of =
-        |me: &str| -> Vec<String> { founders.iter().filter(|a| *a != me).cloned().collect() };
+    let founders = args.nodes - 1;
+    let peers_of = |me: usize| -> Vec<String> {
+        common::peers_of(me, founders, args.fanout)
+            .into_iter()
+            .map(|p| addrs[p].clone())
+            .collect()
+    };
 
     let mut nodes: Vec<(NetworkTransport, Addr<ToyNode>)> = Vec::new();
     for (id, layer) in layers.into_iter().enumerate() {
         let start = if id + 1 < args.nodes {
             Start::Member {
-                peers: peers_of(&addrs[id]),
+                peers: peers_of(id),
             }
         } else {
             Start::Newcomer {
@@ -225,7 +279,7 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
             }
         };
         let transport = network.transport(id, layer);
-        nodes.push(start_node(id as u32, transport, start, &stats, args, &log));
+        nodes.push(cluster.start_node(id as u32, transport, start));
     }
 
     // Half-way through, node 1 dies; a second later it comes back on the
@@ -249,10 +303,10 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
         }
         if pending == Some(second) || (pending.is_some() && second == args.secs) {
             let start = Start::Member {
-                peers: peers_of(&addrs[victim]),
+                peers: peers_of(victim),
             };
             let transport = network.transport(victim, bind(&addrs[victim]));
-            nodes[victim] = start_node(victim as u32, transport, start, &stats, args, &log);
+            nodes[victim] = cluster.start_node(victim as u32, transport, start);
             stats.down.lock().unwrap().remove(&addrs[victim]);
             restarts += 1;
             pending = None;
@@ -260,13 +314,12 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
         }
     }
 
-    stats.finished.store(true, Ordering::Relaxed);
-    for (_, node) in &nodes {
-        let _ = node.send(StopNode).await;
-    }
-    for (transport, _) in &nodes {
-        let _ = transport.close().await;
-    }
+    common::stop_all(
+        stats,
+        nodes.iter().map(|(_, node)| node),
+        nodes.iter().map(|(t, _)| t as &dyn Transport),
+    )
+    .await;
     let transport = if args.secure { "tcp+secure" } else { "tcp" };
     println!(
         "{}",

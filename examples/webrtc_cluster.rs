@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +24,7 @@ use babble_net::signal::{Signal, SignalSettings, WampSignal};
 use babble_net::stream::StreamLayer;
 use babble_net::{logging, Config, NetworkTransport, Transport};
 use clap::Parser;
-use common::{Start, Stats, StopNode, ToyNode};
+use common::{Start, Stats, ToyNode};
 
 #[derive(Parser)]
 #[command(about = "Runs toy gossip nodes over WebRTC")]
@@ -146,7 +145,11 @@ async fn main() {
             Arc::new(transport.clone()),
             start,
             stats.clone(),
-            Duration::from_millis(args.period_ms),
+            common::Gossip {
+                period: Duration::from_millis(args.period_ms),
+                max_syncs: 2,
+                max_events: 256,
+            },
             log.clone(),
         )
         .start();
@@ -155,13 +158,12 @@ async fn main() {
 
     common::report_every_second(&stats, args.secs, |_| {}).await;
 
-    stats.finished.store(true, Ordering::Relaxed);
-    for (_, node) in &nodes {
-        let _ = node.send(StopNode).await;
-    }
-    for (transport, _) in &nodes {
-        let _ = transport.close().await;
-    }
+    common::stop_all(
+        &stats,
+        nodes.iter().map(|(_, node)| node),
+        nodes.iter().map(|(t, _)| t as &dyn Transport),
+    )
+    .await;
     router.shutdown().await;
     let transport = if args.secure {
         "webrtc+secure"

@@ -123,6 +123,12 @@ pub struct Config {
     pub max_dials_per_peer: usize,
     /// RPCs queued for the application before senders have to wait.
     pub consumer_buffer: usize,
+    /// Threads (actix arbiters) the network transports' I/O and codec
+    /// work runs on, shared by the transports of one actix system; the
+    /// node's own arbiter only receives finished RPCs. 0 runs everything
+    /// on the arbiter that created the transport. Default: the number of
+    /// cores.
+    pub io_threads: usize,
 }
 
 impl Default for Config {
@@ -159,6 +165,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             max_dials_per_peer: 4,
             consumer_buffer: 64,
+            io_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -214,6 +221,9 @@ impl Config {
         }
         if self.max_inbound == 0 || self.max_inbound_per_ip == 0 {
             return fail("max-inbound and max-inbound-per-ip must be at least 1");
+        }
+        if self.io_threads > 256 {
+            return fail("io-threads must be at most 256");
         }
         if self.max_dials_per_peer == 0 {
             return fail("max-dials-per-peer must be at least 1");

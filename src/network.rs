@@ -7,6 +7,7 @@ use actix::{Actor, Addr, Recipient};
 use async_trait::async_trait;
 use babble_net_actors::codec::encode_request;
 use babble_net_actors::dispatcher::DispatchStats;
+use babble_net_actors::io_arbiters::IoArbiters;
 use babble_net_actors::listener::{Listener, ListenerCounters, ListenerLimits, StopListener};
 use babble_net_actors::peer_pool::{Call, PeerPools, PoolSettings, PoolStats};
 use babble_net_actors::stream::StreamLayer;
@@ -22,7 +23,10 @@ use crate::{Command, Config, Response, Rpc, Transport, TransportError};
 ///
 /// Outgoing calls go to the PeerPool actor of their target, which reuses
 /// or dials connections; incoming connections are served by the Listener
-/// actor once [`listen`](Transport::listen) is called. Create one with
+/// actor once [`listen`](Transport::listen) is called. Connections are
+/// read, written and decoded on I/O arbiters of their own (`io-threads`,
+/// shared by the transports of one actix system): the arbiter that
+/// created the transport only receives finished RPCs and answers. Create one with
 /// [`NetworkTransport::tcp`], [`NetworkTransport::webrtc`], or
 /// [`NetworkTransport::new`] for another stream layer. Clones share the
 /// same transport.
@@ -34,8 +38,11 @@ pub struct NetworkTransport {
 struct Inner {
     endpoint: Endpoint,
     layer: Arc<dyn StreamLayer>,
-    /// Where the actors live: the arbiter that created the transport.
+    /// Where the Listener and Dispatcher live: the arbiter that created
+    /// the transport.
     arbiter: actix_rt::ArbiterHandle,
+    /// Where connections are served and calls made.
+    io: Arc<IoArbiters>,
     listener: Mutex<Option<Addr<Listener>>>,
     listener_counters: Arc<ListenerCounters>,
     pools: PeerPools,
@@ -48,6 +55,7 @@ impl NetworkTransport {
         let log = log.new(o!("local" => layer.advertise_addr()));
         let endpoint = Endpoint::new(config, log.clone());
         let arbiter = actix_rt::Arbiter::current();
+        let io = IoArbiters::shared(config.io_threads);
         let settings = PoolSettings {
             max_pool: config.max_pool,
             max_idle: config.idle_timeout / 2,
@@ -58,7 +66,7 @@ impl NetworkTransport {
         let pools = PeerPools::new(
             layer.clone(),
             settings,
-            arbiter.clone(),
+            io.clone(),
             endpoint.shutdown.clone(),
             log,
         );
@@ -67,6 +75,7 @@ impl NetworkTransport {
                 endpoint,
                 layer,
                 arbiter,
+                io,
                 listener: Mutex::new(None),
                 listener_counters: Arc::default(),
                 pools,
@@ -143,6 +152,7 @@ impl Transport for NetworkTransport {
                 buffer_budget: config.inbound_buffer_budget,
                 handshake_timeout: config.handshake_timeout,
             };
+            let io = self.inner.io.clone();
             let (layer, dispatcher, counters, shutdown, log) = (
                 self.inner.layer.clone(),
                 endpoint.inbox.dispatcher().clone(),
@@ -151,7 +161,7 @@ impl Transport for NetworkTransport {
                 endpoint.log.clone(),
             );
             *listener = Some(Listener::start_in_arbiter(&self.inner.arbiter, move |_| {
-                Listener::new(layer, dispatcher, limits, counters, shutdown, log)
+                Listener::new(layer, io, dispatcher, limits, counters, shutdown, log)
             }));
         }
         Ok(())

@@ -34,9 +34,6 @@ pub struct DeadlineStream<S> {
     min_rate: Option<u64>,
     /// A fixed deadline, whatever moves (`None`: none).
     absolute: Option<Instant>,
-    /// With a minimum rate: whether a stall of `timeout` fails too, or
-    /// only falling behind the rate does.
-    stall_fails: bool,
     started: Instant,
     /// Bytes read and written since `started`.
     moved: u64,
@@ -54,7 +51,6 @@ impl<S> DeadlineStream<S> {
             last_progress: now,
             min_rate: None,
             absolute: None,
-            stall_fails: true,
             started: now,
             moved: 0,
             timer: None,
@@ -85,19 +81,9 @@ impl<S> DeadlineStream<S> {
         self.timeout = Some(timeout);
         self.min_rate = Some(min_rate.max(1));
         self.absolute = None;
-        self.stall_fails = true;
         self.last_progress = now;
         self.started = now;
         self.moved = 0;
-    }
-
-    /// Starts an exchange that must end within `timeout` plus its bytes at
-    /// `min_rate` bytes per second, however its bytes are spread: a pause
-    /// is fine as long as the bytes before it paid for it (a lost packet
-    /// on a path whose retransmission takes seconds).
-    pub fn restart_bounded(&mut self, timeout: Duration, min_rate: u64) {
-        self.restart_with_rate(timeout, min_rate);
-        self.stall_fails = false;
     }
 
     /// Bytes read and written since the last [`restart_with_rate`].
@@ -121,15 +107,20 @@ impl<S> DeadlineStream<S> {
         let allowance = Duration::from_secs_f64(self.moved as f64 / rate as f64);
         let slow = self.started.checked_add(timeout.saturating_add(allowance));
         match slow {
-            Some(slow) if slow < stalled || !self.stall_fails => {
-                (slow, "slower than the minimum rate")
-            }
-            None if !self.stall_fails => (
-                self.started + Duration::from_secs(86_400 * 365),
-                "slower than the minimum rate",
-            ),
+            Some(slow) if slow < stalled => (slow, "slower than the minimum rate"),
             _ => (stalled, "no progress"),
         }
+    }
+
+    /// Time left before the current deadline falls (`None`: no deadline),
+    /// for a wait outside the stream that must not outlive it.
+    pub fn time_left(&self) -> Option<Duration> {
+        let deadline = match (self.timeout, self.absolute) {
+            (Some(timeout), _) => self.deadline(timeout).0,
+            (None, Some(deadline)) => deadline,
+            (None, None) => return None,
+        };
+        Some(deadline.saturating_duration_since(Instant::now()))
     }
 
     /// The wrapped stream.
@@ -351,20 +342,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_bounded_exchange_rides_out_a_pause_its_bytes_paid_for() {
-        let (mut writer, reader) = tokio::io::duplex(4096);
-        tokio::spawn(async move {
-            // 3000 bytes at once (3 s of allowance at 1000 bytes/s), a 2 s
-            // pause, then the rest.
-            writer.write_all(&[b'z'; 3000]).await.unwrap();
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            writer.write_all(b"end").await.unwrap();
-        });
-        let mut stream = DeadlineStream::new(reader);
-        stream.restart_bounded(Duration::from_secs(1), 1000);
+    async fn a_pause_longer_than_the_timeout_fails_even_after_fast_bytes() {
         let mut sink = vec![0u8; 3003];
-        stream.read_exact(&mut sink).await.unwrap();
-        // The same pause with a stall check fails.
         let (mut writer, reader) = tokio::io::duplex(4096);
         tokio::spawn(async move {
             writer.write_all(&[b'z'; 3000]).await.unwrap();

@@ -29,6 +29,7 @@ pub mod deadline;
 pub mod dispatcher;
 pub mod error;
 pub mod identity;
+pub mod io_arbiters;
 pub mod listener;
 pub mod peer_pool;
 pub mod rpc;

@@ -6,7 +6,8 @@
 //! 2. [`PeerPools::call`] asks that pool for a connection (one message,
 //!    `Checkout`): an idle one, or leave to dial one (at most
 //!    `max_dials` at once per peer; beyond, the call waits for whichever
-//!    comes first, a returned connection or a dial slot). It then writes
+//!    comes first, a returned connection or a dial slot; a failed dial
+//!    fails every call made before it failed). It then writes
 //!    the request and reads the reply in the caller's own future, outside
 //!    the actor's mailbox, so a slow peer never holds up the pool.
 //! 3. The `Lease` gives the connection back when it is dropped (one
@@ -39,7 +40,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_rt::ArbiterHandle;
 use bytes::Bytes;
 use futures::StreamExt;
 use slog::{debug, warn, Logger};
@@ -51,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{ClientCodec, CodecError, Reply};
 use crate::deadline::DeadlineStream;
 use crate::error::TransportError;
+use crate::io_arbiters::IoArbiters;
 use crate::secure::HandshakeError;
 use crate::stream::{BoxConnection, StreamLayer};
 use crate::wire::RpcType;
@@ -144,7 +145,8 @@ fn millis_since(base: Instant) -> u64 {
 pub struct PeerPools {
     layer: Arc<dyn StreamLayer>,
     settings: PoolSettings,
-    arbiter: ArbiterHandle,
+    /// Each peer's pool and calls run on the I/O arbiter of its key.
+    io: Arc<IoArbiters>,
     pools: PoolTable,
     /// When the pools started: `last_used` counts from it.
     base: Instant,
@@ -153,19 +155,20 @@ pub struct PeerPools {
 }
 
 impl PeerPools {
-    /// Pools dialling through `layer`, whose actors run on `arbiter`. A
-    /// pool not called for `settings.max_idle` is retired (checked every
-    /// half of it).
+    /// Pools dialling through `layer`; each peer's pool actor and calls
+    /// run on the I/O arbiter of its address (on the current arbiter when
+    /// `io` is empty). A pool not called for `settings.max_idle` is
+    /// retired (checked every half of it).
     pub fn new(
         layer: Arc<dyn StreamLayer>,
         settings: PoolSettings,
-        arbiter: ArbiterHandle,
+        io: Arc<IoArbiters>,
         shutdown: CancellationToken,
         log: Logger,
     ) -> PeerPools {
         let pools = PoolTable::default();
         let base = Instant::now();
-        arbiter.spawn(retire_unused(
+        actix_rt::spawn(retire_unused(
             pools.clone(),
             base,
             settings.max_idle,
@@ -174,7 +177,7 @@ impl PeerPools {
         PeerPools {
             layer,
             settings,
-            arbiter,
+            io,
             pools,
             base,
             shutdown,
@@ -215,11 +218,13 @@ impl PeerPools {
             self.shutdown.clone(),
             peer.log.clone(),
         );
-        let pool = Supervisor::start_in_arbiter(&self.arbiter, move |_| PeerPool {
+        let arbiter = self.io.for_key(target);
+        let pool = Supervisor::start_in_arbiter(arbiter, move |_| PeerPool {
             settings,
             idle: Vec::new(),
             dialing: 0,
             waiters: VecDeque::new(),
+            failed_dial: None,
             stats: PoolStats::default(),
             shutdown,
             log,
@@ -233,21 +238,33 @@ impl PeerPools {
     }
 
     /// Sends `call` to `target` and returns its reply; see the module docs.
+    /// The exchange runs on the peer's I/O arbiter; the caller only waits.
     pub async fn call(&self, target: &str, call: Call) -> Result<Reply, TransportError> {
-        let (PoolHandle { pool, peer, .. }, _in_flight) = self.get(target);
-        let (lease, reused) = checkout(&peer, &pool, &call, false).await?;
-        match exchange(lease, &call).await {
-            Ok(reply) => Ok(reply),
-            Err(failure) if reused && failure.before_reply && call.rpc_type != RpcType::Join => {
-                debug!(peer.log, "pooled connection was stale, retrying on a new one";
-                    "rpc" => %call.rpc_type, "error" => %failure.error);
-                let (lease, _) = checkout(&peer, &pool, &call, true).await?;
-                exchange(lease, &call)
-                    .await
-                    .map_err(|failure| failed(&peer, failure, call.timeout))
-            }
-            Err(failure) => Err(failed(&peer, failure, call.timeout)),
+        let issued = Instant::now();
+        let (handle, in_flight) = self.get(target);
+        if self.io.is_empty() {
+            let reply = exchange_call(handle, call, issued).await;
+            drop(in_flight);
+            return reply;
         }
+        let (tx, mut rx) = oneshot::channel();
+        let shutdown = self.shutdown.clone();
+        let running = self.io.for_key(target).spawn(async move {
+            let mut tx = tx;
+            let reply = tokio::select! {
+                reply = exchange_call(handle, call, issued) => reply,
+                // The caller gave up (or the transport closed): the lease
+                // is dropped, cut short, and its connection closed.
+                _ = tx.closed() => return,
+                _ = shutdown.cancelled() => Err(TransportError::Shutdown),
+            };
+            drop(in_flight);
+            let _ = tx.send(reply);
+        });
+        if !running {
+            return Err(TransportError::Shutdown);
+        }
+        (&mut rx).await.unwrap_or(Err(TransportError::Shutdown))
     }
 
     /// Counts of the connections to `target`; zero for a peer never called.
@@ -328,6 +345,30 @@ async fn retire_unused(
     }
 }
 
+/// One call, made at `issued`, on the connections of its pool: a lease,
+/// the exchange, and a retry on a new connection when a pooled one turns
+/// out stale.
+async fn exchange_call(
+    handle: PoolHandle,
+    call: Call,
+    issued: Instant,
+) -> Result<Reply, TransportError> {
+    let PoolHandle { pool, peer, .. } = handle;
+    let (lease, reused) = checkout(&peer, &pool, &call, issued, false).await?;
+    match exchange(lease, &call).await {
+        Ok(reply) => Ok(reply),
+        Err(failure) if reused && failure.before_reply && call.rpc_type != RpcType::Join => {
+            debug!(peer.log, "pooled connection was stale, retrying on a new one";
+                "rpc" => %call.rpc_type, "error" => %failure.error);
+            let (lease, _) = checkout(&peer, &pool, &call, issued, true).await?;
+            exchange(lease, &call)
+                .await
+                .map_err(|failure| failed(&peer, failure, call.timeout))
+        }
+        Err(failure) => Err(failed(&peer, failure, call.timeout)),
+    }
+}
+
 /// Gets a connection from `pool` (or leave to dial one, and dials), within
 /// the call's timeout. `fresh` skips idle connections. Returns the lease
 /// and whether it is a pooled connection.
@@ -335,10 +376,11 @@ async fn checkout(
     peer: &PeerInfo,
     pool: &Addr<PeerPool>,
     call: &Call,
+    issued: Instant,
     fresh: bool,
 ) -> Result<(Lease, bool), TransportError> {
     let timeout = call.timeout;
-    let grant = tokio::time::timeout(timeout, pool.send(Checkout { fresh }))
+    let grant = tokio::time::timeout(timeout, pool.send(Checkout { fresh, issued }))
         .await
         .map_err(|_| TransportError::Timeout {
             peer: peer.target.clone(),
@@ -349,11 +391,12 @@ async fn checkout(
         Grant::Connection(framed) => Ok((Lease::of(framed, pool, peer.min_rate), true)),
         Grant::Dial => {
             let dialled = dial(peer, pool, timeout).await;
+            let ended = Instant::now();
             let failure = dialled.as_ref().err().map(|error| match error {
                 TransportError::Connect { source, .. } => source.to_string(),
                 other => other.to_string(),
             });
-            pool.do_send(Dialled { failure });
+            pool.do_send(Dialled { ended, failure });
             Ok((dialled?, false))
         }
         Grant::Refused(why) => Err(TransportError::Connect {
@@ -550,8 +593,8 @@ enum Grant {
     Connection(ClientFramed),
     /// Leave to dial a new one (counted against `max_dials`).
     Dial,
-    /// Nothing: the peer is unreachable (a dial just failed), or too many
-    /// calls wait already.
+    /// Nothing: the peer is unreachable (a dial that began after the call
+    /// failed), or too many calls wait already.
     Refused(String),
 }
 
@@ -563,6 +606,12 @@ pub struct PeerPool {
     dialing: usize,
     /// Calls waiting for a connection or a dial slot, oldest first.
     waiters: VecDeque<oneshot::Sender<Grant>>,
+    /// The latest failed dial since the last successful one: when it
+    /// failed, and why. A call made before then fails the same way
+    /// instead of dialling again: it was made while the peer could not be
+    /// reached, and its checkout may only arrive now, from another thread.
+    /// A call made after it dials again (the peer may be back).
+    failed_dial: Option<(Instant, String)>,
     stats: PoolStats,
     shutdown: CancellationToken,
     log: Logger,
@@ -617,6 +666,7 @@ impl Supervised for PeerPool {
         self.idle.clear();
         self.dialing = 0;
         self.waiters.clear();
+        self.failed_dial = None;
         self.stats.restarts += 1;
         debug!(self.log, "pool restarted empty");
     }
@@ -628,6 +678,8 @@ impl Supervised for PeerPool {
 #[rtype(result = "Grant")]
 struct Checkout {
     fresh: bool,
+    /// When the call was made.
+    issued: Instant,
 }
 
 impl Handler<Checkout> for PeerPool {
@@ -639,6 +691,13 @@ impl Handler<Checkout> for PeerPool {
             if let Some(pooled) = self.idle.pop() {
                 return actix::Response::reply(Grant::Connection(pooled.framed));
             }
+        }
+        if let Some((_, why)) = self
+            .failed_dial
+            .as_ref()
+            .filter(|(failed, _)| checkout.issued <= *failed)
+        {
+            return actix::Response::reply(Grant::Refused(why.clone()));
         }
         if self.dialing < self.settings.max_dials {
             self.dialing += 1;
@@ -659,10 +718,11 @@ impl Handler<Checkout> for PeerPool {
     }
 }
 
-/// A dial ended; `failure` says why it failed, if it did.
+/// A dial ended at `ended`; `failure` says why it failed, if it did.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Dialled {
+    ended: Instant,
     failure: Option<String>,
 }
 
@@ -680,8 +740,18 @@ impl Handler<Dialled> for PeerPool {
                 for waiter in self.waiters.drain(..) {
                     let _ = waiter.send(Grant::Refused(why.clone()));
                 }
+                if self
+                    .failed_dial
+                    .as_ref()
+                    .is_none_or(|(failed, _)| *failed < dialled.ended)
+                {
+                    self.failed_dial = Some((dialled.ended, why));
+                }
             }
-            None => self.grant_dials(),
+            None => {
+                self.failed_dial = None;
+                self.grant_dials();
+            }
         }
     }
 }

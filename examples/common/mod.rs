@@ -5,7 +5,14 @@
 //! peer (Sync) and pushes back what that peer misses (EagerSync). A
 //! newcomer first joins through a sponsor (Join) and starts from the
 //! sponsor's state (FastForward).
+//!
+//! Like a real node it bounds its own work: at most `max_syncs` syncs in
+//! flight (a tick that finds them all busy creates its event and skips the
+//! sync, as Go Babble's node bounds its sync routines), and at most
+//! `max_events` events kept ([`store`]).
 #![allow(dead_code)]
+
+pub mod store;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +44,8 @@ pub struct Stats {
     /// Calls that failed because their target was down on purpose.
     pub unreachable: AtomicU64,
     pub events: AtomicU64,
+    /// Ticks that skipped their sync because `max_syncs` were in flight.
+    pub skipped: AtomicU64,
     /// Addresses of nodes that are down on purpose (for the counts above).
     pub down: Mutex<HashSet<String>>,
     /// Set when the run is over: failures caused by the shutdown itself
@@ -65,7 +74,7 @@ impl Stats {
     pub fn progress(&self, secs: u64) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "t={secs}s syncs={} eager_syncs={} fast_forwards={} joins={} events_created={} errors={} unreachable={}",
+            "t={secs}s syncs={} eager_syncs={} fast_forwards={} joins={} events_created={} errors={} unreachable={} skipped={} peak_rss_mb={}",
             get(&self.syncs),
             get(&self.eager_syncs),
             get(&self.fast_forwards),
@@ -73,6 +82,8 @@ impl Stats {
             get(&self.events),
             get(&self.errors),
             get(&self.unreachable),
+            get(&self.skipped),
+            peak_rss_kib() / 1024,
         )
     }
 
@@ -90,8 +101,95 @@ impl Stats {
         for (key, value) in extra {
             line.push_str(&format!(r#","{key}":{value}"#));
         }
-        line.push('}');
+        line.push_str(&format!(
+            r#","skipped":{},"peak_rss_mb":{}}}"#,
+            get(&self.skipped),
+            peak_rss_kib() / 1024
+        ));
         line
+    }
+}
+
+/// This process's peak resident memory (`VmHWM`), in KiB; 0 where the
+/// system does not say.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// How a node gossips.
+#[derive(Clone, Debug)]
+pub struct Gossip {
+    /// Time between two ticks (one event, and a sync unless busy).
+    pub period: Duration,
+    /// Syncs (each with its EagerSync) in flight at most.
+    pub max_syncs: usize,
+    /// Events kept at most.
+    pub max_events: usize,
+}
+
+impl Gossip {
+    /// The period for `nodes` nodes: `base` for small clusters, longer for
+    /// large ones so that the whole cluster makes about `per_sec` syncs a
+    /// second.
+    pub fn period_for(nodes: usize, base: Duration, per_sec: u64) -> Duration {
+        let spread = Duration::from_secs_f64(nodes as f64 / per_sec.max(1) as f64);
+        base.max(spread)
+    }
+}
+
+/// The peers node `index` of `count` gossips with: the ones 1, 2, 4, 8...
+/// places after it, `fanout` of them (all the others when `fanout` is at
+/// least `count - 1`). Every node reaches every other within a few hops,
+/// and each knows only a few peers, as in a large real cluster.
+pub fn peers_of(index: usize, count: usize, fanout: usize) -> Vec<usize> {
+    if fanout + 1 >= count {
+        return (0..count).filter(|i| *i != index).collect();
+    }
+    let mut peers = Vec::new();
+    let mut step = 1;
+    while peers.len() < fanout {
+        let peer = (index + step) % count;
+        if peer != index && !peers.contains(&peer) {
+            peers.push(peer);
+        }
+        step = if step * 2 < count { step * 2 } else { step + 1 };
+    }
+    peers
+}
+
+/// Threads to spread a cluster's nodes over, one per core, so that the
+/// nodes' own work (answering, creating events) runs in parallel.
+pub struct NodeThreads {
+    arbiters: Vec<actix_rt::Arbiter>,
+}
+
+impl NodeThreads {
+    /// One arbiter per core.
+    pub fn per_core() -> NodeThreads {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        NodeThreads {
+            arbiters: (0..cores).map(|_| actix_rt::Arbiter::new()).collect(),
+        }
+    }
+
+    /// Starts node `index` on its arbiter.
+    pub fn start(&self, index: usize, node: ToyNode) -> Addr<ToyNode> {
+        let arbiter = self.arbiters[index % self.arbiters.len()].handle();
+        ToyNode::start_in_arbiter(&arbiter, move |_| node)
+    }
+}
+
+impl Drop for NodeThreads {
+    fn drop(&mut self) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
     }
 }
 
@@ -111,10 +209,11 @@ pub struct ToyNode {
     transport: Arc<dyn Transport>,
     start: Start,
     peers: Vec<String>,
-    events: Vec<WireEvent>,
-    known: BTreeMap<u32, i64>,
+    events: store::EventStore,
+    /// Syncs in flight now.
+    syncing: usize,
     stats: Arc<Stats>,
-    period: Duration,
+    gossip: Gossip,
     log: slog::Logger,
 }
 
@@ -124,7 +223,7 @@ impl ToyNode {
         transport: Arc<dyn Transport>,
         start: Start,
         stats: Arc<Stats>,
-        period: Duration,
+        gossip: Gossip,
         log: slog::Logger,
     ) -> Self {
         let me = Peer::new(
@@ -138,42 +237,27 @@ impl ToyNode {
             transport,
             start,
             peers: Vec::new(),
-            events: Vec::new(),
-            known: BTreeMap::new(),
+            events: store::EventStore::new(gossip.max_events),
+            syncing: 0,
             stats,
-            period,
+            gossip,
             log,
         }
     }
 
     fn insert(&mut self, events: Option<Vec<WireEvent>>) {
         for event in events.into_iter().flatten() {
-            let last = self
-                .known
-                .get(&event.body.creator_id)
-                .copied()
-                .unwrap_or(-1);
-            if event.body.index > last {
-                self.known.insert(event.body.creator_id, event.body.index);
-                self.events.push(event);
-            }
+            self.events.insert(event);
         }
     }
 
     /// The events a node that knows `known` is missing, oldest first.
     fn missing_for(&self, known: &BTreeMap<u32, i64>, limit: usize) -> Option<Vec<WireEvent>> {
-        let missing: Vec<WireEvent> = self
-            .events
-            .iter()
-            .filter(|e| e.body.index > known.get(&e.body.creator_id).copied().unwrap_or(-1))
-            .take(limit)
-            .cloned()
-            .collect();
-        (!missing.is_empty()).then_some(missing)
+        self.events.missing_for(known, limit)
     }
 
     fn create_event(&mut self) {
-        let index = self.known.get(&self.id).copied().unwrap_or(-1) + 1;
+        let index = self.events.last(self.id) + 1;
         let event = WireEvent {
             body: WireBody {
                 transactions: Some(vec![Some(
@@ -198,7 +282,7 @@ impl ToyNode {
                 SyncResponse {
                     from_id: self.id,
                     events: self.missing_for(&known, request.sync_limit.max(0) as usize),
-                    known: Some(self.known.clone()),
+                    known: Some(self.events.known().clone()),
                 }
                 .into()
             }
@@ -217,7 +301,7 @@ impl ToyNode {
                     peers: Some(self.peers_with_me()),
                     ..Default::default()
                 },
-                snapshot: Some(go_json::to_vec(&self.events).map_err(|e| e.to_string())?),
+                snapshot: Some(go_json::to_vec(&self.events.all()).map_err(|e| e.to_string())?),
                 ..Default::default()
             }
             .into(),
@@ -248,14 +332,22 @@ impl ToyNode {
     }
 
     fn gossip(&mut self, ctx: &mut Context<Self>) {
+        if self.stats.finished.load(Ordering::Relaxed) {
+            return;
+        }
         self.create_event();
         let Some(target) = self.peers.choose(&mut rand::thread_rng()).cloned() else {
             return;
         };
+        if self.syncing >= self.gossip.max_syncs {
+            self.stats.count(&self.stats.skipped);
+            return;
+        }
+        self.syncing += 1;
         let transport = self.transport.clone();
         let request = SyncRequest {
             from_id: self.id,
-            known: Some(self.known.clone()),
+            known: Some(self.events.known().clone()),
             sync_limit: 100,
         };
         let sync = async move {
@@ -270,14 +362,19 @@ impl ToyNode {
                         node.insert(response.events);
                         node.push(target, response.known.unwrap_or_default(), ctx);
                     }
-                    Err(err) => node.stats.failed(&target, &err, &node.log),
+                    Err(err) => {
+                        node.syncing -= 1;
+                        node.stats.failed(&target, &err, &node.log)
+                    }
                 }),
         );
     }
 
-    /// EagerSync: hands `target` what it told us it is missing.
+    /// EagerSync: hands `target` what it told us it is missing; the sync
+    /// that started it ends with it.
     fn push(&mut self, target: String, known: BTreeMap<u32, i64>, ctx: &mut Context<Self>) {
         let Some(events) = self.missing_for(&known, 100) else {
+            self.syncing -= 1;
             return;
         };
         let transport = self.transport.clone();
@@ -289,17 +386,17 @@ impl ToyNode {
             let result = transport.eager_sync(&target, request).await;
             (target, result)
         };
-        ctx.spawn(
-            push.into_actor(self)
-                .map(|(target, result), node, _| match result {
-                    Ok(_) => node.stats.count(&node.stats.eager_syncs),
-                    Err(err) => node.stats.failed(&target, &err, &node.log),
-                }),
-        );
+        ctx.spawn(push.into_actor(self).map(|(target, result), node, _| {
+            node.syncing -= 1;
+            match result {
+                Ok(_) => node.stats.count(&node.stats.eager_syncs),
+                Err(err) => node.stats.failed(&target, &err, &node.log),
+            }
+        }));
     }
 
     fn start_gossip(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(self.period, |node, ctx| node.gossip(ctx));
+        ctx.run_interval(self.gossip.period, |node, ctx| node.gossip(ctx));
     }
 
     /// Join through `sponsor`, fast-forward from it, then gossip.
@@ -407,6 +504,18 @@ impl Handler<StopNode> for ToyNode {
     fn handle(&mut self, _: StopNode, ctx: &mut Context<Self>) {
         ctx.stop();
     }
+}
+
+/// Stops every node at once (one by one, a busy cluster would go on
+/// gossiping while it waits for each) and the transports after them.
+pub async fn stop_all<'a>(
+    stats: &Stats,
+    nodes: impl IntoIterator<Item = &'a Addr<ToyNode>>,
+    transports: impl IntoIterator<Item = &'a dyn Transport>,
+) {
+    stats.finished.store(true, Ordering::Relaxed);
+    futures::future::join_all(nodes.into_iter().map(|node| node.send(StopNode))).await;
+    futures::future::join_all(transports.into_iter().map(|t| t.close())).await;
 }
 
 /// Runs `tick` once a second for `secs` seconds, printing progress.

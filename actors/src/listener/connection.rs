@@ -4,9 +4,10 @@
 //! Deadlines, all from the configuration:
 //! * between requests, the connection is closed `idle_timeout` after its
 //!   last reply (or after it opened): whitespace does not move that;
-//! * a request must arrive whole within `timeout` plus its size at
-//!   `min_rate`, from its first byte (a pause is fine as long as the bytes
-//!   before it paid for it);
+//! * a request must keep moving (a byte every `timeout`) and arrive whole
+//!   within `timeout` plus its size at `min_rate`, from its first byte, so
+//!   a stalled request gives its share of the buffer budget back after
+//!   `timeout`;
 //! * a reply is written within `timeout` plus its size at `min_rate`;
 //! * while the node answers, the socket is watched: a caller that hangs up
 //!   abandons its request (the [`Rpc`] sees it) and frees the slot.
@@ -128,7 +129,7 @@ pub(super) async fn serve(
         debug!(cx.log, "answering"; "rpc" => %rpc_type, "error" => &reply.error);
         let mut out = BytesMut::new();
         codec.encode(&reply, &mut out)?;
-        stream.restart_bounded(cx.limits.timeout, cx.limits.min_rate);
+        stream.restart_with_rate(cx.limits.timeout, cx.limits.min_rate);
         stream.write_all(&out).await?;
         stream.flush().await?;
         if cx.shutdown.is_cancelled() {
@@ -169,7 +170,7 @@ async fn read_request(
         }
         if codec.is_mid_frame() {
             if !reading {
-                stream.restart_bounded(cx.limits.timeout, cx.limits.min_rate);
+                stream.restart_with_rate(cx.limits.timeout, cx.limits.min_rate);
                 cx.activity.reading(std::time::Instant::now());
                 reading = true;
             }
@@ -178,8 +179,11 @@ async fn read_request(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(buf.len().clamp(4096, FREE_BUFFER));
         }
+        // Waiting for budget is part of the request's time, not a pause
+        // outside it.
+        let wait = stream.time_left().unwrap_or(cx.limits.timeout);
         reserved
-            .grow(buf.capacity(), &cx.budget, cx.limits.timeout)
+            .grow(buf.capacity(), &cx.budget, wait)
             .await
             .map_err(CodecError::Io)?;
         let read = match stream.read_buf(buf).await {
@@ -187,6 +191,9 @@ async fn read_request(
             Err(e) if !reading && e.kind() == std::io::ErrorKind::TimedOut => {
                 return Ok(Read::Ended(Ended::Idle))
             }
+            // A caller dropping its idle pooled connection may reset it
+            // rather than close it: between requests, that is a close.
+            Err(e) if !reading && is_reset(&e) => return Ok(Read::Ended(Ended::Closed)),
             Err(e) => return Err(e.into()),
         };
         if read == 0 {
@@ -196,6 +203,14 @@ async fn read_request(
             };
         }
     }
+}
+
+/// Whether `error` says the peer reset or aborted the connection.
+fn is_reset(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+    )
 }
 
 /// Resolves when the caller closes the connection (or breaks the

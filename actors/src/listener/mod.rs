@@ -7,6 +7,10 @@
 //! A connection that sends something undecodable, or breaks a limit, is
 //! closed and the event logged; other connections are not affected.
 //!
+//! Connections are served on the transport's I/O arbiters
+//! ([`IoArbiters`]), round robin; the Listener itself, the accept loop and
+//! the Dispatcher stay on the transport's own arbiter.
+//!
 //! The Listener never stops accepting: at `max_inbound` connections (or
 //! `max_inbound_per_ip` from one address) a newcomer is still served, and
 //! an idle or slow connection is shed for it ([`slots`]), so nobody can
@@ -28,6 +32,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatcher::Dispatcher;
+use crate::io_arbiters::IoArbiters;
 use crate::stream::{BoxConnection, StreamLayer};
 use connection::Ended;
 use slots::{Shed, Slots};
@@ -104,6 +109,8 @@ impl ListenerCounters {
 /// See the [module docs](self).
 pub struct Listener {
     layer: Arc<dyn StreamLayer>,
+    /// Where connections are served.
+    io: Arc<IoArbiters>,
     dispatcher: Addr<Dispatcher>,
     limits: ListenerLimits,
     counters: Arc<ListenerCounters>,
@@ -117,10 +124,11 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// A Listener accepting from `layer` and delivering to `dispatcher`.
-    /// It stops when `shutdown` is cancelled.
+    /// A Listener accepting from `layer`, serving connections on `io` and
+    /// delivering to `dispatcher`. It stops when `shutdown` is cancelled.
     pub fn new(
         layer: Arc<dyn StreamLayer>,
+        io: Arc<IoArbiters>,
         dispatcher: Addr<Dispatcher>,
         limits: ListenerLimits,
         counters: Arc<ListenerCounters>,
@@ -131,6 +139,7 @@ impl Listener {
         let units = (limits.buffer_budget / 1024).min(Semaphore::MAX_PERMITS);
         Listener {
             layer,
+            io,
             dispatcher,
             counters,
             slots: Arc::new(Mutex::new(slots)),
@@ -262,7 +271,9 @@ impl Handler<Accepted> for Listener {
             self.limits.handshake_timeout,
         );
         let reader = connection::serve(upgrading, cx);
-        actix_rt::spawn(async move {
+        // Served on an I/O arbiter, round robin: decoding never stalls the
+        // node's arbiter, and connections spread over the cores.
+        self.io.next().spawn(async move {
             match reader.await {
                 Err(err) => {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -377,6 +388,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let listener = Listener::new(
             layer.clone(),
+            IoArbiters::shared(0),
             dispatcher,
             limits,
             Arc::default(),

@@ -5,20 +5,28 @@
 //! connections, or the newcomer's source (IP address, or peer ID on
 //! WebRTC) at `max_per_source`, one connection makes room, chosen in this
 //! order among all connections (or the source's own):
-//! 1. the one idle longest (no request in progress): an idle connection
-//!    costs its owner nothing to reopen;
+//! 1. the one idle longest (no request in progress) for at least
+//!    [`IDLE_GRACE`]: an idle connection costs its owner nothing to reopen;
 //! 2. else the one reading its request slowest (fewest bytes per second
 //!    since the request began): a trickler, not an honest peer;
-//! 3. else nobody: every connection holds a request the node is answering,
+//! 3. else the one idle longest among those idle for less than
+//!    [`IDLE_GRACE`] (a connection just opened, whose request may be on
+//!    its way, goes after the tricklers);
+//! 4. else nobody: every connection holds a request the node is answering,
 //!    and the newcomer is refused instead (those requests end within the
 //!    node's own answer time).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+
+/// How long a connection must have been idle before it is shed ahead of
+/// a slow reader: a caller writes its request as soon as it has connected,
+/// and that request may not have been read yet.
+pub const IDLE_GRACE: Duration = Duration::from_millis(250);
 
 const IDLE: u8 = 0;
 const READING: u8 = 1;
@@ -208,15 +216,21 @@ impl Slots {
             .iter()
             .filter(|(_, slot)| only.is_none_or(|source| slot.source == source));
         let mut idle_longest: Option<(Instant, u64)> = None;
+        let mut idle_briefly: Option<(Instant, u64)> = None;
         let mut slowest: Option<(f64, u64)> = None;
         for (&id, slot) in candidates {
             let activity = &slot.activity;
             let since = activity.since();
             match activity.state.load(Ordering::Relaxed) {
-                IDLE if idle_longest.is_none_or(|(oldest, _)| since < oldest) => {
-                    idle_longest = Some((since, id));
+                IDLE => {
+                    let longest = match now.saturating_duration_since(since) >= IDLE_GRACE {
+                        true => &mut idle_longest,
+                        false => &mut idle_briefly,
+                    };
+                    if longest.is_none_or(|(oldest, _)| since < oldest) {
+                        *longest = Some((since, id));
+                    }
                 }
-                IDLE => {}
                 READING => {
                     let secs = now.saturating_duration_since(since).as_secs_f64().max(1e-3);
                     let rate = activity.bytes.load(Ordering::Relaxed) as f64 / secs;
@@ -227,7 +241,10 @@ impl Slots {
                 _ => {}
             }
         }
-        idle_longest.map(|(_, id)| id).or(slowest.map(|(_, id)| id))
+        idle_longest
+            .map(|(_, id)| id)
+            .or(slowest.map(|(_, id)| id))
+            .or(idle_briefly.map(|(_, id)| id))
     }
 }
 
@@ -269,6 +286,19 @@ mod tests {
         assert_eq!(admission.shed, Some(Shed::Cap));
         assert!(old.is_cancelled() && !young.is_cancelled());
         assert_eq!(slots.len(), 2);
+    }
+
+    #[test]
+    fn a_connection_just_opened_goes_after_the_slow_readers() {
+        let mut slots = Slots::new(2, 10);
+        let now = Instant::now();
+        let (_, slow_kick, slow) = admitted(&mut slots, "trickler", now);
+        slow.reading(now);
+        slow.read(3);
+        let later = now + Duration::from_secs(2);
+        let (_, fresh_kick, _) = admitted(&mut slots, "honest", later);
+        slots.admit("c", later + IDLE_GRACE / 2, CancellationToken::new());
+        assert!(slow_kick.is_cancelled() && !fresh_kick.is_cancelled());
     }
 
     #[test]
