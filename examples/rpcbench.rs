@@ -8,6 +8,10 @@
 //! cargo run --release --example rpcbench -- echo-serve --listen 127.0.0.1:7001
 //! cargo run --release --example rpcbench -- echo-call --target 127.0.0.1:7001 --calls 20000
 //! cargo run --release --example rpcbench -- codec --sync-limit 1000
+//! # One server as the peers calling it grow (4, 16, 64, 256) at a fixed
+//! # total rate, and the memory of an idle connection on each side:
+//! cargo run --release --example rpcbench -- scale --target 127.0.0.1:7000 \
+//!     --server-pid PID --peers 4,16,64,256 --rate 2000 --idle 200
 //! # WebRTC, through a signaling server (babble-signal):
 //! cargo run --release --example rpcbench -- serve --transport webrtc \
 //!     --signal ws://127.0.0.1:2443 --id server --loopback-only
@@ -28,6 +32,8 @@ mod codec_limit;
 mod echo;
 #[path = "rpcbench/report.rs"]
 mod report;
+#[path = "rpcbench/scale.rs"]
+mod scale;
 #[path = "rpcbench/workload.rs"]
 mod workload;
 
@@ -67,6 +73,8 @@ enum Role {
     EchoCall(EchoCallArgs),
     /// The in-memory codec limit: encode+decode rate of a Sync reply.
     Codec(CodecArgs),
+    /// One server's latency and memory as the peers calling it grow.
+    Scale(ScaleArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -220,6 +228,10 @@ struct ServeArgs {
     /// out, within it plus their bytes at the minimum rate.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// Threads for the transport's I/O (0: on the main thread; default:
+    /// one per core).
+    #[arg(long)]
+    io_threads: Option<usize>,
     #[arg(long, value_enum, default_value = "tcp")]
     transport: TransportKind,
     #[command(flatten)]
@@ -249,6 +261,10 @@ struct CallArgs {
     sync_limit: usize,
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// Threads for the transport's I/O (0: on the main thread; default:
+    /// one per core).
+    #[arg(long)]
+    io_threads: Option<usize>,
     /// tcp: call --target; inmem: serve and call inside this process;
     /// webrtc: call the ID --target through --signal.
     #[arg(long, value_enum, default_value = "tcp")]
@@ -275,6 +291,30 @@ struct EchoCallArgs {
     calls: u64,
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
+}
+
+#[derive(Args)]
+struct ScaleArgs {
+    /// The server's address.
+    #[arg(long)]
+    target: String,
+    /// The server's process ID, to read its memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Numbers of calling peers, one step each.
+    #[arg(long, value_delimiter = ',', default_value = "4,16,64,256")]
+    peers: Vec<usize>,
+    /// Pings a second, all peers together.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Seconds each step measures.
+    #[arg(long, default_value_t = 3.0)]
+    secs: f64,
+    /// Idle pooled connections to open for the memory figure (0: none;
+    /// at most the server's `max-inbound-per-ip`, 256 by default, since
+    /// they all come from one address).
+    #[arg(long, default_value_t = 200)]
+    idle: usize,
 }
 
 #[derive(Args)]
@@ -320,6 +360,18 @@ fn main() {
                 reply.len(),
             );
             println!("{}", report.json());
+        }
+        Role::Scale(args) => {
+            let ping = workload::request("sync", 0, Shape::default());
+            let plan = scale::Plan {
+                target: args.target,
+                server_pid: args.server_pid,
+                peers: args.peers,
+                rate: args.rate.max(1),
+                secs: args.secs,
+                idle: args.idle,
+            };
+            actix_rt::System::new().block_on(scale::run(plan, ping.expect("sync is known")));
         }
         Role::Codec(args) => {
             println!(
@@ -389,6 +441,7 @@ async fn serve(args: ServeArgs) {
         bind_addr: args.listen.clone(),
         max_inbound: 4096,
         timeout: Duration::from_millis(args.timeout_ms),
+        io_threads: args.io_threads.unwrap_or(Config::default().io_threads),
         ..Config::default()
     };
     let config = args.secure.apply(config, None);
@@ -435,6 +488,7 @@ async fn call(args: CallArgs) -> Report {
         max_pool: args.max_pool,
         timeout: Duration::from_millis(args.timeout_ms),
         join_timeout: Duration::from_millis(args.timeout_ms),
+        io_threads: args.io_threads.unwrap_or(Config::default().io_threads),
         ..Config::default()
     };
     let config = args.secure.apply(config, Some(&args.target));

@@ -86,6 +86,16 @@ fresh_pid=$(start "$fresh_port" serve)
 run ping-parallel  call --target "127.0.0.1:$fresh_port" --rpc sync --calls "$(calls 50000)" --concurrency 16 --max-pool 16 --sync-limit 0
 grep VmHWM "/proc/$fresh_pid/status" | awk '{print $2}' >"$work/serve-rss-kib"
 
+# Scale: one fresh server, 4 -> 256 calling peers at a fixed total rate,
+# then the memory of an idle connection on each side.
+kill "$fresh_pid"
+scale_port=$(free_port)
+scale_pid=$(start "$scale_port" serve)
+echo "== scale" >&2
+"$bench" scale --target "127.0.0.1:$scale_port" --server-pid "$scale_pid" \
+  --peers 4,16,64,256 --rate 2000 --secs 3 --idle 200 | tee "$work/scale.lines" >&2
+kill "$scale_pid"
+
 python3 - "$work" "$out" <<'PY'
 import json, os, platform, subprocess, sys, datetime
 work, out = sys.argv[1], sys.argv[2]
@@ -123,6 +133,14 @@ sp = r["secure-ping"]
 row("secure ping", sp, f"p50 {sp['p50_us']} µs vs plaintext {p['p50_us']} µs", f"{sp['p50_us']/p['p50_us']:.2f}x p50", "≤ 1.15x", sp['p50_us'] <= 1.15*p['p50_us'] and sp['errors'] == 0)
 ss = r["secure-sync-1000"]
 row("secure sync-1000", ss, f"{eps(ss):.0f} events/s vs plaintext {eps(s):.0f}", f"{eps(ss)/eps(s):.2f}x", "≥ 0.8x", eps(ss) >= 0.8*eps(s) and ss['errors'] == 0)
+scale = [json.loads(l) for l in open(os.path.join(work, "scale.lines")) if l.strip()]
+steps = [x for x in scale if x["scale"] == "rate"]
+idle = next(x for x in scale if x["scale"] == "idle")
+base = steps[0]["p50_us"]
+scale_rows = "\n".join(
+    f"| {x['peers']} | {x['calls']} | {x['errors']} | {x['rpcs_per_s']:.0f} | {x['p50_us']} | {x['p99_us']} | {x['p50_us']/base:.2f}x | {x['server_rss_kib']/1024:.1f} |"
+    for x in steps)
+at64 = next((x for x in steps if x["peers"] == 64), steps[-1])
 im = r["inmem-ping"]
 row("inmem ping", im, f"p50 {im['p50_us']} µs", "-", "(reference)", True)
 with open(out, "w") as o:
@@ -146,6 +164,23 @@ figure is a ratio against an anchor measured in the same run:
 """ + "\n".join(rows) + f"""
 
 Peak RSS of `serve` during ping-parallel: {rss_mib:.1f} MiB (target < 64 MiB: {'met' if rss_mib < 64 else 'not met'}).
+
+## Scale
+
+One `serve` process; `rpcbench scale` starts N caller transports (each its
+own pool, one connection) that together make {steps[0]['rpcs_per_s']:.0f} pings a second, spread
+evenly, for 3 s per step. The anchor is the same server with 4 peers.
+
+| peers | calls | errors | rpcs/s | p50 µs | p99 µs | p50 vs 4 peers | server RSS MiB |
+|---|---|---|---|---|---|---|---|
+{scale_rows}
+
+p50 at 64 peers: {at64['p50_us']/base:.2f}x of 4 peers (target ≤ 1.2x: {'met' if at64['p50_us'] <= 1.2*base else 'not met'}).
+
+Memory of an idle connection ({idle['connections']} opened at once from one caller, resident
+memory of each process before and after): {idle['pooled_bytes_each']/1024:.1f} KiB per pooled
+connection (caller), {idle['inbound_bytes_each']/1024:.1f} KiB per inbound connection (server);
+target ≤ 16 KiB each: {'met' if max(idle['pooled_bytes_each'], idle['inbound_bytes_each']) <= 16384 else 'not met'}. Kernel socket buffers are not counted.
 
 Reproduce: `scripts/bench.sh` (writes this file). This machine is a shared
 virtual machine: run-to-run spread is about ±10%, so compare ratios from one

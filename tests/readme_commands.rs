@@ -47,9 +47,13 @@ fn readme_blocks() -> Vec<Vec<String>> {
 }
 
 /// The executable and arguments `cargo run --example X -- ARGS` or
-/// `cargo run --bin X -- ARGS` stands for.
+/// `cargo run --bin X -- ARGS` stands for (with or without `--release`:
+/// this build's own executables are run).
 fn executable(command: &str) -> Option<(PathBuf, Vec<String>)> {
-    let words: Vec<&str> = command.split_whitespace().collect();
+    let words: Vec<&str> = command
+        .split_whitespace()
+        .filter(|w| *w != "--release")
+        .collect();
     let (kind, name) = match words.as_slice() {
         ["cargo", "run", "--example", name, ..] => ("examples", *name),
         ["cargo", "run", "--bin", name, ..] => ("", *name),

@@ -45,7 +45,7 @@ use futures::StreamExt;
 use slog::{debug, warn, Logger};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
-use tokio_util::codec::Framed;
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{ClientCodec, CodecError, Reply};
@@ -56,7 +56,13 @@ use crate::secure::HandshakeError;
 use crate::stream::{BoxConnection, StreamLayer};
 use crate::wire::RpcType;
 
-type ClientFramed = Framed<DeadlineStream<BoxConnection>, ClientCodec>;
+/// A connection to a peer: replies are read through the codec; requests,
+/// already encoded, are written to the stream directly (so no write buffer).
+type ClientFramed = FramedRead<DeadlineStream<BoxConnection>, ClientCodec>;
+
+/// Read buffer of a new connection, and the most an idle pooled one keeps:
+/// a ping's reply fits, and a thousand idle connections cost a few MiB.
+const READ_BUFFER: usize = 4096;
 
 /// Settings of every PeerPool of a transport.
 #[derive(Clone, Debug)]
@@ -438,9 +444,10 @@ async fn dial(
                 source,
             },
         })?;
-    let framed = Framed::new(
+    let framed = FramedRead::with_capacity(
         DeadlineStream::new(connection),
         ClientCodec::new(peer.max_reply_size),
+        READ_BUFFER,
     );
     Ok(Lease::of(framed, pool, peer.min_rate))
 }
@@ -459,7 +466,7 @@ async fn exchange(mut lease: Lease, call: &Call) -> Result<Reply, Failure> {
     framed
         .get_mut()
         .restart_with_rate(call.timeout, lease.min_rate);
-    framed.codec_mut().expect(call.rpc_type);
+    framed.decoder_mut().expect(call.rpc_type);
     let before_reply = |error: CodecError| Failure {
         error,
         before_reply: true,
@@ -768,9 +775,14 @@ impl Handler<GiveBack> for PeerPool {
         if self.shutdown.is_cancelled() {
             return;
         }
-        let Some(Grant::Connection(framed)) = self.serve_waiter(Grant::Connection(framed)) else {
+        let Some(Grant::Connection(mut framed)) = self.serve_waiter(Grant::Connection(framed))
+        else {
             return;
         };
+        // An idle connection does not keep the buffer of a large reply.
+        if framed.read_buffer().capacity() > READ_BUFFER {
+            *framed.read_buffer_mut() = bytes::BytesMut::with_capacity(READ_BUFFER);
+        }
         if self.idle.len() < self.settings.max_pool {
             self.idle.push(PooledConnection {
                 framed,

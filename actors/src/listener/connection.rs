@@ -40,6 +40,9 @@ use crate::stream::{BoxConnection, Upgraded};
 
 /// Bytes a connection may buffer outside the shared budget.
 const FREE_BUFFER: usize = 64 * 1024;
+
+/// The most an idle connection's buffer keeps between requests.
+const IDLE_BUFFER: usize = 8 * 1024;
 /// The budget is counted in units of this many bytes.
 const BUDGET_UNIT: usize = 1024;
 /// Bytes a caller may send while its request is being answered (Go sends
@@ -136,8 +139,8 @@ pub(super) async fn serve(
             return Ok(Ended::Kicked);
         }
         cx.activity.idle(std::time::Instant::now());
-        // An idle connection keeps no large buffer.
-        if buf.is_empty() && buf.capacity() > FREE_BUFFER {
+        // An idle connection keeps no more than a small request's buffer.
+        if buf.is_empty() && buf.capacity() > IDLE_BUFFER {
             buf = BytesMut::new();
         }
         reserved.fit(buf.len());
