@@ -8,8 +8,8 @@
 //! records every call's latency for `secs`. The server's memory is read
 //! from `/proc/PID/status` when its PID is given.
 //!
-//! The idle-connection figure opens `idle` pooled connections from one
-//! caller (all at once, so that each dials its own) and compares both
+//! The idle-connection figure, first, opens `idle` pooled connections from
+//! one caller (all at once, so that each dials its own) and compares both
 //! processes' resident memory before and after.
 
 use std::sync::Arc;
@@ -149,12 +149,15 @@ async fn idle_connections(plan: &Plan, ping: &Command) -> String {
     line
 }
 
-/// Runs the plan, printing one JSON line per step.
+/// Runs the plan, printing one JSON line per step. The idle-connection
+/// figure comes first, while both processes are fresh (afterwards, memory
+/// freed by the larger steps would be reused and hide what connections
+/// cost).
 pub async fn run(plan: Plan, ping: Command) {
-    for &peers in &plan.peers {
-        println!("{}", step(&plan, peers, &ping).await);
-    }
     if plan.idle > 0 {
         println!("{}", idle_connections(&plan, &ping).await);
+    }
+    for &peers in &plan.peers {
+        println!("{}", step(&plan, peers, &ping).await);
     }
 }
