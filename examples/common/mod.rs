@@ -410,13 +410,16 @@ impl ToyNode {
         };
         let id = self.id;
         let steps = async move {
-            // A sponsor started at the same moment may not listen yet: a
-            // node retries a refused connection for a while, as Go Babble's
-            // does.
+            // A sponsor started at the same moment may not listen yet (or,
+            // on another thread, not consume its RPCs yet): a node retries
+            // for a while, as Go Babble's does.
             let started = std::time::Instant::now();
             let joined = loop {
                 match transport.join(&sponsor, join.clone()).await {
-                    Err(err) if err.is_connect() && started.elapsed() < JOIN_RETRY => {
+                    Err(err)
+                        if (err.is_connect() || err.is_unanswered())
+                            && started.elapsed() < JOIN_RETRY =>
+                    {
                         tokio::time::sleep(Duration::from_millis(200)).await
                     }
                     joined => break joined,
