@@ -42,6 +42,9 @@ struct Args {
     /// Events a node keeps at most.
     #[arg(long, default_value_t = 256)]
     max_events: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (docs/METRICS.md).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Log level of the transports (error, warn, info, debug, trace).
     #[arg(long, default_value = "warn")]
     log_level: String,
@@ -59,6 +62,7 @@ async fn main() {
         std::process::exit(2);
     };
     let log = logging::terminal(level);
+    common::serve_metrics(args.metrics_addr);
     let gossip = Gossip {
         period: match args.period_ms {
             0 => Gossip::period_for(args.nodes, Duration::from_millis(20), 1000),

@@ -232,6 +232,9 @@ struct ServeArgs {
     /// one per core).
     #[arg(long)]
     io_threads: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (docs/METRICS.md).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     #[arg(long, value_enum, default_value = "tcp")]
     transport: TransportKind,
     #[command(flatten)]
@@ -265,6 +268,9 @@ struct CallArgs {
     /// one per core).
     #[arg(long)]
     io_threads: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (docs/METRICS.md).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// tcp: call --target; inmem: serve and call inside this process;
     /// webrtc: call the ID --target through --signal.
     #[arg(long, value_enum, default_value = "tcp")]
@@ -437,6 +443,9 @@ fn answer_all(transport: &dyn Transport, shape: Shape) {
 }
 
 async fn serve(args: ServeArgs) {
+    if let Some(addr) = args.metrics_addr {
+        babble_net::metrics::serve_prometheus(addr).unwrap_or_else(|e| fail(e));
+    }
     let config = Config {
         bind_addr: args.listen.clone(),
         max_inbound: 4096,
@@ -473,6 +482,9 @@ async fn serve(args: ServeArgs) {
 }
 
 async fn call(args: CallArgs) -> Report {
+    if let Some(addr) = args.metrics_addr {
+        babble_net::metrics::serve_prometheus(addr).unwrap_or_else(|e| fail(e));
+    }
     let shape = args.shape.shape();
     let command = workload::request(&args.rpc, args.sync_limit, shape).unwrap_or_else(|| {
         fail(format!(

@@ -64,6 +64,9 @@ struct Args {
     /// Events a node keeps at most.
     #[arg(long, default_value_t = 256)]
     max_events: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (docs/METRICS.md).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Log level (error, warn, info, debug, trace).
     #[arg(long, default_value = "warn")]
     log_level: String,
@@ -118,6 +121,7 @@ async fn main() {
     let level = logging::parse_level(&args.log_level)
         .unwrap_or_else(|| fail(format!("unknown --log-level {}", args.log_level)));
     let log = logging::terminal(level);
+    common::serve_metrics(args.metrics_addr);
     match &args.node_config {
         Some(path) => run_one_node(&args, path, log).await,
         None => run_cluster(&args, log).await,

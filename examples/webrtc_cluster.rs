@@ -38,6 +38,9 @@ struct Args {
     /// Milliseconds between two gossip rounds of a node.
     #[arg(long, default_value_t = 20)]
     period_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (docs/METRICS.md).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Log level (error, warn, info, debug, trace).
     #[arg(long, default_value = "warn")]
     log_level: String,
@@ -61,6 +64,7 @@ async fn main() {
     let level = logging::parse_level(&args.log_level)
         .unwrap_or_else(|| fail(format!("unknown --log-level {}", args.log_level)));
     let log = logging::terminal(level);
+    common::serve_metrics(args.metrics_addr);
 
     let router_config = RouterConfig {
         listen: "127.0.0.1:0".into(),

@@ -16,17 +16,20 @@ pub(crate) struct Endpoint {
     pub(crate) inbox: Inbox,
     pub(crate) shutdown: CancellationToken,
     pub(crate) config: Config,
+    /// The `transport` label of the metrics.
+    pub(crate) transport: &'static str,
     pub(crate) log: Logger,
 }
 
 impl Endpoint {
     /// An endpoint with `config`; its Dispatcher starts on the current
     /// arbiter.
-    pub(crate) fn new(config: &Config, log: Logger) -> Endpoint {
+    pub(crate) fn new(config: &Config, transport: &'static str, log: Logger) -> Endpoint {
         Endpoint {
             inbox: Inbox::start(config.consumer_buffer, log.clone()),
             shutdown: CancellationToken::new(),
             config: config.clone(),
+            transport,
             log,
         }
     }
@@ -51,6 +54,17 @@ impl Endpoint {
             result = exchange => result,
             _ = self.shutdown.cancelled() => Err(TransportError::Shutdown),
         };
+        let ok = result.is_ok();
+        babble_net_actors::metrics::rpc_done(
+            self.transport,
+            "out",
+            rpc_type,
+            ok,
+            started.elapsed(),
+        );
+        if let Err(error) = &result {
+            babble_net_actors::metrics::call_failed(self.transport, error);
+        }
         debug!(self.log, "call";
             "peer" => target, "rpc" => %rpc_type, "duration" => ?started.elapsed(), "ok" => result.is_ok());
         result

@@ -72,7 +72,7 @@ impl InmemTransport {
         InmemTransport {
             inner: Arc::new(Inner {
                 addr,
-                endpoint: Endpoint::new(config, log),
+                endpoint: Endpoint::new(config, "inmem", log),
                 peers: RwLock::new(HashMap::new()),
             }),
         }
@@ -131,8 +131,19 @@ impl InmemTransport {
         let (rpc, reply) = Rpc::new(command, Some(self.inner.addr.clone()));
         let exchange = async {
             // A closed Dispatcher drops the RPC, which answers `reply`.
+            let served = std::time::Instant::now();
             let _ = link.dispatcher.send(Dispatch(rpc)).await;
-            reply.await
+            let reply = reply.await;
+            // The peer's side of the exchange, as its Listener would count
+            // it on a network transport.
+            babble_net_actors::metrics::rpc_done(
+                "inmem",
+                "in",
+                rpc_type,
+                reply.error.is_empty(),
+                served.elapsed(),
+            );
+            reply
         };
         let reply =
             tokio::time::timeout(after, exchange)

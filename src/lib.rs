@@ -60,6 +60,7 @@ mod consumer;
 mod endpoint;
 mod inmem;
 pub mod logging;
+pub mod metrics;
 mod network;
 #[cfg(feature = "webrtc")]
 pub mod rtc;

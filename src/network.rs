@@ -53,7 +53,7 @@ impl NetworkTransport {
     /// transport's actors run on the current arbiter.
     pub fn new(layer: Arc<dyn StreamLayer>, config: &Config, log: Logger) -> NetworkTransport {
         let log = log.new(o!("local" => layer.advertise_addr()));
-        let endpoint = Endpoint::new(config, log.clone());
+        let endpoint = Endpoint::new(config, layer.transport(), log.clone());
         let arbiter = actix_rt::Arbiter::current();
         let io = IoArbiters::shared(config.io_threads);
         let settings = PoolSettings {
@@ -62,6 +62,7 @@ impl NetworkTransport {
             max_reply_size: config.max_reply_size,
             max_dials: config.max_dials_per_peer,
             min_rate: config.min_transfer_rate,
+            transport: layer.transport(),
         };
         let pools = PeerPools::new(
             layer.clone(),
@@ -151,6 +152,7 @@ impl Transport for NetworkTransport {
                 max_request_size: config.max_request_size,
                 buffer_budget: config.inbound_buffer_budget,
                 handshake_timeout: config.handshake_timeout,
+                transport: self.inner.layer.transport(),
             };
             let io = self.inner.io.clone();
             let (layer, dispatcher, counters, shutdown, log) = (

@@ -111,6 +111,10 @@ impl SecureStreamLayer {
 }
 
 impl StreamLayer for SecureStreamLayer {
+    fn transport(&self) -> &'static str {
+        self.inner.transport()
+    }
+
     fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, String)>> {
         self.inner.accept()
     }

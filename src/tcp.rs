@@ -80,6 +80,10 @@ impl TcpStreamLayer {
 }
 
 impl StreamLayer for TcpStreamLayer {
+    fn transport(&self) -> &'static str {
+        "tcp"
+    }
+
     fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, String)>> {
         let listener = self.listener.lock().expect("listener lock").clone();
         async move {

@@ -37,6 +37,8 @@ pub struct DeadlineStream<S> {
     started: Instant,
     /// Bytes read and written since `started`.
     moved: u64,
+    /// Bytes read since the stream was wrapped.
+    read_total: u64,
     /// Armed at some point no later than the deadline.
     timer: Option<Pin<Box<Sleep>>>,
 }
@@ -53,6 +55,7 @@ impl<S> DeadlineStream<S> {
             absolute: None,
             started: now,
             moved: 0,
+            read_total: 0,
             timer: None,
         }
     }
@@ -91,6 +94,11 @@ impl<S> DeadlineStream<S> {
     /// [`restart_with_rate`]: DeadlineStream::restart_with_rate
     pub fn moved(&self) -> u64 {
         self.moved
+    }
+
+    /// Bytes read since the stream was wrapped.
+    pub fn read_total(&self) -> u64 {
+        self.read_total
     }
 
     /// The wrapped stream, mutably.
@@ -186,6 +194,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for DeadlineStream<S> {
                 let read = buf.filled().len() - before;
                 if read > 0 {
                     this.progressed(read);
+                    this.read_total += read as u64;
                 }
                 Poll::Ready(result)
             }

@@ -31,6 +31,7 @@ pub mod error;
 pub mod identity;
 pub mod io_arbiters;
 pub mod listener;
+pub mod metrics;
 pub mod peer_pool;
 pub mod rpc;
 pub mod secure;

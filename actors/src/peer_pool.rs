@@ -79,6 +79,8 @@ pub struct PoolSettings {
     /// Bytes per second below which an exchange fails (see the module
     /// docs).
     pub min_rate: u64,
+    /// The `transport` label of the pools' metrics.
+    pub transport: &'static str,
 }
 
 /// Counts of a PeerPool.
@@ -114,6 +116,7 @@ pub struct Call {
 /// callers.
 struct PeerInfo {
     target: String,
+    transport: &'static str,
     layer: Arc<dyn StreamLayer>,
     max_reply_size: usize,
     min_rate: u64,
@@ -214,6 +217,7 @@ impl PeerPools {
     fn start(&self, target: &str) -> PoolHandle {
         let peer = Arc::new(PeerInfo {
             target: target.to_owned(),
+            transport: self.settings.transport,
             layer: self.layer.clone(),
             max_reply_size: self.settings.max_reply_size,
             min_rate: self.settings.min_rate,
@@ -231,6 +235,7 @@ impl PeerPools {
             dialing: 0,
             waiters: VecDeque::new(),
             failed_dial: None,
+            counted_idle: 0,
             stats: PoolStats::default(),
             shutdown,
             log,
@@ -394,10 +399,11 @@ async fn checkout(
         })?
         .map_err(|_| TransportError::Shutdown)?;
     match grant {
-        Grant::Connection(framed) => Ok((Lease::of(framed, pool, peer.min_rate), true)),
+        Grant::Connection(framed) => Ok((Lease::of(framed, pool, peer), true)),
         Grant::Dial => {
             let dialled = dial(peer, pool, timeout).await;
             let ended = Instant::now();
+            crate::metrics::dialled(peer.transport, dialled.is_ok());
             let failure = dialled.as_ref().err().map(|error| match error {
                 TransportError::Connect { source, .. } => source.to_string(),
                 other => other.to_string(),
@@ -449,7 +455,7 @@ async fn dial(
         ClientCodec::new(peer.max_reply_size),
         READ_BUFFER,
     );
-    Ok(Lease::of(framed, pool, peer.min_rate))
+    Ok(Lease::of(framed, pool, peer))
 }
 
 /// How one attempt ended badly.
@@ -482,7 +488,12 @@ async fn exchange(mut lease: Lease, call: &Call) -> Result<Reply, Failure> {
         .await
         .map_err(|e| before_reply(e.into()))?;
     stream.flush().await.map_err(|e| before_reply(e.into()))?;
+    let transport = lease.transport;
+    crate::metrics::bytes(transport, "out", call.frame.len());
+    let read_before = framed.get_ref().read_total();
     let reply = framed.next().await;
+    let read = framed.get_ref().read_total() - read_before;
+    crate::metrics::bytes(transport, "in", read as usize);
     // Anything after the reply but whitespace means the peer is out of
     // step with us (or the reply never came): the connection is not reused.
     let nothing_after = framed.read_buffer().iter().all(u8::is_ascii_whitespace);
@@ -557,15 +568,17 @@ struct Lease {
     framed: Option<ClientFramed>,
     pool: Addr<PeerPool>,
     min_rate: u64,
+    transport: &'static str,
     outcome: Outcome,
 }
 
 impl Lease {
-    fn of(framed: ClientFramed, pool: &Addr<PeerPool>, min_rate: u64) -> Lease {
+    fn of(framed: ClientFramed, pool: &Addr<PeerPool>, peer: &PeerInfo) -> Lease {
         Lease {
             framed: Some(framed),
             pool: pool.clone(),
-            min_rate,
+            min_rate: peer.min_rate,
+            transport: peer.transport,
             outcome: Outcome::Cut,
         }
     }
@@ -619,6 +632,8 @@ pub struct PeerPool {
     /// reached, and its checkout may only arrive now, from another thread.
     /// A call made after it dials again (the peer may be back).
     failed_dial: Option<(Instant, String)>,
+    /// Idle connections last counted in the `pooled` connections gauge.
+    counted_idle: usize,
     stats: PoolStats,
     shutdown: CancellationToken,
     log: Logger,
@@ -655,6 +670,25 @@ impl PeerPool {
         let max_idle = self.settings.max_idle;
         self.idle
             .retain(|pooled| pooled.idle_since.elapsed() < max_idle);
+        self.count_idle();
+    }
+
+    /// Brings the `pooled` connections gauge up to date.
+    fn count_idle(&mut self) {
+        let now = self.idle.len();
+        if now != self.counted_idle {
+            let delta = now as f64 - self.counted_idle as f64;
+            crate::metrics::connections(self.settings.transport, "pooled", delta);
+            self.counted_idle = now;
+        }
+    }
+
+    /// The pool was emptied because its peer seemed gone.
+    fn restarted(&mut self) {
+        self.idle.clear();
+        self.count_idle();
+        self.stats.restarts += 1;
+        crate::metrics::pool_restarted(self.settings.transport);
     }
 }
 
@@ -668,13 +702,19 @@ impl Actor for PeerPool {
     }
 }
 
+impl Drop for PeerPool {
+    fn drop(&mut self) {
+        self.idle.clear();
+        self.count_idle();
+    }
+}
+
 impl Supervised for PeerPool {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        self.idle.clear();
+        self.restarted();
         self.dialing = 0;
         self.waiters.clear();
         self.failed_dial = None;
-        self.stats.restarts += 1;
         debug!(self.log, "pool restarted empty");
     }
 }
@@ -696,6 +736,7 @@ impl Handler<Checkout> for PeerPool {
         if !checkout.fresh {
             self.sweep();
             if let Some(pooled) = self.idle.pop() {
+                self.count_idle();
                 return actix::Response::reply(Grant::Connection(pooled.framed));
             }
         }
@@ -742,8 +783,7 @@ impl Handler<Dialled> for PeerPool {
             // The peer cannot be reached: the calls waiting for it learn
             // so now rather than at their timeout.
             Some(why) => {
-                self.idle.clear();
-                self.stats.restarts += 1;
+                self.restarted();
                 for waiter in self.waiters.drain(..) {
                     let _ = waiter.send(Grant::Refused(why.clone()));
                 }
@@ -788,6 +828,7 @@ impl Handler<GiveBack> for PeerPool {
                 framed,
                 idle_since: Instant::now(),
             });
+            self.count_idle();
         }
     }
 }
@@ -802,8 +843,7 @@ impl Handler<PeerGone> for PeerPool {
     type Result = ();
 
     fn handle(&mut self, _: PeerGone, _: &mut Context<Self>) {
-        self.idle.clear();
-        self.stats.restarts += 1;
+        self.restarted();
         debug!(self.log, "peer gone: pool emptied");
     }
 }
@@ -834,6 +874,7 @@ impl Handler<ClosePool> for PeerPool {
 
     fn handle(&mut self, _: ClosePool, _: &mut Context<Self>) {
         self.idle.clear();
+        self.count_idle();
         for waiter in self.waiters.drain(..) {
             let _ = waiter.send(Grant::Refused("transport shutdown".into()));
         }
@@ -850,6 +891,7 @@ impl Handler<Retire> for PeerPool {
 
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
         self.idle.clear();
+        self.count_idle();
         ctx.stop();
     }
 }

@@ -64,6 +64,12 @@ pub trait StreamLayer: Send + Sync + 'static {
     /// The address this layer is bound to.
     fn local_addr(&self) -> String;
 
+    /// The `transport` label of the metrics of a transport on this layer
+    /// (`tcp`, `webrtc`; `custom` unless the layer says).
+    fn transport(&self) -> &'static str {
+        "custom"
+    }
+
     /// The address peers should dial to reach it.
     fn advertise_addr(&self) -> String;
 

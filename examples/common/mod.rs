@@ -521,6 +521,18 @@ pub async fn stop_all<'a>(
     futures::future::join_all(transports.into_iter().map(|t| t.close())).await;
 }
 
+/// Serves Prometheus metrics at `addr` when given (`--metrics-addr`);
+/// exits with a message if it cannot.
+pub fn serve_metrics(addr: Option<std::net::SocketAddr>) {
+    if let Some(addr) = addr {
+        if let Err(err) = babble_net::metrics::serve_prometheus(addr) {
+            eprintln!("{err}");
+            std::process::exit(2);
+        }
+        println!("metrics on http://{addr}/metrics");
+    }
+}
+
 /// Runs `tick` once a second for `secs` seconds, printing progress.
 pub async fn report_every_second(stats: &Stats, secs: u64, mut tick: impl FnMut(u64)) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));

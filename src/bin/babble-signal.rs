@@ -48,6 +48,9 @@ struct Args {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics (docs/METRICS.md).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +90,12 @@ fn main() -> ExitCode {
         .build()
         .expect("a tokio runtime");
     runtime.block_on(async move {
+        if let Some(addr) = args.metrics_addr {
+            if let Err(err) = babble_net::metrics::serve_prometheus(addr) {
+                eprintln!("babble-signal: {err}");
+                return ExitCode::from(2);
+            }
+        }
         let router = match Router::start(config.clone(), log.clone()).await {
             Ok(router) => router,
             Err(err) => {

@@ -404,6 +404,10 @@ impl WebRtcStreamLayer {
 }
 
 impl StreamLayer for WebRtcStreamLayer {
+    fn transport(&self) -> &'static str {
+        "webrtc"
+    }
+
     fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, String)>> {
         let closed = || io::Error::new(io::ErrorKind::NotConnected, "the WebRTC layer is closed");
         async move {

@@ -95,6 +95,8 @@ pub(super) async fn serve(
         permits: None,
         counters: cx.counters.clone(),
     };
+    // Bytes read before the current request (for the bytes metric).
+    let mut read_before = 0;
     loop {
         let idle_until = Instant::now() + cx.limits.idle_timeout;
         let command = tokio::select! {
@@ -106,6 +108,14 @@ pub(super) async fn serve(
         };
         reserved.fit(buf.len());
         cx.activity.serving();
+        let decoded = std::time::Instant::now();
+        let read_total = stream.read_total();
+        crate::metrics::bytes(
+            cx.limits.transport,
+            "in",
+            (read_total - read_before) as usize,
+        );
+        read_before = read_total;
         let rpc_type = command.rpc_type();
         let (mut rpc, pending) = Rpc::new(command, Some(cx.remote.clone()));
         rpc.peer_key = peer_key;
@@ -135,6 +145,10 @@ pub(super) async fn serve(
         stream.restart_with_rate(cx.limits.timeout, cx.limits.min_rate);
         stream.write_all(&out).await?;
         stream.flush().await?;
+        let transport = cx.limits.transport;
+        crate::metrics::bytes(transport, "out", out.len());
+        let ok = reply.error.is_empty();
+        crate::metrics::rpc_done(transport, "in", rpc_type, ok, decoded.elapsed());
         if cx.shutdown.is_cancelled() {
             return Ok(Ended::Kicked);
         }

@@ -58,6 +58,8 @@ pub struct ListenerLimits {
     /// Time a stream layer's handshake may take (see
     /// [`StreamLayer::upgrade`]).
     pub handshake_timeout: Duration,
+    /// The `transport` label of this Listener's metrics.
+    pub transport: &'static str,
 }
 
 /// Live counts of a Listener, readable without a message round trip.
@@ -235,8 +237,10 @@ impl Handler<Accepted> for Listener {
                 .lock()
                 .expect("slots lock")
                 .admit(&source, std::time::Instant::now(), kick);
+        let transport = self.limits.transport;
         let Some((id, kick, activity)) = admission.slot else {
             counters.refused.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::inbound_shed(transport, "refused");
             debug!(
                 log,
                 "refusing a connection: every connection is being answered"
@@ -249,9 +253,17 @@ impl Handler<Accepted> for Listener {
                 Shed::Cap => "max-inbound",
                 Shed::SourceCap => "max-inbound-per-ip",
             };
+            crate::metrics::inbound_shed(
+                transport,
+                match reason {
+                    Shed::Cap => "cap",
+                    Shed::SourceCap => "per_ip",
+                },
+            );
             debug!(log, "shed a connection for a newcomer"; "cap" => cap, "source" => &source);
         }
         counters.open.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::connections(transport, "inbound", 1.0);
         debug!(log, "connection accepted");
         let slots = self.slots.clone();
         let cx = connection::Context {
@@ -286,6 +298,7 @@ impl Handler<Accepted> for Listener {
             }
             slots.lock().expect("slots lock").release(id);
             counters.open.fetch_sub(1, Ordering::Relaxed);
+            crate::metrics::connections(transport, "inbound", -1.0);
         });
     }
 }
@@ -384,6 +397,7 @@ mod tests {
             max_request_size: 1024,
             buffer_budget: 1 << 20,
             handshake_timeout: Duration::from_secs(1),
+            transport: "test",
         };
         let shutdown = CancellationToken::new();
         let listener = Listener::new(

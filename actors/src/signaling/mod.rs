@@ -119,6 +119,7 @@ impl Signaling {
         ctx.add_stream(incoming);
         self.connection = Some(Connection { generation, frames });
         self.client.connected(Instant::now());
+        crate::metrics::signal_connected(true);
     }
 
     /// Carries out the client's actions, then sets the timer for its next
@@ -143,6 +144,8 @@ impl Signaling {
                 Action::Reconnect { why, after } => {
                     if self.connection.take().is_some() {
                         warn!(self.log, "signaling session lost"; "why" => &why, "retry_in" => ?after);
+                        crate::metrics::signal_connected(false);
+                        crate::metrics::signal_reconnected();
                     }
                     // Frames still arriving on the old connection are stale.
                     self.generation += 1;

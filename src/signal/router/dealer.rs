@@ -150,6 +150,7 @@ impl Dealer {
     /// proved a key.
     pub(super) fn join(&mut self, realm: &str, authid: Option<PeerKey>) -> u64 {
         let session = fresh_id(&self.sessions);
+        metrics::gauge!("babble_net_signal_sessions").increment(1.0);
         self.sessions.insert(
             session,
             Session {
@@ -342,6 +343,7 @@ impl Dealer {
             return Err(format!("request ID {request} is already in use by a call"));
         }
         let mut refuse = |uri: &str, why: &str| {
+            metrics::counter!("babble_net_signal_calls_total", "result" => "refused").increment(1);
             out.push((
                 caller,
                 error(code::CALL, request, uri, Some(why)),
@@ -376,6 +378,7 @@ impl Dealer {
             .get_mut(&callee)
             .expect("registered sessions exist");
         to.invocations.insert(invocation);
+        metrics::counter!("babble_net_signal_calls_total", "result" => "routed").increment(1);
         out.push((
             callee,
             Message::Invocation {
@@ -415,6 +418,7 @@ impl Dealer {
         };
         // Called from the timer task itself: nothing to abort.
         call.timer = None;
+        metrics::counter!("babble_net_signal_calls_total", "result" => "expired").increment(1);
         vec![
             (
                 call.caller,
@@ -471,6 +475,7 @@ impl Dealer {
         let Some(gone) = self.sessions.remove(&session) else {
             return Outbox::new();
         };
+        metrics::gauge!("babble_net_signal_sessions").decrement(1.0);
         for registration in gone.registrations {
             if let Some((realm, procedure)) = self.registrations.remove(&registration) {
                 if let Some(realm) = self.realms.get_mut(&realm) {

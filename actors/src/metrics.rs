@@ -1,0 +1,105 @@
+//! What the transports report to the `metrics` facade: every name and
+//! label in one place (docs/METRICS.md describes them for operators).
+//!
+//! The facade costs an atomic load per call when the application installs
+//! no recorder; with one, each update is a lookup in the recorder. Labels
+//! have a bounded number of values: the transport, the RPC type, a
+//! direction, a result, an error kind. Peers are never a label.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+
+use crate::error::TransportError;
+use crate::wire::RpcType;
+
+/// `rpc` label of an RPC type.
+pub fn rpc_label(rpc: RpcType) -> &'static str {
+    match rpc {
+        RpcType::Sync => "sync",
+        RpcType::EagerSync => "eager_sync",
+        RpcType::FastForward => "fast_forward",
+        RpcType::Join => "join",
+    }
+}
+
+/// `kind` label of an error.
+pub fn error_kind(error: &TransportError) -> &'static str {
+    match error {
+        _ if error.is_unanswered() => "unanswered",
+        _ if error.is_refused() => "refused",
+        TransportError::Shutdown => "shutdown",
+        TransportError::Timeout { .. } => "timeout",
+        TransportError::UnknownPeer(_) => "unknown_peer",
+        TransportError::Remote(_) => "remote",
+        TransportError::Connect { .. } => "connect",
+        TransportError::Io { .. } => "io",
+        TransportError::Decode { .. } => "decode",
+        TransportError::FrameTooLarge { .. } => "frame_too_large",
+        TransportError::Config(_) => "config",
+        TransportError::Handshake { .. } => "handshake",
+    }
+}
+
+/// An RPC ended: `direction` is `out` (a call this node made, from the
+/// call to its answer) or `in` (one it served, from the request decoded to
+/// the reply written).
+pub fn rpc_done(
+    transport: &'static str,
+    direction: &'static str,
+    rpc: RpcType,
+    ok: bool,
+    took: Duration,
+) {
+    let rpc = rpc_label(rpc);
+    let result = if ok { "ok" } else { "error" };
+    counter!("babble_net_rpcs_total", "transport" => transport, "direction" => direction, "rpc" => rpc, "result" => result)
+        .increment(1);
+    histogram!("babble_net_rpc_duration_seconds", "transport" => transport, "direction" => direction, "rpc" => rpc)
+        .record(took.as_secs_f64());
+}
+
+/// A call this node made failed.
+pub fn call_failed(transport: &'static str, error: &TransportError) {
+    counter!("babble_net_rpc_errors_total", "transport" => transport, "kind" => error_kind(error))
+        .increment(1);
+}
+
+/// Bytes of frames sent (`out`) or received (`in`).
+pub fn bytes(transport: &'static str, direction: &'static str, bytes: usize) {
+    counter!("babble_net_bytes_total", "transport" => transport, "direction" => direction)
+        .increment(bytes as u64);
+}
+
+/// Open connections of a `role` (`inbound`, `pooled`) changed by `delta`.
+pub fn connections(transport: &'static str, role: &'static str, delta: f64) {
+    gauge!("babble_net_connections", "transport" => transport, "role" => role).increment(delta);
+}
+
+/// A dial ended.
+pub fn dialled(transport: &'static str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    counter!("babble_net_dials_total", "transport" => transport, "result" => result).increment(1);
+}
+
+/// A pool was emptied because its peer seemed gone.
+pub fn pool_restarted(transport: &'static str) {
+    counter!("babble_net_pool_restarts_total", "transport" => transport).increment(1);
+}
+
+/// An inbound connection was shed or refused by a limit: `reason` is
+/// `cap`, `per_ip` or `refused`.
+pub fn inbound_shed(transport: &'static str, reason: &'static str) {
+    counter!("babble_net_inbound_shed_total", "transport" => transport, "reason" => reason)
+        .increment(1);
+}
+
+/// The signaling client is connected (1) or not (0).
+pub fn signal_connected(connected: bool) {
+    gauge!("babble_net_signal_connected").set(if connected { 1.0 } else { 0.0 });
+}
+
+/// The signaling client connects again after losing the router.
+pub fn signal_reconnected() {
+    counter!("babble_net_signal_reconnects_total").increment(1);
+}
