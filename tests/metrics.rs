@@ -1,8 +1,9 @@
 //! The Prometheus endpoint after known traffic: calls that succeed, and
 //! calls that fail in known ways (a handler error, a refused dial, a
 //! silent peer), on TCP and in memory; every count scraped over HTTP must
-//! be exact. One test in this binary: the recorder is global to the
-//! process.
+//! be exact. One test in this binary installs a recorder (it is global to
+//! the process); the other runs the binaries with `--metrics-addr`, as
+//! docs/METRICS.md shows them.
 
 mod common;
 
@@ -228,4 +229,129 @@ async fn scraped_counts_match_the_traffic() {
         )
     };
     assert!(bytes("out") > 0.0 && bytes("in") > 0.0);
+}
+
+/// Where cargo put this build's executables (target/<profile>).
+fn target_dir() -> std::path::PathBuf {
+    let test = std::env::current_exe().unwrap();
+    test.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `program` with `args` and waits (5 s at most) for the line
+/// saying it listens.
+fn start_listening(program: std::path::PathBuf, args: &[&str]) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(&program)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("listening") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|_| panic!("{} did not start", program.display()));
+    child
+}
+
+/// GET /metrics with a blocking socket: the status line and the body.
+fn scrape_blocking(addr: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("headers end");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn the_binaries_serve_metrics_with_metrics_addr() {
+    let dir = target_dir();
+    // rpcbench serve, after ten calls from rpcbench call.
+    let (port, metrics_port) = (free_port(), free_port());
+    let (listen, metrics_addr) = (
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.1:{metrics_port}"),
+    );
+    let mut serve = start_listening(
+        dir.join("examples").join("rpcbench"),
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--metrics-addr",
+            &metrics_addr,
+        ],
+    );
+    let call = std::process::Command::new(dir.join("examples").join("rpcbench"))
+        .args(["call", "--target", &listen, "--calls", "10"])
+        .output()
+        .unwrap();
+    assert!(call.status.success(), "{call:?}");
+    let started = Instant::now();
+    let served = loop {
+        let (status, body) = scrape_blocking(&metrics_addr);
+        assert!(status.contains("200"), "{status}");
+        let served = value(
+            &parse(&body),
+            "babble_net_rpcs_total",
+            &[
+                ("transport", "tcp"),
+                ("direction", "in"),
+                ("rpc", "sync"),
+                ("result", "ok"),
+            ],
+        );
+        if served == 10.0 || started.elapsed() > Duration::from_secs(5) {
+            break served;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert_eq!(served, 10.0);
+
+    // babble-signal answers its scrape.
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let mut signal = start_listening(
+        dir.join("babble-signal"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+            "--metrics-addr",
+            &metrics_addr,
+        ],
+    );
+    let (status, _) = scrape_blocking(&metrics_addr);
+    let _ = signal.kill();
+    let _ = signal.wait();
+    assert!(status.contains("200"), "{status}");
 }
