@@ -125,6 +125,7 @@ async fn main() {
         })
         .collect();
 
+    common::begin_all(&nodes).await;
     common::report_every_second(&stats, args.secs, |_| {}).await;
 
     common::stop_all(

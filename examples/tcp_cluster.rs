@@ -159,6 +159,7 @@ async fn run_one_node(args: &Args, path: &PathBuf, log: slog::Logger) {
         log,
     )
     .start();
+    node.do_send(common::Begin);
     common::report_every_second(&stats, args.secs, |_| {}).await;
     stats.finished.store(true, Ordering::Relaxed);
     let _ = node.send(StopNode).await;
@@ -286,6 +287,8 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
         nodes.push(cluster.start_node(id as u32, transport, start));
     }
 
+    common::begin_all(nodes.iter().map(|(_, node)| node)).await;
+
     // Half-way through, node 1 dies; a second later it comes back on the
     // same address (with the same key) and catches up through gossip.
     let victim = 1;
@@ -311,6 +314,7 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
             };
             let transport = network.transport(victim, bind(&addrs[victim]));
             nodes[victim] = cluster.start_node(victim as u32, transport, start);
+            nodes[victim].1.do_send(common::Begin);
             stats.down.lock().unwrap().remove(&addrs[victim]);
             restarts += 1;
             pending = None;

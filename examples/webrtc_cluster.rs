@@ -157,6 +157,7 @@ async fn main() {
             log.clone(),
         )
         .start();
+        node.do_send(common::Begin);
         nodes.push((transport, node));
     }
 

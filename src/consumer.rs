@@ -81,9 +81,24 @@ impl Inbox {
     }
 
     pub(crate) fn consume_with(&self, recipient: Recipient<Rpc>) {
-        self.first.lock().expect("consumer lock").take();
-        self.dispatcher
-            .do_send(SetDelivery(Delivery::Actor(recipient)));
+        let first = self.first.lock().expect("consumer lock").take();
+        let (Some(mut first), Ok(_)) = (first, tokio::runtime::Handle::try_current()) else {
+            self.dispatcher
+                .do_send(SetDelivery(Delivery::Actor(recipient)));
+            return;
+        };
+        // RPCs that arrived before anyone consumed them wait in the first
+        // stream: once the Dispatcher delivers to the recipient, they are
+        // handed over too rather than dropped unanswered.
+        let switched = self
+            .dispatcher
+            .send(SetDelivery(Delivery::Actor(recipient.clone())));
+        actix_rt::spawn(async move {
+            let _ = switched.await;
+            while let Ok(rpc) = first.rx.try_recv() {
+                recipient.do_send(rpc);
+            }
+        });
     }
 
     pub(crate) async fn stats(&self) -> Result<DispatchStats, TransportError> {

@@ -477,6 +477,20 @@ impl Actor for ToyNode {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.transport.consume_with(ctx.address().recipient());
+    }
+}
+
+/// Starts gossiping (or joining). Sent once every node of the process has
+/// started, so that no node calls a peer whose actor is still waiting for
+/// its thread to start it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Begin;
+
+impl Handler<Begin> for ToyNode {
+    type Result = ();
+
+    fn handle(&mut self, _: Begin, ctx: &mut Context<Self>) {
         match self.start.clone() {
             Start::Member { peers } => {
                 self.peers = peers;
@@ -485,6 +499,11 @@ impl Actor for ToyNode {
             Start::Newcomer { sponsor } => self.join_then_fast_forward(sponsor, ctx),
         }
     }
+}
+
+/// Sends [`Begin`] to every node, once each has started.
+pub async fn begin_all<'a>(nodes: impl IntoIterator<Item = &'a Addr<ToyNode>>) {
+    futures::future::join_all(nodes.into_iter().map(|node| node.send(Begin))).await;
 }
 
 impl Handler<Rpc> for ToyNode {
