@@ -315,6 +315,11 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
             let transport = network.transport(victim, bind(&addrs[victim]));
             nodes[victim] = cluster.start_node(victim as u32, transport, start);
             nodes[victim].1.do_send(common::Begin);
+            stats
+                .came_back
+                .lock()
+                .unwrap()
+                .insert(addrs[victim].clone(), std::time::Instant::now());
             stats.down.lock().unwrap().remove(&addrs[victim]);
             restarts += 1;
             pending = None;

@@ -48,6 +48,9 @@ pub struct Stats {
     pub skipped: AtomicU64,
     /// Addresses of nodes that are down on purpose (for the counts above).
     pub down: Mutex<HashSet<String>>,
+    /// When each node taken down came back: a call made before then that
+    /// fails (its dial began while the node was down) is not an error.
+    pub came_back: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Set when the run is over: failures caused by the shutdown itself
     /// are not counted.
     pub finished: AtomicBool,
@@ -58,11 +61,24 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn failed(&self, target: &str, err: &TransportError, log: &slog::Logger) {
+    /// A call to `target`, made at `made`, failed.
+    fn failed(
+        &self,
+        target: &str,
+        err: &TransportError,
+        made: std::time::Instant,
+        log: &slog::Logger,
+    ) {
         if self.finished.load(Ordering::Relaxed) {
             return;
         }
-        if self.down.lock().unwrap().contains(target) {
+        let was_down = self
+            .came_back
+            .lock()
+            .unwrap()
+            .get(target)
+            .is_some_and(|back| *back > made);
+        if was_down || self.down.lock().unwrap().contains(target) {
             self.count(&self.unreachable);
         } else {
             slog::warn!(log, "call failed"; "peer" => target, "error" => %err);
@@ -350,13 +366,14 @@ impl ToyNode {
             known: Some(self.events.known().clone()),
             sync_limit: 100,
         };
+        let made = std::time::Instant::now();
         let sync = async move {
             let result = transport.sync(&target, request).await;
             (target, result)
         };
         ctx.spawn(
             sync.into_actor(self)
-                .map(|(target, result), node, ctx| match result {
+                .map(move |(target, result), node, ctx| match result {
                     Ok(response) => {
                         node.stats.count(&node.stats.syncs);
                         node.insert(response.events);
@@ -364,7 +381,7 @@ impl ToyNode {
                     }
                     Err(err) => {
                         node.syncing -= 1;
-                        node.stats.failed(&target, &err, &node.log)
+                        node.stats.failed(&target, &err, made, &node.log)
                     }
                 }),
         );
@@ -382,15 +399,16 @@ impl ToyNode {
             from_id: self.id,
             events: Some(events),
         };
+        let made = std::time::Instant::now();
         let push = async move {
             let result = transport.eager_sync(&target, request).await;
             (target, result)
         };
-        ctx.spawn(push.into_actor(self).map(|(target, result), node, _| {
+        ctx.spawn(push.into_actor(self).map(move |(target, result), node, _| {
             node.syncing -= 1;
             match result {
                 Ok(_) => node.stats.count(&node.stats.eager_syncs),
-                Err(err) => node.stats.failed(&target, &err, &node.log),
+                Err(err) => node.stats.failed(&target, &err, made, &node.log),
             }
         }));
     }
@@ -435,10 +453,11 @@ impl ToyNode {
             };
             (sponsor, joined, state)
         };
+        let made = std::time::Instant::now();
         ctx.spawn(
             steps
                 .into_actor(self)
-                .map(|(sponsor, joined, state), node, ctx| {
+                .map(move |(sponsor, joined, state), node, ctx| {
                     match joined {
                         Ok(response) if response.accepted => {
                             node.stats.count(&node.stats.joins);
@@ -452,7 +471,7 @@ impl ToyNode {
                                 .collect();
                         }
                         Ok(_) => slog::warn!(node.log, "join refused"),
-                        Err(err) => node.stats.failed(&sponsor, &err, &node.log),
+                        Err(err) => node.stats.failed(&sponsor, &err, made, &node.log),
                     }
                     match state {
                         Some(Ok(response)) => {
@@ -463,7 +482,7 @@ impl ToyNode {
                                 .unwrap_or_default();
                             node.insert(Some(events));
                         }
-                        Some(Err(err)) => node.stats.failed(&sponsor, &err, &node.log),
+                        Some(Err(err)) => node.stats.failed(&sponsor, &err, made, &node.log),
                         None => {}
                     }
                     node.start_gossip(ctx);
