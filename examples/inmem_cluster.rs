@@ -77,7 +77,13 @@ async fn main() {
         args.fanout.min(args.nodes - 1),
         gossip.period
     );
-    let config = Config::default();
+    // A sync slower than a few gossip rounds is stale anyway; a large
+    // cluster's longer period gives its calls more time (a debug build of
+    // 1000 nodes on 2 cores answers in seconds, not milliseconds).
+    let config = Config {
+        timeout: Config::default().timeout.max(gossip.period * 5),
+        ..Config::default()
+    };
     let transports: Vec<InmemTransport> = (0..args.nodes)
         .map(|i| InmemTransport::with_config(Some(format!("node{i}")), &config, log.clone()))
         .collect();
