@@ -13,11 +13,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use babble_net::{logging, Config, InmemTransport, Transport};
 use clap::Parser;
-use common::{Gossip, NodeThreads, Start, Stats, ToyNode};
+use common::{GossipArgs, NodeThreads, Start, Stats, ToyNode};
 
 #[derive(Parser)]
 #[command(about = "Runs toy gossip nodes on the in-memory transport")]
@@ -28,20 +27,8 @@ struct Args {
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 3)]
     secs: u64,
-    /// Milliseconds between two gossip rounds of a node (0: 20 ms, or
-    /// longer for clusters over 20 nodes, so that the cluster makes about
-    /// 1000 syncs a second).
-    #[arg(long, default_value_t = 0)]
-    period_ms: u64,
-    /// Peers each node gossips with.
-    #[arg(long, default_value_t = 8)]
-    fanout: usize,
-    /// Syncs a node has in flight at most.
-    #[arg(long, default_value_t = 2)]
-    max_syncs: usize,
-    /// Events a node keeps at most.
-    #[arg(long, default_value_t = 256)]
-    max_events: usize,
+    #[command(flatten)]
+    gossip: GossipArgs,
     /// Serve Prometheus metrics at http://ADDR/metrics (docs/METRICS.md).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -63,18 +50,11 @@ async fn main() {
     };
     let log = logging::terminal(level);
     common::serve_metrics(args.metrics_addr);
-    let gossip = Gossip {
-        period: match args.period_ms {
-            0 => Gossip::period_for(args.nodes, Duration::from_millis(20), 1000),
-            ms => Duration::from_millis(ms),
-        },
-        max_syncs: args.max_syncs.max(1),
-        max_events: args.max_events,
-    };
+    let gossip = args.gossip.gossip(args.nodes);
     println!(
         "{} nodes, {} peers each, a gossip round every {:?}",
         args.nodes,
-        args.fanout.min(args.nodes - 1),
+        args.gossip.fanout.min(args.nodes - 1),
         gossip.period
     );
     // A sync slower than a few gossip rounds is stale anyway; a large
@@ -93,7 +73,7 @@ async fn main() {
     // Each founder reaches its own peers; the newcomer may be handed any
     // founder by its sponsor, and the sponsor adds the newcomer.
     let peers: Vec<Vec<usize>> = (0..founders)
-        .map(|i| common::peers_of(i, founders, args.fanout))
+        .map(|i| common::peers_of(i, founders, args.gossip.fanout))
         .collect();
     for (i, peers) in peers.iter().enumerate() {
         for &p in peers {

@@ -35,7 +35,7 @@ use babble_net::secure::{NodeKey, PeerKey, SecureStreamLayer};
 use babble_net::stream::{StreamLayer, TcpStreamLayer};
 use babble_net::{logging, Config, NetworkTransport, Transport};
 use clap::Parser;
-use common::{Gossip, NodeThreads, Start, Stats, StopNode, ToyNode};
+use common::{Gossip, GossipArgs, NodeThreads, Start, Stats, StopNode, ToyNode};
 use serde::Deserialize;
 
 #[derive(Parser)]
@@ -50,20 +50,8 @@ struct Args {
     /// Run one node described by this file instead (see config/node1.toml).
     #[arg(long)]
     node_config: Option<PathBuf>,
-    /// Milliseconds between two gossip rounds of a node (0: 20 ms, or
-    /// longer for clusters over 20 nodes, so that the cluster makes about
-    /// 1000 syncs a second).
-    #[arg(long, default_value_t = 0)]
-    period_ms: u64,
-    /// Peers each node gossips with.
-    #[arg(long, default_value_t = 8)]
-    fanout: usize,
-    /// Syncs a node has in flight at most.
-    #[arg(long, default_value_t = 2)]
-    max_syncs: usize,
-    /// Events a node keeps at most.
-    #[arg(long, default_value_t = 256)]
-    max_events: usize,
+    #[command(flatten)]
+    gossip: GossipArgs,
     /// Serve Prometheus metrics at http://ADDR/metrics (docs/METRICS.md).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -74,6 +62,12 @@ struct Args {
     /// every other's address and key (docs/SECURITY.md).
     #[arg(long)]
     secure: bool,
+    /// With --node-config: append one JSON line per Sync and EagerSync to
+    /// this file as each ends (`{"at_ms":..,"from":..,"peer":..,"rpc":..,
+    /// "ms":..,"ok":..,"events":..,"error":..}`, `at_ms` the Unix time it
+    /// was made).
+    #[arg(long)]
+    call_log: Option<PathBuf>,
 }
 
 /// A node's file: its place in the cluster and its transport settings.
@@ -94,20 +88,6 @@ struct NodeSection {
     peers: Vec<String>,
     /// Join through this member (and fast-forward from it) instead.
     sponsor: Option<String>,
-}
-
-impl Args {
-    /// How each node gossips, for a cluster of `nodes`.
-    fn gossip(&self, nodes: usize) -> Gossip {
-        Gossip {
-            period: match self.period_ms {
-                0 => Gossip::period_for(nodes, Duration::from_millis(20), 1000),
-                ms => Duration::from_millis(ms),
-            },
-            max_syncs: self.max_syncs.max(1),
-            max_events: self.max_events,
-        }
-    }
 }
 
 fn fail(message: String) -> ! {
@@ -150,21 +130,71 @@ async fn run_one_node(args: &Args, path: &PathBuf, log: slog::Logger) {
         },
     };
     let stats = Arc::new(Stats::default());
+    if let Some(path) = &args.call_log {
+        log_calls_to(&stats, path);
+    }
     let node = ToyNode::new(
         file.node.id,
         Arc::new(transport.clone()),
         start,
         stats.clone(),
-        args.gossip(1),
+        args.gossip.gossip(1),
         log,
     )
     .start();
     node.do_send(common::Begin);
-    common::report_every_second(&stats, args.secs, |_| {}).await;
+    // SIGTERM ends the run as its end would: a supervisor stopping the
+    // node still gets the summary and every call logged.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .unwrap_or_else(|err| fail(format!("cannot watch SIGTERM: {err}")));
+    tokio::select! {
+        _ = common::report_every_second(&stats, args.secs, |_| {}) => {}
+        _ = terminate.recv() => println!("terminated"),
+    }
+    let bound = file.transport.call_bound(babble_net::RpcType::Sync);
+    println!(
+        "calls in flight longer than their bound: {}",
+        stats.in_flight_longer_than(bound)
+    );
     stats.finished.store(true, Ordering::Relaxed);
     let _ = node.send(StopNode).await;
     let _ = transport.close().await;
     println!("{}", stats.summary("tcp", 1, &[]));
+}
+
+/// Appends a JSON line to `path` for every call of the node as it ends.
+fn log_calls_to(stats: &Stats, path: &PathBuf) {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|err| fail(format!("cannot open {}: {err}", path.display())));
+    let file = std::sync::Mutex::new(std::io::LineWriter::new(file));
+    // Instants to Unix time, for whoever lines the log up with other clocks.
+    let (then, then_unix) = (std::time::Instant::now(), std::time::SystemTime::now());
+    let observer = move |call: &common::CallRecord<'_>| {
+        let made = then_unix + call.made.duration_since(then);
+        let at_ms = made
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let (ok, events, error) = match call.outcome {
+            Ok(events) => (true, events, None),
+            Err(err) => (false, 0, Some(err.to_string())),
+        };
+        let line = serde_json::json!({
+            "at_ms": at_ms as u64,
+            "from": call.from,
+            "peer": call.target,
+            "rpc": call.rpc,
+            "ms": call.took.as_secs_f64() * 1000.0,
+            "ok": ok,
+            "events": events,
+            "error": error,
+        });
+        use std::io::Write;
+        let _ = writeln!(file.lock().unwrap(), "{line}");
+    };
+    let _ = stats.on_call.set(Box::new(observer));
 }
 
 /// How the nodes of one process reach each other: plain TCP, or secure
@@ -233,7 +263,7 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
     }
     let cluster = Cluster {
         stats: Arc::new(Stats::default()),
-        gossip: args.gossip(args.nodes),
+        gossip: args.gossip.gossip(args.nodes),
         threads: NodeThreads::per_core(),
         log: log.clone(),
     };
@@ -241,7 +271,7 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
     println!(
         "{} nodes, {} peers each, a gossip round every {:?}",
         args.nodes,
-        args.fanout.min(args.nodes - 2),
+        args.gossip.fanout.min(args.nodes - 2),
         cluster.gossip.period
     );
     // Bind every node first, so that each knows the others' ports (and,
@@ -266,7 +296,7 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
     };
     let founders = args.nodes - 1;
     let peers_of = |me: usize| -> Vec<String> {
-        common::peers_of(me, founders, args.fanout)
+        common::peers_of(me, founders, args.gossip.fanout)
             .into_iter()
             .map(|p| addrs[p].clone())
             .collect()

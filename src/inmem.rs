@@ -10,10 +10,13 @@ use babble_net_actors::dispatcher::{Dispatch, DispatchStats, Dispatcher};
 use slog::{o, Logger};
 use tokio_util::sync::CancellationToken;
 
+use crate::codec::Reply;
 use crate::consumer::Consumer;
 use crate::endpoint::Endpoint;
+use crate::sim;
 use crate::transport::reply_to_result;
 use crate::{logging, Command, Config, Response, Rpc, Transport, TransportError};
+use tokio_util::codec::Encoder;
 
 /// Transport between nodes of one process: RPCs go straight to the target's
 /// Dispatcher, through the same consumer path as on the network, so a node
@@ -48,14 +51,28 @@ struct Inner {
     addr: String,
     endpoint: Endpoint,
     peers: RwLock<HashMap<String, PeerLink>>,
+    /// The simulated network this transport is on, if any: it routes to
+    /// every node of the network and carries each request and reply.
+    network: Option<Arc<sim::Shared>>,
 }
 
 /// What a transport keeps of a connected peer: no strong reference to the
 /// peer itself, so that two connected transports can still be dropped.
 #[derive(Clone)]
-struct PeerLink {
+pub(crate) struct PeerLink {
     dispatcher: Addr<Dispatcher>,
     shutdown: CancellationToken,
+}
+
+impl PeerLink {
+    /// The way to `transport`.
+    pub(crate) fn to(transport: &InmemTransport) -> PeerLink {
+        let endpoint = &transport.inner.endpoint;
+        PeerLink {
+            dispatcher: endpoint.inbox.dispatcher().clone(),
+            shutdown: endpoint.shutdown.clone(),
+        }
+    }
 }
 
 impl InmemTransport {
@@ -68,24 +85,41 @@ impl InmemTransport {
     /// A transport using `config`'s timeouts and consumer buffer.
     pub fn with_config(addr: Option<String>, config: &Config, log: Logger) -> InmemTransport {
         let addr = addr.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        InmemTransport::start(addr, config, log, None)
+    }
+
+    /// A transport at `addr` on a simulated network (see [`sim`]).
+    pub(crate) fn on_network(
+        addr: String,
+        config: &Config,
+        log: Logger,
+        network: Arc<sim::Shared>,
+    ) -> InmemTransport {
+        InmemTransport::start(addr, config, log, Some(network))
+    }
+
+    fn start(
+        addr: String,
+        config: &Config,
+        log: Logger,
+        network: Option<Arc<sim::Shared>>,
+    ) -> InmemTransport {
         let log = log.new(o!("transport" => "inmem", "local" => addr.clone()));
         InmemTransport {
             inner: Arc::new(Inner {
                 addr,
                 endpoint: Endpoint::new(config, "inmem", log),
                 peers: RwLock::new(HashMap::new()),
+                network,
             }),
         }
     }
 
-    /// Routes calls for `peer` to `transport`.
+    /// Routes calls for `peer` to `transport`. On a simulated network
+    /// ([`sim`]) every node is already reachable; a route set here is
+    /// used instead, still over the network's links.
     pub fn connect(&self, peer: impl Into<String>, transport: &InmemTransport) {
-        let peer_endpoint = &transport.inner.endpoint;
-        let link = PeerLink {
-            dispatcher: peer_endpoint.inbox.dispatcher().clone(),
-            shutdown: peer_endpoint.shutdown.clone(),
-        };
-        self.peers().insert(peer.into(), link);
+        self.peers().insert(peer.into(), PeerLink::to(transport));
     }
 
     /// Forgets the route to `peer`; calls to it fail with
@@ -109,13 +143,16 @@ impl InmemTransport {
     }
 
     async fn deliver(&self, target: &str, command: Command) -> Result<Response, TransportError> {
-        let link = self
+        let connected = self
             .inner
             .peers
             .read()
             .expect("peer table lock")
             .get(target)
-            .cloned()
+            .cloned();
+        let network = self.inner.network.as_deref();
+        let link = connected
+            .or_else(|| network.and_then(|network| network.route(target)))
             .ok_or_else(|| TransportError::UnknownPeer(target.to_owned()))?;
         if link.shutdown.is_cancelled() {
             return Err(TransportError::Connect {
@@ -128,8 +165,20 @@ impl InmemTransport {
         }
         let rpc_type = command.rpc_type();
         let after = self.inner.endpoint.config.timeout_for(rpc_type);
+        let from = self.inner.addr.as_str();
+        let request_bytes = match network {
+            Some(network) if network.needs_size(from, target) => request_size(&command),
+            _ => 0,
+        };
         let (rpc, reply) = Rpc::new(command, Some(self.inner.addr.clone()));
         let exchange = async {
+            // A message the network loses never arrives: the call waits
+            // for its timeout, as on a real network.
+            if let Some(network) = network {
+                if !network.carry(from, target, request_bytes).await {
+                    std::future::pending::<()>().await;
+                }
+            }
             // A closed Dispatcher drops the RPC, which answers `reply`.
             let served = std::time::Instant::now();
             let _ = link.dispatcher.send(Dispatch(rpc)).await;
@@ -143,6 +192,15 @@ impl InmemTransport {
                 reply.error.is_empty(),
                 served.elapsed(),
             );
+            if let Some(network) = network {
+                let bytes = match network.needs_size(target, from) {
+                    true => reply_size(&reply),
+                    false => 0,
+                };
+                if !network.carry(target, from, bytes).await {
+                    std::future::pending::<()>().await;
+                }
+            }
             reply
         };
         let reply =
@@ -153,6 +211,24 @@ impl InmemTransport {
                     after,
                 })?;
         reply_to_result(reply, rpc_type)
+    }
+}
+
+/// The bytes `command` takes on the wire.
+fn request_size(command: &Command) -> usize {
+    let mut bytes = bytes::BytesMut::new();
+    match crate::codec::encode_request(command, &mut bytes) {
+        Ok(()) => bytes.len(),
+        Err(_) => 0,
+    }
+}
+
+/// The bytes `reply` takes on the wire.
+fn reply_size(reply: &Reply) -> usize {
+    let mut bytes = bytes::BytesMut::new();
+    match crate::codec::ServerCodec::new(usize::MAX).encode(reply, &mut bytes) {
+        Ok(()) => bytes.len(),
+        Err(_) => 0,
     }
 }
 

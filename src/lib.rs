@@ -9,7 +9,9 @@
 //! share a network.
 //!
 //! Transports, all configured by one [`Config`]:
-//! * [`InmemTransport`]: inside one process, for tests and simulations.
+//! * [`InmemTransport`]: inside one process, for tests and simulations;
+//!   [`sim`] puts such transports on a simulated network with delay,
+//!   loss, limited bandwidth and partitions.
 //! * [`NetworkTransport::tcp`]: TCP, with a pool of connections per peer.
 //! * [`NetworkTransport::webrtc`]: WebRTC data channels (feature `webrtc`,
 //!   on by default), peers meeting through a signaling server
@@ -66,6 +68,7 @@ mod network;
 pub mod rtc;
 pub mod secure;
 pub mod signal;
+pub mod sim;
 mod tcp;
 mod transport;
 
@@ -80,6 +83,11 @@ pub use consumer::Consumer;
 pub use inmem::InmemTransport;
 pub use network::NetworkTransport;
 pub use transport::Transport;
+
+/// docs/TESTING.md's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/TESTING.md")]
+pub struct TestingGuide;
 
 pub mod wire {
     //! The hashgraph data that RPCs carry (events, blocks, frames, peers,

@@ -23,7 +23,12 @@ fn target_dir() -> PathBuf {
 /// The `sh` blocks of README.md, each as its commands (continuation lines
 /// joined, comments left out).
 fn readme_blocks() -> Vec<Vec<String>> {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    doc_blocks("README.md")
+}
+
+/// The `sh` blocks of the document at `path` (from the repository root).
+fn doc_blocks(path: &str) -> Vec<Vec<String>> {
+    let readme = std::fs::read_to_string(root().join(path)).unwrap();
     let mut blocks = Vec::new();
     let mut current: Option<Vec<String>> = None;
     let mut pending = String::new();
@@ -133,6 +138,70 @@ fn the_readme_cluster_commands_run_with_no_errors() {
         for (command, child) in children {
             finishes_without_errors(command, child, limit_of(command));
         }
+    }
+}
+
+/// The keys of the simulation's final line, in order.
+const SIMULATION_KEYS: [&str; 8] = [
+    "nodes",
+    "syncs",
+    "errors_before_partition",
+    "errors_during_partition",
+    "errors_after_heal",
+    "hung_calls",
+    "max_call_ms",
+    "recovered_after_ms",
+];
+
+#[test]
+fn the_documented_simulation_commands_run_and_recover() {
+    let shown = |doc: &str| -> Vec<String> {
+        doc_blocks(doc)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.contains("--example simulate"))
+            .collect()
+    };
+    let (readme, guide) = (shown("README.md"), shown("docs/TESTING.md"));
+    assert!(!readme.is_empty() && !guide.is_empty(), "both show it");
+    // A command shown in both is run once.
+    let commands: std::collections::BTreeSet<String> = readme.into_iter().chain(guide).collect();
+    for command in commands {
+        let mut child = spawn(&command, root());
+        let limit = limit_of(&command);
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(started.elapsed() < limit, "{command}: still running");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stdout = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+        assert!(status.success(), "{command}: {status}\n{stdout}");
+        let last = stdout.lines().last().unwrap_or_default();
+        let summary: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(last).unwrap_or_else(|_| panic!("{command}: last line {last:?}"));
+        // Exactly these keys, in this order.
+        assert_eq!(summary.len(), SIMULATION_KEYS.len(), "{command}: {last}");
+        let at: Vec<Option<usize>> = SIMULATION_KEYS
+            .iter()
+            .map(|key| last.find(&format!("\"{key}\":")))
+            .collect();
+        assert!(
+            at.iter().all(Option::is_some) && at.windows(2).all(|w| w[0] < w[1]),
+            "{command}: {last}"
+        );
+        assert_eq!(summary["hung_calls"], 0, "{command}: {last}");
+        assert!(summary["syncs"].as_u64() > Some(0), "{command}: {last}");
+        assert!(
+            summary["errors_during_partition"].as_u64() > Some(0),
+            "the partition cut calls: {last}"
+        );
+        assert!(
+            summary["recovered_after_ms"].is_u64(),
+            "{command}: the halves exchanged again after the heal: {last}"
+        );
     }
 }
 

@@ -27,7 +27,7 @@ use babble_net::{
     Command, EagerSyncRequest, EagerSyncResponse, FastForwardRequest, FastForwardResponse,
     JoinRequest, JoinResponse, Rpc, SyncRequest, SyncResponse, Transport, TransportError,
 };
-use rand::seq::SliceRandom;
+use rand::seq::IndexedRandom;
 
 /// How long a newcomer keeps trying to reach its sponsor.
 const JOIN_RETRY: Duration = Duration::from_secs(10);
@@ -54,11 +54,81 @@ pub struct Stats {
     /// Set when the run is over: failures caused by the shutdown itself
     /// are not counted.
     pub finished: AtomicBool,
+    /// Told of every call when it ends, if set.
+    pub on_call: std::sync::OnceLock<CallObserver>,
+    /// Calls in flight: when each was made.
+    in_flight: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+    next_call: AtomicU64,
+}
+
+/// What is told of every call as it ends.
+pub type CallObserver = Box<dyn Fn(&CallRecord<'_>) + Send + Sync>;
+
+/// One call of a toy node, as it ended.
+pub struct CallRecord<'a> {
+    /// The caller's address.
+    pub from: &'a str,
+    pub target: &'a str,
+    /// "sync", "eager_sync", "fast_forward" or "join".
+    pub rpc: &'static str,
+    /// When it was made.
+    pub made: std::time::Instant,
+    /// How long it took.
+    pub took: Duration,
+    /// Events it carried, or how it failed.
+    pub outcome: Result<usize, &'a TransportError>,
+}
+
+/// A call in flight, known to [`Stats`] until it is dropped (ended or
+/// cancelled).
+pub struct CallTimer {
+    stats: Arc<Stats>,
+    id: u64,
+    made: std::time::Instant,
+}
+
+impl CallTimer {
+    /// When the call was made.
+    pub fn made(&self) -> std::time::Instant {
+        self.made
+    }
+}
+
+impl Drop for CallTimer {
+    fn drop(&mut self) {
+        self.stats.in_flight.lock().unwrap().remove(&self.id);
+    }
 }
 
 impl Stats {
     fn count(&self, counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Starts timing a call.
+    pub fn call_started(self: &Arc<Self>) -> CallTimer {
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let made = std::time::Instant::now();
+        self.in_flight.lock().unwrap().insert(id, made);
+        CallTimer {
+            stats: self.clone(),
+            id,
+            made,
+        }
+    }
+
+    /// Calls in flight for longer than `age`.
+    pub fn in_flight_longer_than(&self, age: Duration) -> usize {
+        let now = std::time::Instant::now();
+        let calls = self.in_flight.lock().unwrap();
+        calls.values().filter(|made| now - **made > age).count()
+    }
+
+    /// Tells the observer, if any, of a call that ended.
+    fn record(&self, record: &CallRecord<'_>) {
+        if let Some(observe) = self.on_call.get() {
+            observe(record);
+        }
     }
 
     /// A call to `target`, made at `made`, failed.
@@ -147,6 +217,39 @@ pub struct Gossip {
     pub max_syncs: usize,
     /// Events kept at most.
     pub max_events: usize,
+}
+
+/// How toy nodes gossip, from the command line.
+#[derive(clap::Args, Clone, Debug)]
+pub struct GossipArgs {
+    /// Milliseconds between two gossip rounds of a node (0: 20 ms, or
+    /// longer for clusters over 20 nodes, so that the cluster makes about
+    /// 1000 syncs a second).
+    #[arg(long, default_value_t = 0)]
+    pub period_ms: u64,
+    /// Peers each node gossips with.
+    #[arg(long, default_value_t = 8)]
+    pub fanout: usize,
+    /// Syncs a node has in flight at most.
+    #[arg(long, default_value_t = 2)]
+    pub max_syncs: usize,
+    /// Events a node keeps at most.
+    #[arg(long, default_value_t = 256)]
+    pub max_events: usize,
+}
+
+impl GossipArgs {
+    /// How each node of a cluster of `nodes` gossips.
+    pub fn gossip(&self, nodes: usize) -> Gossip {
+        Gossip {
+            period: match self.period_ms {
+                0 => Gossip::period_for(nodes, Duration::from_millis(20), 1000),
+                ms => Duration::from_millis(ms),
+            },
+            max_syncs: self.max_syncs.max(1),
+            max_events: self.max_events,
+        }
+    }
 }
 
 impl Gossip {
@@ -352,7 +455,7 @@ impl ToyNode {
             return;
         }
         self.create_event();
-        let Some(target) = self.peers.choose(&mut rand::thread_rng()).cloned() else {
+        let Some(target) = self.peers.choose(&mut rand::rng()).cloned() else {
             return;
         };
         if self.syncing >= self.gossip.max_syncs {
@@ -366,25 +469,49 @@ impl ToyNode {
             known: Some(self.events.known().clone()),
             sync_limit: 100,
         };
-        let made = std::time::Instant::now();
+        let stats = self.stats.clone();
         let sync = async move {
+            let timer = stats.call_started();
             let result = transport.sync(&target, request).await;
-            (target, result)
+            (target, result, timer.made(), timer.made().elapsed())
         };
         ctx.spawn(
             sync.into_actor(self)
-                .map(move |(target, result), node, ctx| match result {
-                    Ok(response) => {
-                        node.stats.count(&node.stats.syncs);
-                        node.insert(response.events);
-                        node.push(target, response.known.unwrap_or_default(), ctx);
-                    }
-                    Err(err) => {
-                        node.syncing -= 1;
-                        node.stats.failed(&target, &err, made, &node.log)
+                .map(move |(target, result, made, took), node, ctx| {
+                    let events = |r: &SyncResponse| r.events.as_ref().map_or(0, Vec::len);
+                    node.record(&target, "sync", made, took, result.as_ref().map(events));
+                    match result {
+                        Ok(response) => {
+                            node.stats.count(&node.stats.syncs);
+                            node.insert(response.events);
+                            node.push(target, response.known.unwrap_or_default(), ctx);
+                        }
+                        Err(err) => {
+                            node.syncing -= 1;
+                            node.stats.failed(&target, &err, made, &node.log)
+                        }
                     }
                 }),
         );
+    }
+
+    /// Tells the cluster's observer of a call of ours that ended.
+    fn record(
+        &self,
+        target: &str,
+        rpc: &'static str,
+        made: std::time::Instant,
+        took: Duration,
+        outcome: Result<usize, &TransportError>,
+    ) {
+        self.stats.record(&CallRecord {
+            from: &self.me.net_addr,
+            target,
+            rpc,
+            made,
+            took,
+            outcome,
+        });
     }
 
     /// EagerSync: hands `target` what it told us it is missing; the sync
@@ -395,22 +522,34 @@ impl ToyNode {
             return;
         };
         let transport = self.transport.clone();
+        let pushed = events.len();
         let request = EagerSyncRequest {
             from_id: self.id,
             events: Some(events),
         };
-        let made = std::time::Instant::now();
+        let stats = self.stats.clone();
         let push = async move {
+            let timer = stats.call_started();
             let result = transport.eager_sync(&target, request).await;
-            (target, result)
+            (target, result, timer.made(), timer.made().elapsed())
         };
-        ctx.spawn(push.into_actor(self).map(move |(target, result), node, _| {
-            node.syncing -= 1;
-            match result {
-                Ok(_) => node.stats.count(&node.stats.eager_syncs),
-                Err(err) => node.stats.failed(&target, &err, made, &node.log),
-            }
-        }));
+        ctx.spawn(
+            push.into_actor(self)
+                .map(move |(target, result, made, took), node, _| {
+                    node.syncing -= 1;
+                    node.record(
+                        &target,
+                        "eager_sync",
+                        made,
+                        took,
+                        result.as_ref().map(|_| pushed),
+                    );
+                    match result {
+                        Ok(_) => node.stats.count(&node.stats.eager_syncs),
+                        Err(err) => node.stats.failed(&target, &err, made, &node.log),
+                    }
+                }),
+        );
     }
 
     fn start_gossip(&mut self, ctx: &mut Context<Self>) {

@@ -47,24 +47,29 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The `rpcbench` example binary, built if this test run did not build it
-/// (`cargo test` builds examples, `cargo test --test NAME` does not).
+/// The `rpcbench` example binary, built if this test run did not build it.
 pub fn rpcbench() -> PathBuf {
+    example("rpcbench")
+}
+
+/// The binary of example `name`, built if this test run did not build it
+/// (`cargo test` builds examples, `cargo test --test NAME` does not).
+pub fn example(name: &str) -> PathBuf {
     let target_dir = std::env::current_exe()
         .expect("test binary path")
         .parent() // deps
         .and_then(|deps| deps.parent())
         .expect("target profile directory")
         .to_path_buf();
-    let path = target_dir.join("examples").join("rpcbench");
+    let path = target_dir.join("examples").join(name);
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
-            .args(["build", "--example", "rpcbench"])
+            .args(["build", "--example", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo runs");
-        assert!(status.success(), "cargo build --example rpcbench failed");
+        assert!(status.success(), "cargo build --example {name} failed");
     }
     path
 }
