@@ -219,13 +219,11 @@ impl ShapeArgs {
     }
 }
 
+/// What both ends of a run set alike.
 #[derive(Args)]
-struct ServeArgs {
-    /// Address to listen on (TCP).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: String,
-    /// The server's I/O timeout: a request must arrive, and a reply go
-    /// out, within it plus their bytes at the minimum rate.
+struct RunArgs {
+    /// The I/O timeout: a call, a request and a reply must make progress
+    /// within it, and end within it plus their bytes at the minimum rate.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
     /// Threads for the transport's I/O (0: on the main thread; default:
@@ -235,6 +233,32 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (docs/METRICS.md).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl RunArgs {
+    /// Starts the metrics endpoint, if asked, and returns `config` with
+    /// the timeouts and I/O threads set.
+    fn apply(&self, config: Config) -> Config {
+        if let Some(addr) = self.metrics_addr {
+            babble_net::metrics::serve_prometheus(addr).unwrap_or_else(|e| fail(e));
+        }
+        let timeout = Duration::from_millis(self.timeout_ms);
+        Config {
+            timeout,
+            join_timeout: timeout,
+            io_threads: self.io_threads.unwrap_or(config.io_threads),
+            ..config
+        }
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (TCP).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    #[command(flatten)]
+    run: RunArgs,
     #[arg(long, value_enum, default_value = "tcp")]
     transport: TransportKind,
     #[command(flatten)]
@@ -262,15 +286,8 @@ struct CallArgs {
     /// Events per Sync reply / EagerSync request.
     #[arg(long, default_value_t = 0)]
     sync_limit: usize,
-    #[arg(long, default_value_t = 10_000)]
-    timeout_ms: u64,
-    /// Threads for the transport's I/O (0: on the main thread; default:
-    /// one per core).
-    #[arg(long)]
-    io_threads: Option<usize>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (docs/METRICS.md).
-    #[arg(long)]
-    metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    run: RunArgs,
     /// tcp: call --target; inmem: serve and call inside this process;
     /// webrtc: call the ID --target through --signal.
     #[arg(long, value_enum, default_value = "tcp")]
@@ -443,16 +460,11 @@ fn answer_all(transport: &dyn Transport, shape: Shape) {
 }
 
 async fn serve(args: ServeArgs) {
-    if let Some(addr) = args.metrics_addr {
-        babble_net::metrics::serve_prometheus(addr).unwrap_or_else(|e| fail(e));
-    }
-    let config = Config {
+    let config = args.run.apply(Config {
         bind_addr: args.listen.clone(),
         max_inbound: 4096,
-        timeout: Duration::from_millis(args.timeout_ms),
-        io_threads: args.io_threads.unwrap_or(Config::default().io_threads),
         ..Config::default()
-    };
+    });
     let config = args.secure.apply(config, None);
     let transport = match args.transport {
         TransportKind::Tcp => {
@@ -482,9 +494,6 @@ async fn serve(args: ServeArgs) {
 }
 
 async fn call(args: CallArgs) -> Report {
-    if let Some(addr) = args.metrics_addr {
-        babble_net::metrics::serve_prometheus(addr).unwrap_or_else(|e| fail(e));
-    }
     let shape = args.shape.shape();
     let command = workload::request(&args.rpc, args.sync_limit, shape).unwrap_or_else(|| {
         fail(format!(
@@ -495,14 +504,11 @@ async fn call(args: CallArgs) -> Report {
     let expected = workload::answer(&command, shape, &workload::snapshot());
     let bytes_out = request_frame(&command).len() as u64;
     let bytes_in = reply_frame(&Reply::ok(expected.clone())).len() as u64;
-    let config = Config {
+    let config = args.run.apply(Config {
         bind_addr: "127.0.0.1:0".into(),
         max_pool: args.max_pool,
-        timeout: Duration::from_millis(args.timeout_ms),
-        join_timeout: Duration::from_millis(args.timeout_ms),
-        io_threads: args.io_threads.unwrap_or(Config::default().io_threads),
         ..Config::default()
-    };
+    });
     let config = args.secure.apply(config, Some(&args.target));
     let (client, target): (Arc<dyn Transport>, String) = match args.transport {
         TransportKind::Tcp => {

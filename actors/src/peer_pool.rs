@@ -7,7 +7,7 @@
 //!    `Checkout`): an idle one, or leave to dial one (at most
 //!    `max_dials` at once per peer; beyond, the call waits for whichever
 //!    comes first, a returned connection or a dial slot; a failed dial
-//!    fails every call made before it failed). It then writes
+//!    fails every call made before it began). It then writes
 //!    the request and reads the reply in the caller's own future, outside
 //!    the actor's mailbox, so a slow peer never holds up the pool.
 //! 3. The `Lease` gives the connection back when it is dropped (one
@@ -401,14 +401,14 @@ async fn checkout(
     match grant {
         Grant::Connection(framed) => Ok((Lease::of(framed, pool, peer), true)),
         Grant::Dial => {
+            let began = Instant::now();
             let dialled = dial(peer, pool, timeout).await;
-            let ended = Instant::now();
             crate::metrics::dialled(peer.transport, dialled.is_ok());
             let failure = dialled.as_ref().err().map(|error| match error {
                 TransportError::Connect { source, .. } => source.to_string(),
                 other => other.to_string(),
             });
-            pool.do_send(Dialled { ended, failure });
+            pool.do_send(Dialled { began, failure });
             Ok((dialled?, false))
         }
         Grant::Refused(why) => Err(TransportError::Connect {
@@ -618,6 +618,13 @@ enum Grant {
     Refused(String),
 }
 
+/// A call waiting for a connection or a dial slot.
+struct Waiter {
+    /// When the call was made.
+    issued: Instant,
+    grant: oneshot::Sender<Grant>,
+}
+
 /// The connections to one peer; see the module docs.
 pub struct PeerPool {
     settings: PoolSettings,
@@ -625,12 +632,13 @@ pub struct PeerPool {
     /// Dials in progress.
     dialing: usize,
     /// Calls waiting for a connection or a dial slot, oldest first.
-    waiters: VecDeque<oneshot::Sender<Grant>>,
+    waiters: VecDeque<Waiter>,
     /// The latest failed dial since the last successful one: when it
-    /// failed, and why. A call made before then fails the same way
-    /// instead of dialling again: it was made while the peer could not be
-    /// reached, and its checkout may only arrive now, from another thread.
-    /// A call made after it dials again (the peer may be back).
+    /// began, and why it failed. A call made before it began fails the
+    /// same way instead of dialling again: it has waited at least as long
+    /// as that dial, and its checkout may only arrive now, from another
+    /// thread. A call made after it began dials again (the peer may be
+    /// back: a partition that healed while the dial was failing).
     failed_dial: Option<(Instant, String)>,
     /// Idle connections last counted in the `pooled` connections gauge.
     counted_idle: usize,
@@ -644,7 +652,7 @@ impl PeerPool {
     /// there is none.
     fn serve_waiter(&mut self, mut grant: Grant) -> Option<Grant> {
         while let Some(waiter) = self.waiters.pop_front() {
-            match waiter.send(grant) {
+            match waiter.grant.send(grant) {
                 Ok(()) => return None,
                 Err(back) => grant = back,
             }
@@ -758,7 +766,10 @@ impl Handler<Checkout> for PeerPool {
             ));
         }
         let (tx, rx) = oneshot::channel();
-        self.waiters.push_back(tx);
+        self.waiters.push_back(Waiter {
+            issued: checkout.issued,
+            grant: tx,
+        });
         actix::Response::fut(async move {
             rx.await
                 .unwrap_or_else(|_| Grant::Refused("the pool closed".into()))
@@ -766,11 +777,12 @@ impl Handler<Checkout> for PeerPool {
     }
 }
 
-/// A dial ended at `ended`; `failure` says why it failed, if it did.
+/// A dial that began at `began` ended; `failure` says why it failed, if
+/// it did.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Dialled {
-    ended: Instant,
+    began: Instant,
     failure: Option<String>,
 }
 
@@ -784,16 +796,25 @@ impl Handler<Dialled> for PeerPool {
             // so now rather than at their timeout.
             Some(why) => {
                 self.restarted();
-                for waiter in self.waiters.drain(..) {
-                    let _ = waiter.send(Grant::Refused(why.clone()));
+                // Calls made before the dial began have waited at least as
+                // long as it did; calls made since may find the peer back
+                // (a partition healed meanwhile) and dial again.
+                let (stale, fresh): (VecDeque<_>, VecDeque<_>) = self
+                    .waiters
+                    .drain(..)
+                    .partition(|waiter| waiter.issued <= dialled.began);
+                for waiter in stale {
+                    let _ = waiter.grant.send(Grant::Refused(why.clone()));
                 }
+                self.waiters = fresh;
                 if self
                     .failed_dial
                     .as_ref()
-                    .is_none_or(|(failed, _)| *failed < dialled.ended)
+                    .is_none_or(|(began, _)| *began < dialled.began)
                 {
-                    self.failed_dial = Some((dialled.ended, why));
+                    self.failed_dial = Some((dialled.began, why));
                 }
+                self.grant_dials();
             }
             None => {
                 self.failed_dial = None;
@@ -876,7 +897,9 @@ impl Handler<ClosePool> for PeerPool {
         self.idle.clear();
         self.count_idle();
         for waiter in self.waiters.drain(..) {
-            let _ = waiter.send(Grant::Refused("transport shutdown".into()));
+            let _ = waiter
+                .grant
+                .send(Grant::Refused("transport shutdown".into()));
         }
     }
 }

@@ -282,8 +282,10 @@ fn five_nodes_ride_out_a_kill_a_partition_and_a_slow_link() {
         let failed = inside.iter().filter(|c| !c.ok).count();
         let longest = inside.iter().map(|c| c.ms).fold(0.0, f64::max);
         eprintln!(
-            "{}: {} calls in flight during it, {failed} failed, longest {longest:.0} ms; recovered in {} ms",
+            "{} (Unix ms {}..{}): {} calls in flight during it, {failed} failed, longest {longest:.0} ms; recovered in {} ms",
             fault.name,
+            fault.began,
+            fault.ended,
             inside.len(),
             fault.recovered_in.as_millis()
         );

@@ -53,7 +53,8 @@ pub fn rpcbench() -> PathBuf {
 }
 
 /// The binary of example `name`, built if this test run did not build it
-/// (`cargo test` builds examples, `cargo test --test NAME` does not).
+/// (`cargo test` builds examples, `cargo test --test NAME` does not: run
+/// `cargo build --examples` first so that it is not stale).
 pub fn example(name: &str) -> PathBuf {
     let target_dir = std::env::current_exe()
         .expect("test binary path")
