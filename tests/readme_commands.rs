@@ -8,6 +8,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Held by each test while its commands run: they start whole clusters,
+/// and one test's 300-node simulation on both cores would starve another
+/// test's node processes into timeouts.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The repository's root, where README.md's commands are run.
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -120,6 +131,7 @@ fn limit_of(command: &str) -> Duration {
 
 #[test]
 fn the_readme_cluster_commands_run_with_no_errors() {
+    let _alone = one_at_a_time();
     let clusters: Vec<Vec<String>> = readme_blocks()
         .into_iter()
         .map(|block| {
@@ -155,6 +167,7 @@ const SIMULATION_KEYS: [&str; 8] = [
 
 #[test]
 fn the_documented_simulation_commands_run_and_recover() {
+    let _alone = one_at_a_time();
     let shown = |doc: &str| -> Vec<String> {
         doc_blocks(doc)
             .into_iter()
@@ -207,6 +220,7 @@ fn the_documented_simulation_commands_run_and_recover() {
 
 #[test]
 fn the_readme_signaling_server_commands_work() {
+    let _alone = one_at_a_time();
     let block = readme_blocks()
         .into_iter()
         .find(|block| block.iter().any(|c| c.contains("babble-signal")))

@@ -177,7 +177,7 @@ fn stress_duration() -> Duration {
 }
 
 #[actix_rt::test]
-#[ignore = "a call stalls for over a minute in about half the runs since this session's changes (it passed before); kept to be fixed, run with --ignored"]
+#[ignore = "on webrtc 0.17 a call stalls for up to a minute in about half the runs (SCTP drops a chunk when its 1 MiB receive buffer is full, webrtc-rs#822, then backs its retransmission off up to 60 s); run with --ignored until the stack moves to webrtc 0.21"]
 async fn sixty_four_calls_of_a_mebibyte_each_keep_flowing_over_one_peer_connection() {
     const CALLERS: u32 = 64;
     const EVENTS: usize = 760; // about 1 MiB a frame
