@@ -248,22 +248,26 @@ async fn main() {
             threads.start(i, node)
         })
         .collect();
-    common::begin_all(&nodes).await;
-
     let addrs = |range: std::ops::Range<usize>| -> Vec<String> {
         range.map(|i| transports[i].local_addr()).collect()
     };
+    let cut = || {
+        net.partition([addrs(0..half), addrs(half..args.nodes)]);
+        phases.lock().unwrap().cut = Some(Instant::now());
+        println!(
+            "partitioned: nodes 0-{} | {}-{}",
+            half - 1,
+            half,
+            args.nodes - 1
+        );
+    };
+    // A partition from second 0 is in place before anyone gossips.
+    if matches!(partition, Some((0, _))) {
+        cut();
+    }
+    common::begin_all(&nodes).await;
     common::report_every_second(&stats, args.secs, |second| match partition {
-        Some((at, _)) if second == at => {
-            net.partition([addrs(0..half), addrs(half..args.nodes)]);
-            phases.lock().unwrap().cut = Some(Instant::now());
-            println!(
-                "partitioned: nodes 0-{} | {}-{}",
-                half - 1,
-                half,
-                args.nodes - 1
-            );
-        }
+        Some((at, _)) if second == at => cut(),
         Some((_, heal)) if second == heal => {
             net.heal();
             phases.lock().unwrap().healed = Some(Instant::now());
