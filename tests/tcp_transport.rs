@@ -418,7 +418,7 @@ async fn abuse(addr: &str, kind: usize) {
         }
         _ => socket.write_all(b"\x02{\"Events\":[[[[[[[[").await.unwrap(),
     }
-    if kind % 8 != 0 && kind % 8 != 6 {
+    if !kind.is_multiple_of(8) && kind % 8 != 6 {
         let _ = socket.shutdown().await;
     }
     // The server closes its end: read until EOF (or a reset).

@@ -203,7 +203,7 @@ async fn sixty_four_calls_of_a_mebibyte_each_keep_flowing_over_one_peer_connecti
             let mut calls = 0u64;
             while std::time::Instant::now() < until {
                 // Odd callers push, even ones pull: both directions at once.
-                if (seed + calls as u32) % 2 == 0 {
+                if (seed + calls as u32).is_multiple_of(2) {
                     let request = EagerSyncRequest {
                         from_id: seed,
                         events: Some(suite::bulky_events(EVENTS, 1000, seed)),
