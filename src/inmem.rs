@@ -154,14 +154,12 @@ impl InmemTransport {
         let link = connected
             .or_else(|| network.and_then(|network| network.route(target)))
             .ok_or_else(|| TransportError::UnknownPeer(target.to_owned()))?;
-        if link.shutdown.is_cancelled() {
-            return Err(TransportError::Connect {
-                peer: target.to_owned(),
-                source: io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    "peer transport is closed",
-                ),
-            });
+        let refused = || TransportError::Connect {
+            peer: target.to_owned(),
+            source: io::Error::new(io::ErrorKind::ConnectionRefused, "peer transport is closed"),
+        };
+        if network.is_none() && link.shutdown.is_cancelled() {
+            return Err(refused());
         }
         let rpc_type = command.rpc_type();
         let after = self.inner.endpoint.config.timeout_for(rpc_type);
@@ -177,6 +175,11 @@ impl InmemTransport {
             if let Some(network) = network {
                 if !network.carry(from, target, request_bytes).await {
                     std::future::pending::<()>().await;
+                }
+                // A crashed node refuses the request once it gets there
+                // (behind a partition, the caller only sees a timeout).
+                if link.shutdown.is_cancelled() {
+                    return Err(refused());
                 }
             }
             // A closed Dispatcher drops the RPC, which answers `reply`.
@@ -201,15 +204,14 @@ impl InmemTransport {
                     std::future::pending::<()>().await;
                 }
             }
-            reply
+            Ok(reply)
         };
-        let reply =
-            tokio::time::timeout(after, exchange)
-                .await
-                .map_err(|_| TransportError::Timeout {
-                    peer: target.to_owned(),
-                    after,
-                })?;
+        let reply = tokio::time::timeout(after, exchange).await.map_err(|_| {
+            TransportError::Timeout {
+                peer: target.to_owned(),
+                after,
+            }
+        })??;
         reply_to_result(reply, rpc_type)
     }
 }

@@ -184,6 +184,17 @@ async fn a_restarted_node_takes_its_address_back() {
 }
 
 #[actix_rt::test]
+async fn a_crashed_node_behind_a_partition_is_silent_not_refusing() {
+    tokio::time::pause();
+    let net = SimNetwork::new(1);
+    let nodes = answering(net.clone(), 2);
+    nodes[1].close().await.unwrap();
+    net.partition([vec!["node0"], vec!["node1"]]);
+    let err = nodes[0].sync("node1", sync()).await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+}
+
+#[actix_rt::test]
 async fn an_unknown_address_is_an_unknown_peer() {
     let nodes = answering(SimNetwork::new(1), 1);
     let err = nodes[0].sync("nobody", sync()).await.unwrap_err();
