@@ -42,9 +42,9 @@
 //! request or reply, or one sent across a partition, makes the call fail
 //! with [`TransportError::Timeout`](crate::TransportError::Timeout) after
 //! the call's timeout (a lost reply's request was still served, as on a
-//! real network). To crash a node, close its transport (calls to it are
-//! refused); to restart it, ask the network for a transport with the same
-//! address.
+//! real network). To crash a node, close its transport (calls that reach
+//! it are refused); to restart it, ask the network for a transport with
+//! the same address.
 //!
 //! Replaying: each direction of each link draws from its own random
 //! sequence, derived from the seed and the two addresses, in the order its
