@@ -164,16 +164,11 @@ impl InmemTransport {
         let rpc_type = command.rpc_type();
         let after = self.inner.endpoint.config.timeout_for(rpc_type);
         let from = self.inner.addr.as_str();
-        let request_bytes = match network {
-            Some(network) if network.needs_size(from, target) => request_size(&command),
-            _ => 0,
-        };
-        let (rpc, reply) = Rpc::new(command, Some(self.inner.addr.clone()));
         let exchange = async {
             // A message the network loses never arrives: the call waits
             // for its timeout, as on a real network.
             if let Some(network) = network {
-                if !network.carry(from, target, request_bytes).await {
+                if !network.carry(from, target, || request_size(&command)).await {
                     std::future::pending::<()>().await;
                 }
                 // A crashed node refuses the request once it gets there
@@ -182,6 +177,7 @@ impl InmemTransport {
                     return Err(refused());
                 }
             }
+            let (rpc, reply) = Rpc::new(command, Some(self.inner.addr.clone()));
             // A closed Dispatcher drops the RPC, which answers `reply`.
             let served = std::time::Instant::now();
             let _ = link.dispatcher.send(Dispatch(rpc)).await;
@@ -196,11 +192,7 @@ impl InmemTransport {
                 served.elapsed(),
             );
             if let Some(network) = network {
-                let bytes = match network.needs_size(target, from) {
-                    true => reply_size(&reply),
-                    false => 0,
-                };
-                if !network.carry(target, from, bytes).await {
+                if !network.carry(target, from, || reply_size(&reply)).await {
                     std::future::pending::<()>().await;
                 }
             }

@@ -219,19 +219,16 @@ impl Shared {
         read(&self.nodes).get(addr).cloned()
     }
 
-    /// Whether sending from `from` to `to` needs the message's size.
-    pub(crate) fn needs_size(&self, from: &str, to: &str) -> bool {
-        self.link(from, to).needs_size()
-    }
-
-    /// Carries a message of `bytes` from `from` to `to`: returns once it
-    /// arrives, `false` at once if it never will.
-    pub(crate) async fn carry(&self, from: &str, to: &str, bytes: usize) -> bool {
+    /// Carries a message from `from` to `to`: returns once it arrives,
+    /// `false` at once if it never will. `size` gives its bytes, asked
+    /// only of a link with a bandwidth limit.
+    pub(crate) async fn carry(&self, from: &str, to: &str, size: impl FnOnce() -> usize) -> bool {
         if read(&self.partition).separates(from, to) {
             self.cut.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         let link = self.link(from, to);
+        let bytes = if link.needs_size() { size() } else { 0 };
         let now = tokio::time::Instant::now();
         let fate = {
             let mut shard = self.states[shard_of(from)].lock().expect("link state lock");
