@@ -3,53 +3,47 @@
 //! Writes are cut into messages of at most [`CHUNK`] bytes (what browsers
 //! accept everywhere) and the ordered, reliable channel hands them back in
 //! order, so concatenating what is read gives the byte stream back: any
-//! RPC size works. Reads use one buffer sized for the largest message a
-//! peer may send, allocated once. Writes wait while more than
-//! [`HIGH_WATER`] bytes are queued in the channel, until it drains below
-//! [`LOW_WATER`]: a large reply never piles up in memory.
+//! RPC size works.
 //!
-//! The queue is kept short on purpose. All channels of a peer connection
-//! share one SCTP association whose receiver buffers 1 MiB; when several
-//! large frames flow at once and the receiver's buffer overflows, the
-//! WebRTC stack drops a chunk and waits for a retransmission timeout (a
-//! second or more). With at most 128 KiB queued per channel, several
-//! channels fit in the receiver's window; measured on loopback, this also
-//! raised one channel's throughput by about half compared with 1 MiB.
+//! A write is done once the WebRTC stack has taken its message. The stack
+//! takes a message only while fewer than [`SEND_BUFFER`] bytes of the
+//! channel are not yet acknowledged by the peer, so a large reply never
+//! piles up in memory and a peer that stops acknowledging stops the
+//! writer (whose RPC deadline then ends the call).
+//!
+//! On the receiving side, every channel of a peer connection shares one
+//! SCTP receive window of [`RECEIVE_WINDOW`] bytes; the stack queues at
+//! most 256 messages of at most [`MAX_MESSAGE`] bytes per channel for the
+//! reader, and while one channel's queue is full it stops taking data for
+//! the whole peer connection, which closes the window and slows the
+//! sender. Honest peers never get there: a connection carries one RPC at a
+//! time and its reader reads every frame as it arrives.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
+use bytes::BytesMut;
+use futures::future::BoxFuture;
+use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
-use webrtc::data::data_channel::DataChannel;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
 /// Largest message written.
 pub const CHUNK: usize = 16 * 1024;
-/// Largest message accepted on read: the SCTP default maximum.
-pub const MAX_MESSAGE: usize = 256 * 1024;
-/// Writes wait when this much is queued...
-pub const HIGH_WATER: usize = 128 * 1024;
-/// ...until the queue drains below this.
-pub const LOW_WATER: usize = 32 * 1024;
+/// Largest message accepted from a peer (the SDP `max-message-size` we
+/// announce, RFC 8841's default).
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Bytes of one channel handed to the stack and not yet acknowledged by the
+/// peer, beyond which a write waits.
+pub const SEND_BUFFER: usize = 128 * 1024;
+/// The SCTP receive window of one peer connection, shared by its channels.
+pub const RECEIVE_WINDOW: u32 = 1024 * 1024;
 
-type ReadFuture =
-    Pin<Box<dyn Future<Output = (Vec<u8>, Result<usize, webrtc::data::Error>)> + Send>>;
-type WriteFuture = Pin<Box<dyn Future<Output = Result<usize, webrtc::data::Error>> + Send>>;
-type DrainFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-enum Reading {
-    /// The buffer, holding `data[start..end]` not yet handed out.
-    Idle {
-        buffer: Vec<u8>,
-        start: usize,
-        end: usize,
-    },
-    Pending(ReadFuture),
+pub(super) fn max_message_size() -> SctpMaxMessageSize {
+    SctpMaxMessageSize::Bounded(MAX_MESSAGE as u32)
 }
 
 /// One of the data channels a peer connection may carry; freed when the
@@ -63,52 +57,51 @@ impl Drop for ChannelSlot {
 }
 
 /// A data channel as a byte stream: writes cut into messages of at most
-/// [`CHUNK`] bytes, reads joined again, at most 128 KiB queued.
+/// [`CHUNK`] bytes, reads joined again, at most [`SEND_BUFFER`] bytes
+/// unacknowledged.
 pub struct ChannelStream {
-    channel: Arc<DataChannel>,
+    channel: Arc<dyn DataChannel>,
     _slot: Option<ChannelSlot>,
-    reading: Reading,
-    writing: Option<WriteFuture>,
-    draining: Option<DrainFuture>,
-    drained: Arc<Notify>,
+    /// The rest of the last message read.
+    unread: BytesMut,
+    /// The stack's next event, being waited for. Kept across polls, never
+    /// dropped half-way: an event taken is never lost.
+    next_event: Option<BoxFuture<'static, Option<DataChannelEvent>>>,
+    end_of_stream: bool,
+    /// The message being handed to the stack, and its length.
+    sending: Option<(BoxFuture<'static, webrtc::error::Result<()>>, usize)>,
 }
 
 impl ChannelStream {
-    /// Wraps a detached, open data channel.
-    pub fn new(channel: Arc<DataChannel>) -> ChannelStream {
-        ChannelStream::in_slot(channel, None)
-    }
-
-    /// Wraps a channel counted against its peer connection's limit.
-    pub(super) fn in_slot(channel: Arc<DataChannel>, slot: Option<ChannelSlot>) -> ChannelStream {
-        let drained = Arc::new(Notify::new());
-        channel.set_buffered_amount_low_threshold(LOW_WATER);
-        let notify = drained.clone();
-        channel.on_buffered_amount_low(Box::new(move || {
-            notify.notify_waiters();
-            Box::pin(async {})
-        }));
-        ChannelStream {
+    /// Wraps an open data channel, counted against its peer connection's
+    /// limit when `slot` is given.
+    pub(super) async fn open(
+        channel: Arc<dyn DataChannel>,
+        slot: Option<ChannelSlot>,
+    ) -> Result<ChannelStream, webrtc::error::Error> {
+        // The stack queues a "buffered amount low" event for the reader each
+        // time the send buffer drains below this threshold (0 at first).
+        // Writes wait inside the stack instead, so nobody needs the event,
+        // and a threshold the buffer can never exceed keeps such events from
+        // filling the queue of a channel whose reader is busy writing.
+        channel.set_buffered_amount_low_threshold(u32::MAX).await?;
+        Ok(ChannelStream {
             channel,
             _slot: slot,
-            reading: Reading::Idle {
-                buffer: vec![0; MAX_MESSAGE],
-                start: 0,
-                end: 0,
-            },
-            writing: None,
-            draining: None,
-            drained,
-        }
+            unread: BytesMut::new(),
+            next_event: None,
+            end_of_stream: false,
+            sending: None,
+        })
     }
 }
 
 impl Drop for ChannelStream {
     fn drop(&mut self) {
-        let channel = self.channel.clone();
-        // Closing may fail harmlessly ("sending reset packet in
-        // non-Established state") when the association is already gone.
+        // Dropping the handle alone would leave the channel open on the
+        // peer connection (and its slot taken on the peer's side).
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let channel = self.channel.clone();
             runtime.spawn(async move {
                 let _ = channel.close().await;
             });
@@ -116,7 +109,7 @@ impl Drop for ChannelStream {
     }
 }
 
-fn io_error(error: webrtc::data::Error) -> io::Error {
+fn io_error(error: webrtc::error::Error) -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionReset, error.to_string())
 }
 
@@ -126,83 +119,46 @@ impl AsyncRead for ChannelStream {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        // A reader waiting for an answer needs its own last message out:
-        // drive a write still in progress even if nobody flushes. Left
-        // parked, it would also keep the peer connection's send queue
-        // locked for every other channel.
-        if let Some(writing) = self.writing.as_mut() {
-            if let Poll::Ready(result) = writing.as_mut().poll(cx) {
-                self.writing = None;
-                result.map_err(io_error)?;
-            }
-        }
         loop {
-            match &mut self.reading {
-                Reading::Idle { buffer, start, end } if *start < *end => {
-                    let n = (*end - *start).min(out.remaining());
-                    out.put_slice(&buffer[*start..*start + n]);
-                    *start += n;
-                    return Poll::Ready(Ok(()));
+            if !self.unread.is_empty() {
+                let n = self.unread.len().min(out.remaining());
+                out.put_slice(&self.unread.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if self.end_of_stream {
+                return Poll::Ready(Ok(()));
+            }
+            let channel = self.channel.clone();
+            let next = self
+                .next_event
+                .get_or_insert_with(|| Box::pin(async move { channel.poll().await }));
+            let event = ready!(next.as_mut().poll(cx));
+            self.next_event = None;
+            match event {
+                // An empty message is not the end of the stream.
+                Some(DataChannelEvent::OnMessage(message)) => self.unread = message.data,
+                Some(DataChannelEvent::OnClosing | DataChannelEvent::OnClose) | None => {
+                    self.end_of_stream = true
                 }
-                Reading::Idle { buffer, .. } => {
-                    let mut buffer = std::mem::take(buffer);
-                    let channel = self.channel.clone();
-                    self.reading = Reading::Pending(Box::pin(async move {
-                        let result = channel.read(&mut buffer).await;
-                        (buffer, result)
-                    }));
+                Some(DataChannelEvent::OnError) => {
+                    self.end_of_stream = true;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "the data channel failed",
+                    )));
                 }
-                Reading::Pending(future) => {
-                    let (buffer, result) = match future.as_mut().poll(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(done) => done,
-                    };
-                    match result {
-                        Ok(n) => {
-                            self.reading = Reading::Idle {
-                                buffer,
-                                start: 0,
-                                end: n,
-                            }
-                        }
-                        // The channel was closed by the other side: end of stream.
-                        Err(webrtc::data::Error::Sctp(webrtc::sctp::Error::ErrEof)) => {
-                            self.reading = Reading::Idle {
-                                buffer,
-                                start: 0,
-                                end: 0,
-                            };
-                            return Poll::Ready(Ok(()));
-                        }
-                        Err(webrtc::data::Error::Sctp(webrtc::sctp::Error::ErrTryAgain)) => {
-                            self.reading = Reading::Idle {
-                                buffer,
-                                start: 0,
-                                end: 0,
-                            };
-                        }
-                        Err(err) => {
-                            self.reading = Reading::Idle {
-                                buffer,
-                                start: 0,
-                                end: 0,
-                            };
-                            return Poll::Ready(Err(io_error(err)));
-                        }
-                    }
-                    if let Reading::Idle { start, end, .. } = &self.reading {
-                        if start == end {
-                            // A zero-length read is the end of the stream.
-                            return Poll::Ready(Ok(()));
-                        }
-                    }
-                }
+                // Open, buffered amounts: nothing for the reader.
+                Some(_) => {}
             }
         }
     }
 }
 
 impl AsyncWrite for ChannelStream {
+    /// Hands at most [`CHUNK`] bytes of `data` to the stack as one message.
+    /// While the stack cannot take it (too much unacknowledged), returns
+    /// `Pending` and keeps the message: the caller retries with the same
+    /// bytes, as `write_all` does.
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -211,60 +167,22 @@ impl AsyncWrite for ChannelStream {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        // Finish the previous message first: one in flight at a time.
-        if let Some(writing) = self.writing.as_mut() {
-            match writing.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(result) => {
-                    self.writing = None;
-                    result.map_err(io_error)?;
-                }
-            }
-        }
-        // Backpressure: wait while too much is queued in the channel.
-        loop {
-            if let Some(draining) = self.draining.as_mut() {
-                if draining.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                self.draining = None;
-            }
-            if self.channel.buffered_amount() <= HIGH_WATER {
-                break;
-            }
-            let drained = self.drained.clone();
+        if self.sending.is_none() {
+            let message = BytesMut::from(&data[..data.len().min(CHUNK)]);
+            let len = message.len();
             let channel = self.channel.clone();
-            self.draining = Some(Box::pin(async move {
-                let notified = drained.notified();
-                tokio::pin!(notified);
-                // Registered before the check, so a wake-up between the
-                // two is not lost.
-                notified.as_mut().enable();
-                if channel.buffered_amount() > LOW_WATER {
-                    notified.await;
-                }
-            }));
+            self.sending = Some((Box::pin(async move { channel.send(message).await }), len));
         }
-        let chunk = Bytes::copy_from_slice(&data[..data.len().min(CHUNK)]);
-        let len = chunk.len();
-        let channel = self.channel.clone();
-        let mut writing: WriteFuture = Box::pin(async move { channel.write(&chunk).await });
-        match writing.as_mut().poll(cx) {
-            Poll::Ready(result) => {
-                result.map_err(io_error)?;
-            }
-            // Queued: it completes on a later poll (write or flush).
-            Poll::Pending => self.writing = Some(writing),
-        }
+        let (sending, len) = self.sending.as_mut().expect("set above");
+        let result = ready!(sending.as_mut().poll(cx));
+        let len = *len;
+        self.sending = None;
+        result.map_err(io_error)?;
         Poll::Ready(Ok(len))
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Some(writing) = self.writing.as_mut() {
-            let result = std::task::ready!(writing.as_mut().poll(cx));
-            self.writing = None;
-            result.map_err(io_error)?;
-        }
+    /// Every message written is in the stack, which sends it on its own.
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 

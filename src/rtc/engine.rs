@@ -1,30 +1,27 @@
-//! Everything babble-net asks of the `webrtc` crate (0.17, the tokio-based
-//! port of Pion), in one place so that another WebRTC stack can replace it.
+//! Everything babble-net asks of the WebRTC stack (the `webrtc` crate 0.21,
+//! an async driver around the sans-IO `rtc` core), in one place so that
+//! another stack can replace it.
 //!
-//! * one [`PeerLink`] (RTCPeerConnection) per remote peer and direction,
+//! * one [`PeerLink`] (peer connection) per remote peer and direction,
 //!   carrying as many data channels as the pool needs;
 //! * ICE gathering completes before an SDP is sent (no trickle), so the
 //!   offer or answer carries every candidate;
-//! * data channels are ordered and reliable, detached from the callback
-//!   API, and only used once open.
+//! * data channels are ordered and reliable, and only used once open.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
-use tokio::sync::oneshot;
-use webrtc::api::setting_engine::SettingEngine;
-use webrtc::api::{APIBuilder, API};
-use webrtc::data_channel::RTCDataChannel;
-use webrtc::ice::mdns::MulticastDnsMode;
-use webrtc::ice::network_type::NetworkType;
-use webrtc::ice_transport::ice_server::RTCIceServer;
-use webrtc::peer_connection::configuration::RTCConfiguration;
-use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::peer_connection::RTCPeerConnection;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::network_type::NetworkType;
+use tokio::sync::watch;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfiguration,
+    RTCConfigurationBuilder, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
+    RTCPeerConnectionState, RTCSessionDescription, SettingEngine, SettingEngineBuilder,
+};
 
-use super::channel::{ChannelSlot, ChannelStream};
+use super::channel::{self, ChannelSlot, ChannelStream};
 
 /// A STUN or TURN server.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -53,84 +50,151 @@ pub struct IceOptions {
 
 /// A factory of peer connections with fixed ICE settings.
 pub struct Engine {
-    api: API,
+    settings: SettingEngine,
     configuration: RTCConfiguration,
+    /// Where each peer connection binds its UDP sockets: one wildcard
+    /// (one socket per interface, loopback excluded) or loopback only.
+    udp_addrs: Vec<String>,
 }
 
 /// Why the WebRTC stack failed.
-pub type Error = webrtc::Error;
+pub type Error = webrtc::error::Error;
+
+fn error(message: impl Into<String>) -> Error {
+    Error::Other(message.into())
+}
 
 impl Engine {
     /// An engine with `options`.
     pub fn new(options: &IceOptions) -> Engine {
-        let mut settings = SettingEngine::default();
-        settings.detach_data_channels();
-        if options.loopback_only {
-            settings.set_include_loopback_candidate(true);
-            settings.set_ip_filter(Box::new(|ip: IpAddr| ip.is_loopback()));
-            settings.set_network_types(vec![NetworkType::Udp4]);
-            settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
-        }
-        let api = APIBuilder::new().with_setting_engine(settings).build();
-        let configuration = RTCConfiguration {
-            ice_servers: options
-                .servers
-                .iter()
-                .map(|server| RTCIceServer {
-                    urls: server.urls.clone(),
-                    username: server.username.clone(),
-                    credential: server.credential.clone(),
-                })
-                .collect(),
-            ice_transport_policy: if options.relay_only {
-                webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy::Relay
-            } else {
-                webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy::All
-            },
-            ..Default::default()
+        let mut settings = SettingEngineBuilder::new()
+            .with_sctp_max_message_size(channel::max_message_size())
+            .with_sctp_max_receive_buffer_size(channel::RECEIVE_WINDOW);
+        let udp_addrs = if options.loopback_only {
+            settings = settings
+                .with_include_loopback_candidate(true)
+                .with_network_types(vec![NetworkType::Udp4])
+                .with_multicast_dns_mode(MulticastDnsMode::Disabled);
+            vec!["127.0.0.1:0".to_owned()]
+        } else {
+            vec!["0.0.0.0:0".to_owned()]
         };
-        Engine { api, configuration }
+        let configuration = RTCConfigurationBuilder::new()
+            .with_ice_servers(
+                options
+                    .servers
+                    .iter()
+                    .map(|server| RTCIceServer {
+                        urls: server.urls.clone(),
+                        username: server.username.clone(),
+                        credential: server.credential.clone(),
+                    })
+                    .collect(),
+            )
+            .with_ice_transport_policy(if options.relay_only {
+                RTCIceTransportPolicy::Relay
+            } else {
+                RTCIceTransportPolicy::All
+            })
+            .build();
+        Engine {
+            settings: settings.build(),
+            configuration,
+            udp_addrs,
+        }
     }
 
     /// A new peer connection. When ICE or DTLS fails it closes itself (a
     /// failed connection is replaced, never waited on), and
     /// [`PeerLink::is_usable`] turns false.
     pub async fn peer(&self) -> Result<PeerLink, Error> {
-        let connection = Arc::new(
-            self.api
-                .new_peer_connection(self.configuration.clone())
-                .await?,
-        );
-        let weak = Arc::downgrade(&connection);
-        connection.on_peer_connection_state_change(Box::new(move |state| {
-            if state == RTCPeerConnectionState::Failed {
-                if let Some(connection) = weak.upgrade() {
-                    tokio::spawn(async move {
-                        let _ = connection.close().await;
-                    });
-                }
-            }
-            Box::pin(async {})
-        }));
-        Ok(PeerLink { connection })
+        let events = Arc::new(LinkEvents::default());
+        let connection = PeerConnectionBuilder::new()
+            .with_configuration(self.configuration.clone())
+            .with_setting_engine(self.settings.clone())
+            .with_handler(events.clone())
+            .with_udp_addrs(self.udp_addrs.clone())
+            .with_data_channel_send_buffer_limit(channel::SEND_BUFFER)
+            .build()
+            .await?;
+        let connection: Arc<dyn PeerConnection> = Arc::new(connection);
+        let _ = events.connection.set(Arc::downgrade(&connection));
+        Ok(PeerLink { connection, events })
     }
 }
 
-/// One RTCPeerConnection.
+/// What a peer connection reports, kept where the link can look.
+///
+/// The stack awaits these callbacks on the connection's own driver task,
+/// so none of them may wait for anything.
+struct LinkEvents {
+    state: watch::Sender<RTCPeerConnectionState>,
+    gathering: watch::Sender<RTCIceGatheringState>,
+    /// The connection itself, to close it when it fails.
+    connection: OnceLock<Weak<dyn PeerConnection>>,
+    /// Takes the data channels the remote side opens (answering links only).
+    incoming: OnceLock<Box<dyn Fn(Arc<dyn DataChannel>) + Send + Sync>>,
+}
+
+impl Default for LinkEvents {
+    fn default() -> LinkEvents {
+        LinkEvents {
+            state: watch::Sender::new(RTCPeerConnectionState::New),
+            gathering: watch::Sender::new(RTCIceGatheringState::New),
+            connection: OnceLock::new(),
+            incoming: OnceLock::new(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for LinkEvents {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        self.gathering.send_replace(state);
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.state.send_replace(state);
+        if state == RTCPeerConnectionState::Failed {
+            if let Some(connection) = self.connection.get().and_then(Weak::upgrade) {
+                tokio::spawn(async move {
+                    let _ = connection.close().await;
+                });
+            }
+        }
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        match self.incoming.get() {
+            Some(incoming) => incoming(channel),
+            // Nobody asked for channels from this side: an offering link
+            // only opens its own.
+            None => close_later(channel),
+        }
+    }
+}
+
+fn close_later(channel: Arc<dyn DataChannel>) {
+    tokio::spawn(async move {
+        let _ = channel.close().await;
+    });
+}
+
+/// One peer connection.
 #[derive(Clone)]
 pub struct PeerLink {
-    connection: Arc<RTCPeerConnection>,
+    connection: Arc<dyn PeerConnection>,
+    events: Arc<LinkEvents>,
 }
 
 impl PeerLink {
-    /// Opens a new data channel; resolves once it is open and detached.
-    /// On a fresh link, call [`PeerLink::offer`] and
+    /// Opens a new data channel; [`PendingChannel::opened`] resolves once
+    /// it is open. On a fresh link, call [`PeerLink::offer`] and
     /// [`PeerLink::accept_answer`] meanwhile.
     pub async fn open_channel(&self, label: &str) -> Result<PendingChannel, Error> {
         let channel = self.connection.create_data_channel(label, None).await?;
         Ok(PendingChannel {
-            opened: on_open(&channel, None),
-            _channel: channel,
+            channel: Some(channel),
         })
     }
 
@@ -143,14 +207,14 @@ impl PeerLink {
     /// Applies the remote answer (SDP JSON).
     pub async fn accept_answer(&self, answer: &str) -> Result<(), Error> {
         let answer: RTCSessionDescription = serde_json::from_str(answer)
-            .map_err(|e| Error::new(format!("malformed SDP answer: {e}")))?;
+            .map_err(|e| error(format!("malformed SDP answer: {e}")))?;
         self.connection.set_remote_description(answer).await
     }
 
     /// Answers a remote offer (SDP JSON); every data channel the remote
-    /// side opens is detached, once open, and handed to `on_channel`, as
-    /// long as fewer than `max_channels` of its channels are open (more are
-    /// closed at once).
+    /// side opens is handed to `on_channel` once open, as long as fewer
+    /// than `max_channels` of its channels are open (more are closed at
+    /// once).
     pub async fn answer<F>(
         &self,
         offer: &str,
@@ -161,60 +225,59 @@ impl PeerLink {
         F: Fn(ChannelStream) + Send + Sync + 'static,
     {
         let offer: RTCSessionDescription = serde_json::from_str(offer)
-            .map_err(|e| Error::new(format!("malformed SDP offer: {e}")))?;
+            .map_err(|e| error(format!("malformed SDP offer: {e}")))?;
         let on_channel = Arc::new(on_channel);
         let open_channels = Arc::new(AtomicUsize::new(0));
-        self.connection
-            .on_data_channel(Box::new(move |channel: Arc<RTCDataChannel>| {
-                if open_channels.fetch_add(1, Ordering::Relaxed) >= max_channels {
-                    open_channels.fetch_sub(1, Ordering::Relaxed);
-                    tokio::spawn(async move {
-                        let _ = channel.close().await;
-                    });
-                    return Box::pin(async {});
+        let incoming = move |channel: Arc<dyn DataChannel>| {
+            if open_channels.fetch_add(1, Ordering::Relaxed) >= max_channels {
+                open_channels.fetch_sub(1, Ordering::Relaxed);
+                return close_later(channel);
+            }
+            let slot = ChannelSlot(open_channels.clone());
+            let on_channel = on_channel.clone();
+            // Not awaited here: the stack waits for this handler.
+            tokio::spawn(async move {
+                if let Ok(stream) = ChannelStream::open(channel, Some(slot)).await {
+                    on_channel(stream);
                 }
-                let slot = ChannelSlot(open_channels.clone());
-                let opened = on_open(&channel, Some(slot));
-                let on_channel = on_channel.clone();
-                // Not awaited here: the stack waits for this handler.
-                tokio::spawn(async move {
-                    if let Ok(Ok(stream)) = opened.await {
-                        on_channel(stream);
-                    }
-                });
-                Box::pin(async {})
-            }));
+            });
+        };
+        if self.events.incoming.set(Box::new(incoming)).is_err() {
+            return Err(error("this peer connection already answered an offer"));
+        }
         self.connection.set_remote_description(offer).await?;
         let answer = self.connection.create_answer(None).await?;
         self.describe_locally(answer).await
     }
 
     /// Sets the local description and waits for ICE gathering to finish, so
-    /// the SDP sent carries every candidate.
+    /// the SDP sent carries every candidate. The caller bounds the wait.
     async fn describe_locally(&self, description: RTCSessionDescription) -> Result<String, Error> {
-        let mut gathered = self.connection.gathering_complete_promise().await;
+        let mut gathering = self.events.gathering.subscribe();
         self.connection.set_local_description(description).await?;
-        let _ = gathered.recv().await;
+        gathering
+            .wait_for(|state| *state == RTCIceGatheringState::Complete)
+            .await
+            .map_err(|_| error("the peer connection closed while gathering candidates"))?;
         let local = self
             .connection
             .local_description()
             .await
-            .ok_or_else(|| Error::new("no local description".to_owned()))?;
+            .ok_or_else(|| error("no local description"))?;
         if !local.sdp.contains("a=candidate") {
             // Nothing the other side could reach: say why now rather than
             // let the dial time out.
-            return Err(Error::new(
-                "ICE gathering found no candidates: check the STUN/TURN servers, their credentials and the network"
-                    .to_owned(),
+            return Err(error(
+                "ICE gathering found no candidates: check the STUN/TURN servers, their credentials and the network",
             ));
         }
-        serde_json::to_string(&local).map_err(|e| Error::new(e.to_string()))
+        serde_json::to_string(&local).map_err(|e| error(e.to_string()))
     }
 
     /// Whether the link can still carry channels (not failed or closed).
     pub fn is_usable(&self) -> bool {
         !matches!(
-            self.connection.connection_state(),
+            *self.events.state.borrow(),
             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
         )
     }
@@ -223,43 +286,44 @@ impl PeerLink {
     /// at that point.
     pub async fn close(&self) {
         let _ = self.connection.close().await;
+        self.events
+            .state
+            .send_replace(RTCPeerConnectionState::Closed);
     }
 }
 
-/// A data channel on its way to being open.
+/// A data channel on its way to being open; closed if dropped before.
 pub struct PendingChannel {
-    opened: oneshot::Receiver<Result<ChannelStream, Error>>,
-    _channel: Arc<RTCDataChannel>,
+    channel: Option<Arc<dyn DataChannel>>,
 }
 
 impl PendingChannel {
     /// Waits until the channel is open and returns it as a byte stream.
-    pub async fn opened(self) -> Result<ChannelStream, Error> {
-        self.opened.await.unwrap_or_else(|_| {
-            Err(Error::new(
-                "the data channel closed before opening".to_owned(),
-            ))
-        })
+    /// Nothing is sent before that: a send on a channel that is not open
+    /// may be lost.
+    pub async fn opened(mut self) -> Result<ChannelStream, Error> {
+        let channel = self.channel.clone().expect("taken only here");
+        loop {
+            match channel.poll().await {
+                Some(DataChannelEvent::OnOpen) => break,
+                Some(DataChannelEvent::OnClosing | DataChannelEvent::OnClose) | None => {
+                    return Err(error("the data channel closed before opening"))
+                }
+                Some(_) => {}
+            }
+        }
+        self.channel = None;
+        ChannelStream::open(channel, None).await
     }
 }
 
-/// Detaches `channel` once open; nothing is sent before that, because a
-/// send on a channel that is not open can be dropped silently. A channel
-/// that never opens frees its `slot` when the stack drops the handler.
-fn on_open(
-    channel: &Arc<RTCDataChannel>,
-    slot: Option<ChannelSlot>,
-) -> oneshot::Receiver<Result<ChannelStream, Error>> {
-    let (tx, rx) = oneshot::channel();
-    let detachable = channel.clone();
-    channel.on_open(Box::new(move || {
-        Box::pin(async move {
-            let detached = detachable
-                .detach()
-                .await
-                .map(|channel| ChannelStream::in_slot(channel, slot));
-            let _ = tx.send(detached);
-        })
-    }));
-    rx
+impl Drop for PendingChannel {
+    fn drop(&mut self) {
+        // A dial that timed out: the channel would stay on the link.
+        if let Some(channel) = self.channel.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                close_later(channel);
+            }
+        }
+    }
 }

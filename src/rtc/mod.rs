@@ -199,6 +199,7 @@ impl WebRtcStreamLayer {
             accepted: tokio::sync::Mutex::new(accepted),
         };
         let answering = Answering {
+            connect_timeout: limits.connect_timeout,
             engine,
             inbound: layer.inbound.clone(),
             accepted: accepted_tx,
@@ -329,6 +330,8 @@ fn signal_error(error: SignalError) -> io::Error {
 
 /// What answering an offer needs.
 struct Answering {
+    /// How long making an answer may take (ICE gathering included).
+    connect_timeout: Duration,
     engine: Arc<Engine>,
     inbound: Arc<Mutex<InboundLinks>>,
     accepted: mpsc::Sender<(ChannelStream, String)>,
@@ -371,16 +374,21 @@ impl Answering {
         };
         let peer = link.0.clone().expect("just set");
         let (accepted, remote) = (self.accepted.clone(), from.clone());
-        let answered = peer
-            .answer(&offer.sdp, self.max_channels, move |stream| {
-                let accepted = accepted.clone();
-                let remote = remote.clone();
-                tokio::spawn(async move {
-                    // A full queue waits: the Listener takes channels as it can.
-                    let _ = accepted.send((stream, remote)).await;
-                });
-            })
-            .await;
+        let answering = peer.answer(&offer.sdp, self.max_channels, move |stream| {
+            let accepted = accepted.clone();
+            let remote = remote.clone();
+            tokio::spawn(async move {
+                // A full queue waits: the Listener takes channels as it can.
+                let _ = accepted.send((stream, remote)).await;
+            });
+        });
+        let answered = tokio::time::timeout(self.connect_timeout, answering)
+            .await
+            .unwrap_or_else(|_| {
+                Err(engine::Error::Other(
+                    "no answer within the connect timeout (ICE gathering did not finish)".into(),
+                ))
+            });
         match answered {
             Ok(answer) => {
                 debug!(self.log, "answered an offer"; "peer" => &from);
