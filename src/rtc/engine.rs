@@ -21,7 +21,10 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState, RTCSessionDescription, SettingEngine, SettingEngineBuilder,
 };
 
+use webrtc::runtime::Runtime;
+
 use super::channel::{self, ChannelSlot, ChannelStream};
+use super::runtime::TokioWithLargeBuffers;
 
 /// A STUN or TURN server.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,6 +55,7 @@ pub struct IceOptions {
 pub struct Engine {
     settings: SettingEngine,
     configuration: RTCConfiguration,
+    runtime: Arc<dyn Runtime>,
     /// Where each peer connection binds its UDP sockets: one wildcard
     /// (one socket per interface, loopback excluded) or loopback only.
     udp_addrs: Vec<String>,
@@ -100,6 +104,7 @@ impl Engine {
         Engine {
             settings: settings.build(),
             configuration,
+            runtime: TokioWithLargeBuffers::new(),
             udp_addrs,
         }
     }
@@ -113,6 +118,7 @@ impl Engine {
             .with_configuration(self.configuration.clone())
             .with_setting_engine(self.settings.clone())
             .with_handler(events.clone())
+            .with_runtime(self.runtime.clone())
             .with_udp_addrs(self.udp_addrs.clone())
             .with_data_channel_send_buffer_limit(channel::SEND_BUFFER)
             .build()

@@ -20,6 +20,7 @@
 
 mod channel;
 mod engine;
+mod runtime;
 
 use std::collections::HashMap;
 use std::io;

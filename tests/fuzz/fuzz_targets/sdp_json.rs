@@ -7,7 +7,7 @@
 use std::io::Cursor;
 
 use libfuzzer_sys::fuzz_target;
-use sdp::description::session::SessionDescription;
+use rtc_sdp::SessionDescription;
 
 #[derive(serde::Deserialize)]
 struct SdpJson {
