@@ -34,6 +34,9 @@ async fn node(addr: &str, id: &str, config: &Config) -> NetworkTransport {
 }
 
 async fn pair(config: Config) -> Pair {
+    // RUST_LOG=rtc_sctp=debug (and other stack crates) shows what the
+    // WebRTC stack does.
+    let _ = env_logger::builder().is_test(true).try_init();
     let router = common::signal::router(&["main"]).await;
     let addr = format!("ws://{}", router.local_addr());
     let client = node(&addr, "client", &config).await;

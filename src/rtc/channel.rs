@@ -31,14 +31,16 @@ use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
+use super::gate::ChannelGate;
+
 /// Largest message written.
-pub const CHUNK: usize = 16 * 1024;
+pub const CHUNK: usize = 64 * 1024;
 /// Largest message accepted from a peer (the SDP `max-message-size` we
 /// announce, RFC 8841's default).
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Bytes of one channel handed to the stack and not yet acknowledged by the
 /// peer, beyond which a write waits.
-pub const SEND_BUFFER: usize = 128 * 1024;
+pub const SEND_BUFFER: usize = 1024 * 1024;
 /// The SCTP receive window of one peer connection, shared by its channels.
 pub const RECEIVE_WINDOW: u32 = 1024 * 1024;
 
@@ -62,22 +64,28 @@ impl Drop for ChannelSlot {
 pub struct ChannelStream {
     channel: Arc<dyn DataChannel>,
     _slot: Option<ChannelSlot>,
+    /// The link's gate, for channels it dialled (see [`super::gate`]).
+    gate: Option<ChannelGate>,
     /// The rest of the last message read.
     unread: BytesMut,
     /// The stack's next event, being waited for. Kept across polls, never
     /// dropped half-way: an event taken is never lost.
     next_event: Option<BoxFuture<'static, Option<DataChannelEvent>>>,
     end_of_stream: bool,
+    /// The stack said the channel is closed: nothing left to close.
+    closed: bool,
     /// The message being handed to the stack, and its length.
     sending: Option<(BoxFuture<'static, webrtc::error::Result<()>>, usize)>,
 }
 
 impl ChannelStream {
     /// Wraps an open data channel, counted against its peer connection's
-    /// limit when `slot` is given.
+    /// limit when `slot` is given, and closed through its link's `gate`
+    /// when given.
     pub(super) async fn open(
         channel: Arc<dyn DataChannel>,
         slot: Option<ChannelSlot>,
+        gate: Option<ChannelGate>,
     ) -> Result<ChannelStream, webrtc::error::Error> {
         // The stack queues a "buffered amount low" event for the reader each
         // time the send buffer drains below this threshold (0 at first).
@@ -88,9 +96,11 @@ impl ChannelStream {
         Ok(ChannelStream {
             channel,
             _slot: slot,
+            gate,
             unread: BytesMut::new(),
             next_event: None,
             end_of_stream: false,
+            closed: false,
             sending: None,
         })
     }
@@ -100,11 +110,17 @@ impl Drop for ChannelStream {
     fn drop(&mut self) {
         // Dropping the handle alone would leave the channel open on the
         // peer connection (and its slot taken on the peer's side).
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let channel = self.channel.clone();
-            runtime.spawn(async move {
-                let _ = channel.close().await;
-            });
+        let channel = self.channel.clone();
+        match &self.gate {
+            Some(gate) => gate.close(channel, self.closed),
+            None if self.closed => {}
+            None => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let _ = channel.close().await;
+                    });
+                }
+            }
         }
     }
 }
@@ -137,8 +153,10 @@ impl AsyncRead for ChannelStream {
             match event {
                 // An empty message is not the end of the stream.
                 Some(DataChannelEvent::OnMessage(message)) => self.unread = message.data,
-                Some(DataChannelEvent::OnClosing | DataChannelEvent::OnClose) | None => {
-                    self.end_of_stream = true
+                Some(DataChannelEvent::OnClosing) => self.end_of_stream = true,
+                Some(DataChannelEvent::OnClose) | None => {
+                    self.end_of_stream = true;
+                    self.closed = true;
                 }
                 Some(DataChannelEvent::OnError) => {
                     self.end_of_stream = true;

@@ -24,6 +24,7 @@ use webrtc::peer_connection::{
 use webrtc::runtime::Runtime;
 
 use super::channel::{self, ChannelSlot, ChannelStream};
+use super::gate::ChannelGate;
 use super::runtime::TokioWithLargeBuffers;
 
 /// A STUN or TURN server.
@@ -112,6 +113,13 @@ impl Engine {
     /// A new peer connection. When ICE or DTLS fails it closes itself (a
     /// failed connection is replaced, never waited on), and
     /// [`PeerLink::is_usable`] turns false.
+    ///
+    /// Its driver (ICE, DTLS, SCTP) runs on the calling thread's runtime.
+    /// Not on the stack's dedicated driver threads: there, a channel being
+    /// created can open (the peer's acknowledgement processed) before the
+    /// stack has registered it, the stack then takes it for a channel the
+    /// peer opened, and the dial fails with "the data channel closed before
+    /// opening" (seen with webrtc 0.21.1).
     pub async fn peer(&self) -> Result<PeerLink, Error> {
         let events = Arc::new(LinkEvents::default());
         let connection = PeerConnectionBuilder::new()
@@ -125,7 +133,11 @@ impl Engine {
             .await?;
         let connection: Arc<dyn PeerConnection> = Arc::new(connection);
         let _ = events.connection.set(Arc::downgrade(&connection));
-        Ok(PeerLink { connection, events })
+        Ok(PeerLink {
+            connection,
+            events,
+            gate: ChannelGate::default(),
+        })
     }
 }
 
@@ -191,6 +203,7 @@ fn close_later(channel: Arc<dyn DataChannel>) {
 pub struct PeerLink {
     connection: Arc<dyn PeerConnection>,
     events: Arc<LinkEvents>,
+    gate: ChannelGate,
 }
 
 impl PeerLink {
@@ -201,7 +214,32 @@ impl PeerLink {
         let channel = self.connection.create_data_channel(label, None).await?;
         Ok(PendingChannel {
             channel: Some(channel),
+            gate: self.gate.clone(),
         })
+    }
+
+    /// Opens a new data channel on a link already connected, keeping it
+    /// apart from the channels being closed (see [`super::gate`]); opens it
+    /// once more if the stack closes it before it opens anyway.
+    pub async fn new_channel(&self, label: &str) -> Result<ChannelStream, Error> {
+        let mut tries = 0;
+        loop {
+            let opening = self.gate.open().await;
+            let opened = self.open_channel(label).await?.opened().await;
+            match opened {
+                Err(err) if tries == 0 && err.to_string() == CLOSED_BEFORE_OPENING => {
+                    tries += 1;
+                    drop(opening);
+                    // The resets that closed it may still be crossing.
+                    tokio::time::sleep(self.gate.close_hold()).await;
+                }
+                Err(err) => return Err(err),
+                Ok(stream) => {
+                    opening.opened();
+                    return Ok(stream);
+                }
+            }
+        }
     }
 
     /// The offer, with every ICE candidate, as SDP JSON.
@@ -230,8 +268,8 @@ impl PeerLink {
     where
         F: Fn(ChannelStream) + Send + Sync + 'static,
     {
-        let offer: RTCSessionDescription = serde_json::from_str(offer)
-            .map_err(|e| error(format!("malformed SDP offer: {e}")))?;
+        let offer: RTCSessionDescription =
+            serde_json::from_str(offer).map_err(|e| error(format!("malformed SDP offer: {e}")))?;
         let on_channel = Arc::new(on_channel);
         let open_channels = Arc::new(AtomicUsize::new(0));
         let incoming = move |channel: Arc<dyn DataChannel>| {
@@ -243,7 +281,7 @@ impl PeerLink {
             let on_channel = on_channel.clone();
             // Not awaited here: the stack waits for this handler.
             tokio::spawn(async move {
-                if let Ok(stream) = ChannelStream::open(channel, Some(slot)).await {
+                if let Ok(stream) = ChannelStream::open(channel, Some(slot), None).await {
                     on_channel(stream);
                 }
             });
@@ -301,7 +339,10 @@ impl PeerLink {
 /// A data channel on its way to being open; closed if dropped before.
 pub struct PendingChannel {
     channel: Option<Arc<dyn DataChannel>>,
+    gate: ChannelGate,
 }
+
+const CLOSED_BEFORE_OPENING: &str = "the data channel closed before opening";
 
 impl PendingChannel {
     /// Waits until the channel is open and returns it as a byte stream.
@@ -312,14 +353,18 @@ impl PendingChannel {
         loop {
             match channel.poll().await {
                 Some(DataChannelEvent::OnOpen) => break,
-                Some(DataChannelEvent::OnClosing | DataChannelEvent::OnClose) | None => {
-                    return Err(error("the data channel closed before opening"))
+                // Closing: dropping `self` closes it and waits for that.
+                Some(DataChannelEvent::OnClosing) => return Err(error(CLOSED_BEFORE_OPENING)),
+                Some(DataChannelEvent::OnClose) | None => {
+                    let channel = self.channel.take().expect("taken only here");
+                    self.gate.close(channel, true);
+                    return Err(error(CLOSED_BEFORE_OPENING));
                 }
                 Some(_) => {}
             }
         }
         self.channel = None;
-        ChannelStream::open(channel, None).await
+        ChannelStream::open(channel, None, Some(self.gate.clone())).await
     }
 }
 
@@ -327,9 +372,7 @@ impl Drop for PendingChannel {
     fn drop(&mut self) {
         // A dial that timed out: the channel would stay on the link.
         if let Some(channel) = self.channel.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                close_later(channel);
-            }
+            self.gate.close(channel, false);
         }
     }
 }

@@ -20,6 +20,7 @@
 
 mod channel;
 mod engine;
+mod gate;
 mod runtime;
 
 use std::collections::HashMap;
@@ -273,8 +274,7 @@ impl Dialer {
         let mut link = slot.lock().await;
         if let Some(existing) = link.as_ref() {
             if existing.is_usable() {
-                let pending = existing.open_channel(&label).await.map_err(other)?;
-                return pending.opened().await.map_err(other);
+                return existing.new_channel(&label).await.map_err(other);
             }
             debug!(self.log, "replacing a failed peer connection"; "peer" => &target);
             existing.close().await;
