@@ -21,11 +21,9 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState, RTCSessionDescription, SettingEngine, SettingEngineBuilder,
 };
 
-use webrtc::runtime::Runtime;
-
 use super::channel::{self, ChannelSlot, ChannelStream};
 use super::gate::ChannelGate;
-use super::runtime::TokioWithLargeBuffers;
+use super::runtime::DriverRuntime;
 
 /// A STUN or TURN server.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,11 +50,33 @@ pub struct IceOptions {
     pub relay_only: bool,
 }
 
+/// `server` for the stack. A TURN server also answers STUN on its address,
+/// but the stack asks only `stun:` URLs for the node's public address, so
+/// each `turn:` URL brings its `stun:` twin: without it a node behind a NAT
+/// would offer only its private and relayed addresses, and two such nodes
+/// would always relay.
+fn ice_server(server: &IceServer) -> RTCIceServer {
+    let mut urls = server.urls.clone();
+    for url in &server.urls {
+        if let Some(address) = url.strip_prefix("turn:") {
+            let address = address.split('?').next().unwrap_or(address);
+            let twin = format!("stun:{address}");
+            if !urls.contains(&twin) {
+                urls.push(twin);
+            }
+        }
+    }
+    RTCIceServer {
+        urls,
+        username: server.username.clone(),
+        credential: server.credential.clone(),
+    }
+}
+
 /// A factory of peer connections with fixed ICE settings.
 pub struct Engine {
     settings: SettingEngine,
     configuration: RTCConfiguration,
-    runtime: Arc<dyn Runtime>,
     /// Where each peer connection binds its UDP sockets: one wildcard
     /// (one socket per interface, loopback excluded) or loopback only.
     udp_addrs: Vec<String>,
@@ -85,17 +105,7 @@ impl Engine {
             vec!["0.0.0.0:0".to_owned()]
         };
         let configuration = RTCConfigurationBuilder::new()
-            .with_ice_servers(
-                options
-                    .servers
-                    .iter()
-                    .map(|server| RTCIceServer {
-                        urls: server.urls.clone(),
-                        username: server.username.clone(),
-                        credential: server.credential.clone(),
-                    })
-                    .collect(),
-            )
+            .with_ice_servers(options.servers.iter().map(ice_server).collect())
             .with_ice_transport_policy(if options.relay_only {
                 RTCIceTransportPolicy::Relay
             } else {
@@ -105,7 +115,6 @@ impl Engine {
         Engine {
             settings: settings.build(),
             configuration,
-            runtime: TokioWithLargeBuffers::new(),
             udp_addrs,
         }
     }
@@ -126,7 +135,7 @@ impl Engine {
             .with_configuration(self.configuration.clone())
             .with_setting_engine(self.settings.clone())
             .with_handler(events.clone())
-            .with_runtime(self.runtime.clone())
+            .with_runtime(DriverRuntime::new())
             .with_udp_addrs(self.udp_addrs.clone())
             .with_data_channel_send_buffer_limit(channel::SEND_BUFFER)
             .build()
@@ -374,5 +383,35 @@ impl Drop for PendingChannel {
         if let Some(channel) = self.channel.take() {
             self.gate.close(channel, false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_turn_url_brings_its_stun_twin() {
+        let server = IceServer {
+            urls: vec![
+                "turn:turn.example.com:3478?transport=udp".into(),
+                "stun:other.example.com:3478".into(),
+            ],
+            username: "u".into(),
+            credential: "p".into(),
+        };
+        let converted = ice_server(&server);
+        assert_eq!(
+            converted.urls,
+            [
+                "turn:turn.example.com:3478?transport=udp",
+                "stun:other.example.com:3478",
+                "stun:turn.example.com:3478"
+            ]
+        );
+        assert_eq!(
+            (converted.username.as_str(), converted.credential.as_str()),
+            ("u", "p")
+        );
     }
 }

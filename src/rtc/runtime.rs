@@ -1,7 +1,8 @@
-//! The WebRTC stack's runtime: tokio, with UDP sockets whose kernel
-//! buffers hold a whole SCTP receive window.
+//! The WebRTC stack's runtime, one per peer connection: tokio, with UDP
+//! sockets whose kernel buffers hold a whole SCTP receive window, and a
+//! connection driver that takes two quick turns after each wake-up.
 //!
-//! A peer may have [`RECEIVE_WINDOW`](super::channel::RECEIVE_WINDOW)
+//! **Socket buffers.** A peer may have [`RECEIVE_WINDOW`](super::channel::RECEIVE_WINDOW)
 //! bytes in flight towards a node. When they arrive faster than the
 //! connection's task reads them (a busy machine), the kernel queues them in
 //! the socket's receive buffer; Linux's default (`net.core.rmem_default`,
@@ -10,13 +11,27 @@
 //! timeout of at least a second. So every socket asks for
 //! [`SOCKET_BUFFER`] bytes each way. The kernel caps the request at
 //! `net.core.rmem_max` / `wmem_max` without failing.
+//!
+//! **Quick turns.** The stack's connection driver sends what the
+//! connection produced during one turn of its loop only on the next turn,
+//! for packets relayed through TURN (webrtc 0.21.1: the relay's send queue
+//! is emptied before the connection's new packets are put in it), and a
+//! turn only comes with the next packet, API call or timer, which can be
+//! the 200 ms ICE tick: every relayed request, reply and acknowledgement
+//! waited that long. The driver asks this runtime for its timer once per
+//! turn, so after any turn that did something (its timer was cancelled by
+//! other work, or fired at its deadline) the next [`QUICK_TURNS`] timers
+//! last at most [`QUICK_TURN`]. An idle connection takes those few turns
+//! per tick and sleeps again.
 
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use webrtc::runtime::{
@@ -27,25 +42,64 @@ use webrtc::runtime::{
 /// The receive and send buffer each UDP socket asks the kernel for.
 pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
+/// Timers after a turn that did something, see the [module docs](self).
+pub const QUICK_TURNS: u8 = 2;
+/// The longest of those timers.
+pub const QUICK_TURN: Duration = Duration::from_millis(1);
+
 /// See the [module docs](self).
-pub struct TokioWithLargeBuffers(TokioRuntime);
+pub struct DriverRuntime {
+    tokio: TokioRuntime,
+    /// Quick timers left.
+    quick_turns: Arc<AtomicU8>,
+}
 
-impl TokioWithLargeBuffers {
-    /// The runtime.
+impl DriverRuntime {
+    /// A runtime for one peer connection.
     pub fn new() -> Arc<dyn Runtime> {
-        Arc::new(TokioWithLargeBuffers(TokioRuntime))
+        Arc::new(DriverRuntime {
+            tokio: TokioRuntime,
+            quick_turns: Arc::new(AtomicU8::new(0)),
+        })
     }
 }
 
-impl fmt::Debug for TokioWithLargeBuffers {
+impl fmt::Debug for DriverRuntime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokioWithLargeBuffers")
+        f.write_str("DriverRuntime")
     }
 }
 
-impl Runtime for TokioWithLargeBuffers {
+/// A timer that, once done with (fired or cancelled), grants the quick
+/// turns again, unless it was one of them and fired.
+struct Timer {
+    sleep: Pin<Box<dyn Future<Output = ()> + Send + 'static>>,
+    quick: bool,
+    fired: bool,
+    quick_turns: Arc<AtomicU8>,
+}
+
+impl Future for Timer {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        ready!(self.sleep.as_mut().poll(cx));
+        self.fired = true;
+        Poll::Ready(())
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if !(self.quick && self.fired) {
+            self.quick_turns.store(QUICK_TURNS, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Runtime for DriverRuntime {
     fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
-        self.0.spawn(future)
+        self.tokio.spawn(future)
     }
 
     fn spawn_reactor(
@@ -53,7 +107,7 @@ impl Runtime for TokioWithLargeBuffers {
         reactor_pool_size: usize,
         future: Pin<Box<dyn Future<Output = ()> + Send>>,
     ) -> Box<dyn JoinHandle> {
-        self.0.spawn_reactor(reactor_pool_size, future)
+        self.tokio.spawn_reactor(reactor_pool_size, future)
     }
 
     fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
@@ -61,48 +115,64 @@ impl Runtime for TokioWithLargeBuffers {
         // Best effort: a smaller buffer only means more retransmissions.
         let _ = raw.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = raw.set_send_buffer_size(SOCKET_BUFFER);
-        self.0.wrap_udp_socket(socket)
+        self.tokio.wrap_udp_socket(socket)
     }
 
     fn wrap_tcp_listener(
         &self,
         listener: std::net::TcpListener,
     ) -> io::Result<Arc<dyn AsyncTcpListener>> {
-        self.0.wrap_tcp_listener(listener)
+        self.tokio.wrap_tcp_listener(listener)
     }
 
     fn connect_tcp<'a>(
         &'a self,
         remote_addr: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = io::Result<Arc<dyn AsyncTcpStream>>> + Send + 'a>> {
-        self.0.connect_tcp(remote_addr)
+        self.tokio.connect_tcp(remote_addr)
     }
 
     fn resolve_host<'a>(
         &'a self,
         host: &'a str,
     ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>> {
-        self.0.resolve_host(host)
+        self.tokio.resolve_host(host)
     }
 
     fn now(&self) -> Instant {
-        self.0.now()
+        self.tokio.now()
     }
 
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-        self.0.sleep(duration)
+        let quick = self
+            .quick_turns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        let duration = if quick {
+            duration.min(QUICK_TURN)
+        } else {
+            duration
+        };
+        Box::pin(Timer {
+            sleep: self.tokio.sleep(duration),
+            quick,
+            fired: false,
+            quick_turns: self.quick_turns.clone(),
+        })
     }
 
     fn interval(&self, period: Duration) -> Box<dyn AsyncInterval> {
-        self.0.interval(period)
+        self.tokio.interval(period)
     }
 
     fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
-        self.0.block_on(future)
+        self.tokio.block_on(future)
     }
 
     fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-        self.0.yield_now()
+        self.tokio.yield_now()
     }
 
     fn name(&self) -> &'static str {
@@ -120,9 +190,7 @@ mod tests {
         let default = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
         let wrapped = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let probe = wrapped.try_clone().unwrap();
-        let _async = TokioWithLargeBuffers::new()
-            .wrap_udp_socket(wrapped)
-            .unwrap();
+        let _async = DriverRuntime::new().wrap_udp_socket(wrapped).unwrap();
         let enlarged = socket2::SockRef::from(&probe).recv_buffer_size().unwrap();
         let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
             .ok()
