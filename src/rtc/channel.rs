@@ -1,9 +1,9 @@
 //! A WebRTC data channel as a byte stream for the frame codec.
 //!
-//! Writes are cut into messages of at most [`CHUNK`] bytes (what browsers
-//! accept everywhere) and the ordered, reliable channel hands them back in
-//! order, so concatenating what is read gives the byte stream back: any
-//! RPC size works.
+//! Writes are cut into messages of at most [`CHUNK`] bytes, or the
+//! peer's SDP `max-message-size` if smaller, and the ordered, reliable
+//! channel hands them back in order, so concatenating what is read gives
+//! the byte stream back: any RPC size works.
 //!
 //! A write is done once the WebRTC stack has taken its message. The stack
 //! takes a message only while fewer than [`SEND_BUFFER`] bytes of the
@@ -33,7 +33,8 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
 use super::gate::ChannelGate;
 
-/// Largest message written.
+/// Largest message written (RFC 8841's default `max-message-size`, which
+/// every peer that announces none accepts).
 pub const CHUNK: usize = 64 * 1024;
 /// Largest message accepted from a peer (the SDP `max-message-size` we
 /// announce, RFC 8841's default).
@@ -59,13 +60,15 @@ impl Drop for ChannelSlot {
 }
 
 /// A data channel as a byte stream: writes cut into messages of at most
-/// [`CHUNK`] bytes, reads joined again, at most [`SEND_BUFFER`] bytes
+/// [`CHUNK`] bytes (less if the peer says so), reads joined again, at most [`SEND_BUFFER`] bytes
 /// unacknowledged.
 pub struct ChannelStream {
     channel: Arc<dyn DataChannel>,
     _slot: Option<ChannelSlot>,
     /// The link's gate, for channels it dialled (see [`super::gate`]).
     gate: Option<ChannelGate>,
+    /// Largest message written.
+    message_size: usize,
     /// The rest of the last message read.
     unread: BytesMut,
     /// The stack's next event, being waited for. Kept across polls, never
@@ -81,11 +84,12 @@ pub struct ChannelStream {
 impl ChannelStream {
     /// Wraps an open data channel, counted against its peer connection's
     /// limit when `slot` is given, and closed through its link's `gate`
-    /// when given.
+    /// when given; writes at most `message_size` bytes a message.
     pub(super) async fn open(
         channel: Arc<dyn DataChannel>,
         slot: Option<ChannelSlot>,
         gate: Option<ChannelGate>,
+        message_size: usize,
     ) -> Result<ChannelStream, webrtc::error::Error> {
         // The stack queues a "buffered amount low" event for the reader each
         // time the send buffer drains below this threshold (0 at first).
@@ -97,6 +101,7 @@ impl ChannelStream {
             channel,
             _slot: slot,
             gate,
+            message_size: message_size.clamp(1, CHUNK),
             unread: BytesMut::new(),
             next_event: None,
             end_of_stream: false,
@@ -173,7 +178,7 @@ impl AsyncRead for ChannelStream {
 }
 
 impl AsyncWrite for ChannelStream {
-    /// Hands at most [`CHUNK`] bytes of `data` to the stack as one message.
+    /// Hands at most one message of `data` to the stack.
     /// While the stack cannot take it (too much unacknowledged), returns
     /// `Pending` and keeps the message: the caller retries with the same
     /// bytes, as `write_all` does.
@@ -186,7 +191,7 @@ impl AsyncWrite for ChannelStream {
             return Poll::Ready(Ok(0));
         }
         if self.sending.is_none() {
-            let message = BytesMut::from(&data[..data.len().min(CHUNK)]);
+            let message = BytesMut::from(&data[..data.len().min(self.message_size)]);
             let len = message.len();
             let channel = self.channel.clone();
             self.sending = Some((Box::pin(async move { channel.send(message).await }), len));

@@ -223,6 +223,7 @@ impl PeerLink {
         let channel = self.connection.create_data_channel(label, None).await?;
         Ok(PendingChannel {
             channel: Some(channel),
+            connection: self.connection.clone(),
             gate: self.gate.clone(),
         })
     }
@@ -281,6 +282,8 @@ impl PeerLink {
             serde_json::from_str(offer).map_err(|e| error(format!("malformed SDP offer: {e}")))?;
         let on_channel = Arc::new(on_channel);
         let open_channels = Arc::new(AtomicUsize::new(0));
+        // Weak: the connection owns this closure.
+        let connection = Arc::downgrade(&self.connection);
         let incoming = move |channel: Arc<dyn DataChannel>| {
             if open_channels.fetch_add(1, Ordering::Relaxed) >= max_channels {
                 open_channels.fetch_sub(1, Ordering::Relaxed);
@@ -288,9 +291,16 @@ impl PeerLink {
             }
             let slot = ChannelSlot(open_channels.clone());
             let on_channel = on_channel.clone();
+            let connection = connection.clone();
             // Not awaited here: the stack waits for this handler.
             tokio::spawn(async move {
-                if let Ok(stream) = ChannelStream::open(channel, Some(slot), None).await {
+                let Some(connection) = connection.upgrade() else {
+                    return;
+                };
+                let message_size = message_size(&*connection).await;
+                if let Ok(stream) =
+                    ChannelStream::open(channel, Some(slot), None, message_size).await
+                {
                     on_channel(stream);
                 }
             });
@@ -348,10 +358,24 @@ impl PeerLink {
 /// A data channel on its way to being open; closed if dropped before.
 pub struct PendingChannel {
     channel: Option<Arc<dyn DataChannel>>,
+    connection: Arc<dyn PeerConnection>,
     gate: ChannelGate,
 }
 
 const CLOSED_BEFORE_OPENING: &str = "the data channel closed before opening";
+
+/// The largest message `connection` may send: the `max-message-size` both
+/// sides agreed on, at most [`channel::CHUNK`].
+async fn message_size(connection: &dyn PeerConnection) -> usize {
+    let negotiated = match connection.sctp().await {
+        Some(sctp) => sctp.max_message_size().await.unwrap_or(0),
+        None => 0,
+    };
+    match usize::try_from(negotiated) {
+        Ok(0) | Err(_) => channel::CHUNK,
+        Ok(size) => size.min(channel::CHUNK),
+    }
+}
 
 impl PendingChannel {
     /// Waits until the channel is open and returns it as a byte stream.
@@ -365,15 +389,16 @@ impl PendingChannel {
                 // Closing: dropping `self` closes it and waits for that.
                 Some(DataChannelEvent::OnClosing) => return Err(error(CLOSED_BEFORE_OPENING)),
                 Some(DataChannelEvent::OnClose) | None => {
-                    let channel = self.channel.take().expect("taken only here");
-                    self.gate.close(channel, true);
+                    // Closed already: nothing to close on drop.
+                    self.channel = None;
                     return Err(error(CLOSED_BEFORE_OPENING));
                 }
                 Some(_) => {}
             }
         }
         self.channel = None;
-        ChannelStream::open(channel, None, Some(self.gate.clone())).await
+        let message_size = message_size(&*self.connection).await;
+        ChannelStream::open(channel, None, Some(self.gate.clone()), message_size).await
     }
 }
 
