@@ -135,7 +135,7 @@ impl Engine {
             .with_configuration(self.configuration.clone())
             .with_setting_engine(self.settings.clone())
             .with_handler(events.clone())
-            .with_runtime(DriverRuntime::new())
+            .with_runtime(DriverRuntime::for_connection())
             .with_udp_addrs(self.udp_addrs.clone())
             .with_data_channel_send_buffer_limit(channel::SEND_BUFFER)
             .build()
@@ -150,6 +150,9 @@ impl Engine {
     }
 }
 
+/// What an answering link does with each data channel its peer opens.
+type IncomingChannels = Box<dyn Fn(Arc<dyn DataChannel>) + Send + Sync>;
+
 /// What a peer connection reports, kept where the link can look.
 ///
 /// The stack awaits these callbacks on the connection's own driver task,
@@ -160,7 +163,7 @@ struct LinkEvents {
     /// The connection itself, to close it when it fails.
     connection: OnceLock<Weak<dyn PeerConnection>>,
     /// Takes the data channels the remote side opens (answering links only).
-    incoming: OnceLock<Box<dyn Fn(Arc<dyn DataChannel>) + Send + Sync>>,
+    incoming: OnceLock<IncomingChannels>,
 }
 
 impl Default for LinkEvents {

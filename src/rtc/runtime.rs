@@ -56,7 +56,7 @@ pub struct DriverRuntime {
 
 impl DriverRuntime {
     /// A runtime for one peer connection.
-    pub fn new() -> Arc<dyn Runtime> {
+    pub fn for_connection() -> Arc<dyn Runtime> {
         Arc::new(DriverRuntime {
             tokio: TokioRuntime,
             quick_turns: Arc::new(AtomicU8::new(0)),
@@ -190,7 +190,9 @@ mod tests {
         let default = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
         let wrapped = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let probe = wrapped.try_clone().unwrap();
-        let _async = DriverRuntime::new().wrap_udp_socket(wrapped).unwrap();
+        let _async = DriverRuntime::for_connection()
+            .wrap_udp_socket(wrapped)
+            .unwrap();
         let enlarged = socket2::SockRef::from(&probe).recv_buffer_size().unwrap();
         let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
             .ok()
