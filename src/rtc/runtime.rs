@@ -186,6 +186,35 @@ impl Runtime for DriverRuntime {
 mod tests {
     use super::*;
 
+    /// Whether `runtime`'s next timer of an hour fires within `QUICK_TURN`.
+    async fn next_timer_is_quick(runtime: &Arc<dyn Runtime>) -> bool {
+        let timer = runtime.sleep(Duration::from_secs(3600));
+        tokio::time::timeout(QUICK_TURN + Duration::from_micros(1), timer)
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_timer_grants_two_quick_turns_then_timers_are_long_again() {
+        let runtime = DriverRuntime::for_connection();
+        assert!(
+            !next_timer_is_quick(&runtime).await,
+            "no quick turn at first"
+        );
+        // The timer above was cancelled (dropped unfired): work happened.
+        assert!(next_timer_is_quick(&runtime).await);
+        assert!(next_timer_is_quick(&runtime).await);
+        // Both quick turns fired without other work: back to sleeping.
+        assert!(!next_timer_is_quick(&runtime).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_that_fires_at_its_deadline_grants_quick_turns() {
+        let runtime = DriverRuntime::for_connection();
+        runtime.sleep(Duration::from_millis(200)).await;
+        assert!(next_timer_is_quick(&runtime).await);
+    }
+
     #[tokio::test]
     async fn sockets_get_a_larger_receive_buffer_than_the_default() {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
