@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use babble_net_actors::io_arbiters::IoArbiters;
 use babble_net_actors::stream::{BoxConnection, StreamLayer};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -60,17 +61,22 @@ pub struct RtcLimits {
     pub max_channels: usize,
     /// How often failed peer connections are closed and forgotten.
     pub prune_interval: Duration,
+    /// The transport's I/O threads (`io-threads`): offers are answered,
+    /// and the peer connections they make are driven, there rather than on
+    /// the thread that started the layer (0: on that thread).
+    pub io_threads: usize,
 }
 
 impl RtcLimits {
     /// The limits of `config`: `join-timeout` to connect,
-    /// `webrtc-max-peers`, `webrtc-max-channels`.
+    /// `webrtc-max-peers`, `webrtc-max-channels`, `io-threads`.
     pub fn from_config(config: &Config) -> RtcLimits {
         RtcLimits {
             connect_timeout: config.join_timeout,
             max_peers: config.webrtc_max_peers,
             max_channels: config.webrtc_max_channels,
             prune_interval: Duration::from_secs(5),
+            io_threads: config.io_threads,
         }
     }
 }
@@ -211,6 +217,7 @@ impl WebRtcStreamLayer {
         tokio::spawn(answer_offers(
             offers,
             Arc::new(answering),
+            IoArbiters::shared(limits.io_threads),
             layer.dialer.shutdown.clone(),
         ));
         tokio::spawn(prune_links(
@@ -340,11 +347,13 @@ struct Answering {
     log: Logger,
 }
 
-/// Answers every offer on its own task until shut down. The signal bounds
-/// how many offers are being answered at once.
+/// Answers every offer on its own task, on the I/O thread of its caller,
+/// until shut down. The signal bounds how many offers are being answered
+/// at once.
 async fn answer_offers(
     mut offers: crate::signal::Offers,
     answering: Arc<Answering>,
+    io: Arc<IoArbiters>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -356,7 +365,8 @@ async fn answer_offers(
             _ = shutdown.cancelled() => return,
         };
         let answering = answering.clone();
-        tokio::spawn(async move { answering.answer(offer).await });
+        let thread = io.for_key(&offer.from);
+        thread.spawn(async move { answering.answer(offer).await });
     }
 }
 
