@@ -60,8 +60,8 @@ impl Drop for ChannelSlot {
 }
 
 /// A data channel as a byte stream: writes cut into messages of at most
-/// [`CHUNK`] bytes (less if the peer says so), reads joined again, at most [`SEND_BUFFER`] bytes
-/// unacknowledged.
+/// [`CHUNK`] bytes (less if the peer says so), reads joined again, at most
+/// 1 MiB unacknowledged.
 pub struct ChannelStream {
     channel: Arc<dyn DataChannel>,
     _slot: Option<ChannelSlot>,
