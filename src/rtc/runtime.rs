@@ -20,11 +20,12 @@
 //! A turn only comes with the next packet, API call or timer, which can be
 //! the 200 ms ICE tick: connecting took 0.6 s on loopback, and every
 //! relayed request, reply and acknowledgement waited up to 200 ms. The
-//! driver asks this runtime for its timer once per turn, so after any turn
+//! driver task asks this runtime for one timer per turn, so after any turn
 //! that did something (its timer was cancelled by other work, or fired at
-//! its deadline) the next [`QUICK_TURNS`] timers last at most
+//! its deadline) the driver's next [`QUICK_TURNS`] timers last at most
 //! [`QUICK_TURN`]. An idle connection takes those few turns per tick and
-//! sleeps again.
+//! sleeps again. Timers asked for by other tasks (the stack's wait for its
+//! driver to stop on close, its back-pressure backstop) are left alone.
 
 use std::fmt;
 use std::future::Future;
@@ -72,6 +73,11 @@ impl fmt::Debug for DriverRuntime {
     }
 }
 
+tokio::task_local! {
+    /// Set while a connection's driver task is being polled.
+    static DRIVER_TASK: ();
+}
+
 /// A timer that, once done with (fired or cancelled), grants the quick
 /// turns again, unless it was one of them and fired.
 struct Timer {
@@ -100,8 +106,10 @@ impl Drop for Timer {
 }
 
 impl Runtime for DriverRuntime {
+    /// The stack spawns only its connection driver here (and TCP dials,
+    /// which babble-net does not use).
     fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
-        self.tokio.spawn(future)
+        self.tokio.spawn(Box::pin(DRIVER_TASK.scope((), future)))
     }
 
     fn spawn_reactor(
@@ -109,7 +117,8 @@ impl Runtime for DriverRuntime {
         reactor_pool_size: usize,
         future: Pin<Box<dyn Future<Output = ()> + Send>>,
     ) -> Box<dyn JoinHandle> {
-        self.tokio.spawn_reactor(reactor_pool_size, future)
+        self.tokio
+            .spawn_reactor(reactor_pool_size, Box::pin(DRIVER_TASK.scope((), future)))
     }
 
     fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
@@ -146,6 +155,9 @@ impl Runtime for DriverRuntime {
     }
 
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        if DRIVER_TASK.try_with(|_| ()).is_err() {
+            return self.tokio.sleep(duration);
+        }
         let quick = self
             .quick_turns
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
@@ -195,24 +207,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_cancelled_timer_grants_two_quick_turns_then_timers_are_long_again() {
+    async fn a_cancelled_timer_grants_the_driver_two_quick_turns_then_timers_are_long_again() {
         let runtime = DriverRuntime::for_connection();
-        assert!(
-            !next_timer_is_quick(&runtime).await,
-            "no quick turn at first"
-        );
-        // The timer above was cancelled (dropped unfired): work happened.
-        assert!(next_timer_is_quick(&runtime).await);
-        assert!(next_timer_is_quick(&runtime).await);
-        // Both quick turns fired without other work: back to sleeping.
-        assert!(!next_timer_is_quick(&runtime).await);
+        DRIVER_TASK
+            .scope((), async {
+                assert!(
+                    !next_timer_is_quick(&runtime).await,
+                    "no quick turn at first"
+                );
+                // The timer above was cancelled (dropped unfired): work happened.
+                assert!(next_timer_is_quick(&runtime).await);
+                assert!(next_timer_is_quick(&runtime).await);
+                // Both quick turns fired without other work: back to sleeping.
+                assert!(!next_timer_is_quick(&runtime).await);
+            })
+            .await;
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_timer_that_fires_at_its_deadline_grants_quick_turns() {
+    async fn a_timer_that_fires_at_its_deadline_grants_the_driver_quick_turns() {
         let runtime = DriverRuntime::for_connection();
-        runtime.sleep(Duration::from_millis(200)).await;
-        assert!(next_timer_is_quick(&runtime).await);
+        DRIVER_TASK
+            .scope((), async {
+                runtime.sleep(Duration::from_millis(200)).await;
+                assert!(next_timer_is_quick(&runtime).await);
+            })
+            .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timers_of_other_tasks_are_never_shortened() {
+        let runtime = DriverRuntime::for_connection();
+        // The driver did something: it has quick turns in hand.
+        DRIVER_TASK
+            .scope((), async { assert!(!next_timer_is_quick(&runtime).await) })
+            .await;
+        // A task waiting for the driver to stop still waits its full time.
+        let stop_wait = runtime.sleep(Duration::from_millis(100));
+        let waited = tokio::time::timeout(Duration::from_millis(99), stop_wait).await;
+        assert!(waited.is_err(), "a close's wait was cut short");
     }
 
     #[tokio::test]
