@@ -5,11 +5,13 @@
 //! channel hands them back in order, so concatenating what is read gives
 //! the byte stream back: any RPC size works.
 //!
-//! A write is done once the WebRTC stack has taken its message. The stack
-//! takes a message only while fewer than [`SEND_BUFFER`] bytes of the
-//! channel are not yet acknowledged by the peer, so a large reply never
-//! piles up in memory and a peer that stops acknowledging stops the
-//! writer (whose RPC deadline then ends the call).
+//! A write copies one message and hands it to the WebRTC stack; the next
+//! write, or a flush, waits until the stack has taken it. The stack takes a
+//! message only while fewer than [`SEND_BUFFER`] bytes of the channel are
+//! not yet acknowledged by the peer, so a large reply never piles up in
+//! memory and a peer that stops acknowledging stops the writer (whose RPC
+//! deadline then ends the call). Writers must flush, as the transport
+//! does after every frame.
 //!
 //! On the receiving side, every channel of a peer connection shares one
 //! SCTP receive window of [`RECEIVE_WINDOW`] bytes; the stack queues at
@@ -36,6 +38,11 @@ use super::gate::ChannelGate;
 /// Largest message written (RFC 8841's default `max-message-size`, which
 /// every peer that announces none accepts).
 pub const CHUNK: usize = 64 * 1024;
+/// Smallest message size used, whatever the peer announces: a peer asking
+/// for tiny messages would turn a large reply into millions of sends (and
+/// the stack's bookkeeping for each). Every WebRTC stack in use accepts
+/// this much; one that refuses it fails the call instead.
+pub const MIN_CHUNK: usize = 16 * 1024;
 /// Largest message accepted from a peer (the SDP `max-message-size` we
 /// announce, RFC 8841's default).
 pub const MAX_MESSAGE: usize = 64 * 1024;
@@ -77,8 +84,8 @@ pub struct ChannelStream {
     end_of_stream: bool,
     /// The stack said the channel is closed: nothing left to close.
     closed: bool,
-    /// The message being handed to the stack, and its length.
-    sending: Option<(BoxFuture<'static, webrtc::error::Result<()>>, usize)>,
+    /// The message being handed to the stack.
+    sending: Option<BoxFuture<'static, webrtc::error::Result<()>>>,
 }
 
 impl ChannelStream {
@@ -101,7 +108,7 @@ impl ChannelStream {
             channel,
             _slot: slot,
             gate,
-            message_size: message_size.clamp(1, CHUNK),
+            message_size: message_size.clamp(MIN_CHUNK, CHUNK),
             unread: BytesMut::new(),
             next_event: None,
             end_of_stream: false,
@@ -177,36 +184,47 @@ impl AsyncRead for ChannelStream {
     }
 }
 
+impl ChannelStream {
+    /// Drives the message being handed to the stack until the stack has
+    /// taken it (it waits while too much is unacknowledged).
+    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(sending) = self.sending.as_mut() {
+            let result = ready!(sending.as_mut().poll(cx));
+            self.sending = None;
+            result.map_err(io_error)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl AsyncWrite for ChannelStream {
-    /// Hands at most one message of `data` to the stack.
-    /// While the stack cannot take it (too much unacknowledged), returns
-    /// `Pending` and keeps the message: the caller retries with the same
-    /// bytes, as `write_all` does.
+    /// Once the previous message is in the stack, copies at most one
+    /// message of `data` and reports it written; the stack takes it on the
+    /// next write or flush. So at most one message is held here.
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_sent(cx))?;
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if self.sending.is_none() {
-            let message = BytesMut::from(&data[..data.len().min(self.message_size)]);
-            let len = message.len();
-            let channel = self.channel.clone();
-            self.sending = Some((Box::pin(async move { channel.send(message).await }), len));
+        let message = BytesMut::from(&data[..data.len().min(self.message_size)]);
+        let len = message.len();
+        let channel = self.channel.clone();
+        self.sending = Some(Box::pin(async move { channel.send(message).await }));
+        // Started now: most messages are taken at once.
+        if let Poll::Ready(Err(err)) = self.poll_sent(cx) {
+            return Poll::Ready(Err(err));
         }
-        let (sending, len) = self.sending.as_mut().expect("set above");
-        let result = ready!(sending.as_mut().poll(cx));
-        let len = *len;
-        self.sending = None;
-        result.map_err(io_error)?;
         Poll::Ready(Ok(len))
     }
 
-    /// Every message written is in the stack, which sends it on its own.
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    /// Waits until the stack has taken every message written; it sends
+    /// them on its own.
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_sent(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -8,7 +8,7 @@
 //!   offer or answer carries every candidate;
 //! * data channels are ordered and reliable, and only used once open.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use rtc::ice::mdns::MulticastDnsMode;
@@ -143,9 +143,11 @@ impl Engine {
         let connection: Arc<dyn PeerConnection> = Arc::new(connection);
         let _ = events.connection.set(Arc::downgrade(&connection));
         Ok(PeerLink {
+            _closer: Arc::new(ClosesOnDrop(connection.clone())),
             connection,
             events,
             gate: ChannelGate::default(),
+            open_abandoned: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -210,12 +212,48 @@ fn close_later(channel: Arc<dyn DataChannel>) {
     });
 }
 
-/// One peer connection.
+/// One peer connection, closed when its last handle is dropped.
 #[derive(Clone)]
 pub struct PeerLink {
     connection: Arc<dyn PeerConnection>,
     events: Arc<LinkEvents>,
     gate: ChannelGate,
+    /// A channel open was abandoned half-way (its dial timed out): the
+    /// peer may have stopped answering on this link.
+    open_abandoned: Arc<AtomicBool>,
+    _closer: Arc<ClosesOnDrop>,
+}
+
+/// Closes the connection: the stack keeps a peer connection dropped
+/// without `close()` running (its driver, sockets and consent checks).
+struct ClosesOnDrop(Arc<dyn PeerConnection>);
+
+impl Drop for ClosesOnDrop {
+    fn drop(&mut self) {
+        let connection = self.0.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = connection.close().await;
+            });
+        }
+    }
+}
+
+/// Marks its link's open as abandoned if dropped before [`OpenWatch::done`].
+struct OpenWatch<'a>(&'a AtomicBool, bool);
+
+impl OpenWatch<'_> {
+    fn done(mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for OpenWatch<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl PeerLink {
@@ -238,7 +276,9 @@ impl PeerLink {
         let mut tries = 0;
         loop {
             let opening = self.gate.open().await;
+            let watch = OpenWatch(&self.open_abandoned, false);
             let opened = self.open_channel(label).await?.opened().await;
+            watch.done();
             match opened {
                 Err(err) if tries == 0 && err.to_string() == CLOSED_BEFORE_OPENING => {
                     tries += 1;
@@ -340,12 +380,14 @@ impl PeerLink {
         serde_json::to_string(&local).map_err(|e| error(e.to_string()))
     }
 
-    /// Whether the link can still carry channels (not failed or closed).
+    /// Whether the link can still carry channels: not failed or closed,
+    /// and no channel open on it was abandoned half-way.
     pub fn is_usable(&self) -> bool {
-        !matches!(
-            *self.events.state.borrow(),
-            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
-        )
+        !self.open_abandoned.load(Ordering::Relaxed)
+            && !matches!(
+                *self.events.state.borrow(),
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+            )
     }
 
     /// Closes the connection and its channels; errors are not interesting

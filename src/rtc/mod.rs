@@ -83,10 +83,13 @@ impl RtcLimits {
 
 /// Peer connections other peers opened to us, by peer ID: at most
 /// [`PER_PEER`] each (a peer that re-offers after its connection failed
-/// replaces the older one) and `max_peers` in all.
+/// replaces the older one) and `max_peers` in all, counting the offers
+/// being answered.
 struct InboundLinks {
     by_peer: HashMap<String, Vec<PeerLink>>,
     count: usize,
+    /// Offers being answered, each holding a place (see [`Place`]).
+    answering: usize,
     max_peers: usize,
 }
 
@@ -94,17 +97,45 @@ struct InboundLinks {
 /// is replacing it with.
 const PER_PEER: usize = 2;
 
-impl InboundLinks {
-    /// Whether a new peer connection from `peer` may be made (after
-    /// pruning dead ones, when full).
-    fn has_room(&mut self, peer: &str) -> bool {
-        if self.count < self.max_peers || self.by_peer.contains_key(peer) {
-            return true;
+/// A place held for the peer connection an offer is being answered with;
+/// given back when dropped unless the connection is added.
+struct Place(Arc<Mutex<InboundLinks>>);
+
+impl Place {
+    /// Holds a place for a new peer connection from `peer`, if there is
+    /// one (after pruning dead ones, when full). A peer that already holds
+    /// [`PER_PEER`] connections always gets one: its oldest goes.
+    fn hold(inbound: &Arc<Mutex<InboundLinks>>, peer: &str) -> Option<Place> {
+        let mut links = inbound.lock().expect("inbound lock");
+        let replaces = links.by_peer.get(peer).is_some_and(|l| l.len() >= PER_PEER);
+        if !replaces && links.count + links.answering >= links.max_peers {
+            links.prune();
+            if links.count + links.answering >= links.max_peers {
+                return None;
+            }
         }
-        self.prune();
-        self.count < self.max_peers
+        links.answering += 1;
+        Some(Place(inbound.clone()))
     }
 
+    /// Adds `link` in this place, or closes it if the layer is closed.
+    fn fill(self, peer: String, link: PeerLink, shutdown: &CancellationToken) {
+        let mut links = self.0.lock().expect("inbound lock");
+        if shutdown.is_cancelled() {
+            // Dropped, the link closes.
+            return;
+        }
+        links.add(peer, link);
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.lock().expect("inbound lock").answering -= 1;
+    }
+}
+
+impl InboundLinks {
     fn add(&mut self, peer: String, link: PeerLink) {
         let links = self.by_peer.entry(peer).or_default();
         if links.len() >= PER_PEER {
@@ -202,12 +233,14 @@ impl WebRtcStreamLayer {
             inbound: Arc::new(Mutex::new(InboundLinks {
                 by_peer: HashMap::new(),
                 count: 0,
+                answering: 0,
                 max_peers: limits.max_peers,
             })),
             accepted: tokio::sync::Mutex::new(accepted),
         };
         let answering = Answering {
             connect_timeout: limits.connect_timeout,
+            shutdown: layer.dialer.shutdown.clone(),
             engine,
             inbound: layer.inbound.clone(),
             accepted: accepted_tx,
@@ -266,19 +299,35 @@ impl Dialer {
             });
     }
 
+    /// The slot of `target`'s peer connection, locked, and still the one
+    /// in the map (pruning may drop an empty slot between lookup and lock;
+    /// a link made in such a slot would be nobody's).
+    async fn locked_slot(&self, target: &str) -> tokio::sync::OwnedMutexGuard<Option<PeerLink>> {
+        loop {
+            let slot = self
+                .outbound
+                .lock()
+                .expect("outbound lock")
+                .entry(target.to_owned())
+                .or_default()
+                .clone();
+            let locked = slot.clone().lock_owned().await;
+            let current = self.outbound.lock().expect("outbound lock");
+            if current
+                .get(target)
+                .is_some_and(|in_map| Arc::ptr_eq(in_map, &slot))
+            {
+                return locked;
+            }
+        }
+    }
+
     async fn dial_channel(&self, target: String) -> io::Result<ChannelStream> {
-        let slot = self
-            .outbound
-            .lock()
-            .expect("outbound lock")
-            .entry(target.clone())
-            .or_default()
-            .clone();
         let label = format!("babble-{}", self.next_label.fetch_add(1, Ordering::Relaxed));
         // The lock is held until the channel is open: channels opened
         // concurrently on one connection can be given the same stream ID
         // by the WebRTC stack, and one of them then never opens.
-        let mut link = slot.lock().await;
+        let mut link = self.locked_slot(&target).await;
         if let Some(existing) = link.as_ref() {
             if existing.is_usable() {
                 return existing.new_channel(&label).await.map_err(other);
@@ -340,6 +389,7 @@ fn signal_error(error: SignalError) -> io::Error {
 struct Answering {
     /// How long making an answer may take (ICE gathering included).
     connect_timeout: Duration,
+    shutdown: CancellationToken,
     engine: Arc<Engine>,
     inbound: Arc<Mutex<InboundLinks>>,
     accepted: mpsc::Sender<(ChannelStream, String)>,
@@ -373,10 +423,10 @@ async fn answer_offers(
 impl Answering {
     async fn answer(&self, offer: Offer) {
         let from = offer.from.clone();
-        if !self.inbound.lock().expect("inbound lock").has_room(&from) {
+        let Some(place) = Place::hold(&self.inbound, &from) else {
             warn!(self.log, "refusing an offer: too many peer connections"; "peer" => &from);
             return offer.answer(Err("too many peer connections".into()));
-        }
+        };
         let link = match self.engine.peer().await {
             Ok(link) => CloseUnlessKept(Some(link)),
             Err(err) => {
@@ -385,12 +435,15 @@ impl Answering {
         };
         let peer = link.0.clone().expect("just set");
         let (accepted, remote) = (self.accepted.clone(), from.clone());
+        let connect_timeout = self.connect_timeout;
         let answering = peer.answer(&offer.sdp, self.max_channels, move |stream| {
             let accepted = accepted.clone();
             let remote = remote.clone();
             tokio::spawn(async move {
-                // A full queue waits: the Listener takes channels as it can.
-                let _ = accepted.send((stream, remote)).await;
+                // A full queue waits, within a deadline: the Listener takes
+                // channels as it can. A channel given up on is closed.
+                let _ =
+                    tokio::time::timeout(connect_timeout, accepted.send((stream, remote))).await;
             });
         });
         let answered = tokio::time::timeout(self.connect_timeout, answering)
@@ -404,13 +457,24 @@ impl Answering {
             Ok(answer) => {
                 debug!(self.log, "answered an offer"; "peer" => &from);
                 offer.answer(Ok(answer));
-                let mut inbound = self.inbound.lock().expect("inbound lock");
-                inbound.add(from, link.keep());
+                place.fill(from, link.keep(), &self.shutdown);
             }
             Err(err) => {
                 warn!(self.log, "refusing a bad offer"; "peer" => &from, "error" => %err);
                 offer.answer(Err(err.to_string()));
             }
+        }
+    }
+}
+
+impl Drop for WebRtcStreamLayer {
+    /// A layer dropped without [`StreamLayer::close`] stops answering and
+    /// closes its peer connections all the same.
+    fn drop(&mut self) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.close();
+        } else {
+            self.dialer.shutdown.cancel();
         }
     }
 }
