@@ -82,10 +82,11 @@ impl ChannelGate {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let turns = self.0.turns.clone();
-        let hold = self.close_hold();
+        let gate = self.clone();
         runtime.spawn(async move {
-            let _turn = turns.read_owned().await;
+            let _turn = gate.0.turns.clone().read_owned().await;
+            // After any open in progress: its time counts.
+            let hold = gate.close_hold();
             if !closed_by_peer {
                 let _ = channel.close().await;
             }

@@ -13,10 +13,13 @@
 //!
 //! Bounds ([`RtcLimits`]): the signaling client hands out at most so many
 //! offers at once, in total and per caller; other peers may hold at most
-//! `max_peers` peer connections to us (two per peer: a new one replaces
-//! the older), each with at most `max_channels` open data channels;
-//! failed or closed peer connections are closed and forgotten every
-//! `prune_interval`, whether or not new offers arrive.
+//! `max_peers` peer connections to us, offers being answered included (two
+//! per peer: a new one replaces the older), each with at most
+//! `max_channels` open data channels; failed or closed peer connections
+//! are closed and forgotten every `prune_interval`, whether or not new
+//! offers arrive. A peer connection on which a channel open was abandoned
+//! (its dial timed out) is replaced on the next dial. Every peer
+//! connection is closed when the layer no longer holds it.
 
 mod channel;
 mod engine;
