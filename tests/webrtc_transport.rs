@@ -330,6 +330,49 @@ async fn peer_connections_beyond_the_limit_are_refused() {
 }
 
 #[actix_rt::test]
+async fn at_the_peer_limit_an_idle_peer_connection_makes_room_for_a_new_peer() {
+    let router = common::signal::router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let signal: Arc<dyn Signal> = Arc::new(client(&addr, "main", "server", None));
+    let limits = RtcLimits {
+        max_peers: 1,
+        ..limits()
+    };
+    let server_layer = Arc::new(
+        WebRtcStreamLayer::start(signal, &loopback(), limits, logging::discard())
+            .await
+            .unwrap(),
+    );
+    // The server closes a channel idle this long: the first peer's
+    // connection then carries no channel.
+    let server_config = Config {
+        idle_timeout: Duration::from_millis(300),
+        ..webrtc_config()
+    };
+    let server = NetworkTransport::new(server_layer.clone(), &server_config, logging::discard());
+    server.listen().unwrap();
+    suite::serve(&server, suite::vector_answer);
+    let first = node(&addr, "first", &webrtc_config()).await;
+    first.sync("server", SyncRequest::default()).await.unwrap();
+    assert_eq!(server_layer.inbound_peer_connections(), 1);
+    let second = node(&addr, "second", &webrtc_config()).await;
+    let started = std::time::Instant::now();
+    // Refused while the first peer's channel is open; let in once it is idle.
+    while let Err(err) = second.sync("server", SyncRequest::default()).await {
+        assert!(
+            err.to_string().contains("too many peer connections"),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the idle peer connection was never shed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(server_layer.inbound_peer_connections(), 1);
+}
+
+#[actix_rt::test]
 async fn data_channels_beyond_the_limit_are_closed() {
     let router = common::signal::router(&["main"]).await;
     let addr = format!("ws://{}", router.local_addr());

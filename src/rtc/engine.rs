@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::Instant;
 
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
@@ -148,6 +149,8 @@ impl Engine {
             events,
             gate: ChannelGate::default(),
             open_abandoned: Arc::new(AtomicBool::new(false)),
+            open_channels: Arc::new(AtomicUsize::new(0)),
+            created: Instant::now(),
         })
     }
 }
@@ -221,6 +224,9 @@ pub struct PeerLink {
     /// A channel open was abandoned half-way (its dial timed out): the
     /// peer may have stopped answering on this link.
     open_abandoned: Arc<AtomicBool>,
+    /// Data channels the peer has open on an answering link.
+    open_channels: Arc<AtomicUsize>,
+    created: Instant,
     _closer: Arc<ClosesOnDrop>,
 }
 
@@ -324,7 +330,7 @@ impl PeerLink {
         let offer: RTCSessionDescription =
             serde_json::from_str(offer).map_err(|e| error(format!("malformed SDP offer: {e}")))?;
         let on_channel = Arc::new(on_channel);
-        let open_channels = Arc::new(AtomicUsize::new(0));
+        let open_channels = self.open_channels.clone();
         // Weak: the connection owns this closure.
         let connection = Arc::downgrade(&self.connection);
         let incoming = move |channel: Arc<dyn DataChannel>| {
@@ -388,6 +394,17 @@ impl PeerLink {
                 *self.events.state.borrow(),
                 RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
             )
+    }
+
+    /// Whether the peer has no data channel open on this (answering)
+    /// link: it carries no call, and may be shed to make room.
+    pub fn is_idle(&self) -> bool {
+        self.open_channels.load(Ordering::Relaxed) == 0
+    }
+
+    /// When the link was made.
+    pub fn created(&self) -> Instant {
+        self.created
     }
 
     /// Closes the connection and its channels; errors are not interesting

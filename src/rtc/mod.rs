@@ -14,7 +14,8 @@
 //! Bounds ([`RtcLimits`]): the signaling client hands out at most so many
 //! offers at once, in total and per caller; other peers may hold at most
 //! `max_peers` peer connections to us, offers being answered included (two
-//! per peer: a new one replaces the older), each with at most
+//! per peer: a new one replaces the older; at the cap, the oldest one
+//! carrying no data channel is closed to make room), each with at most
 //! `max_channels` open data channels; failed or closed peer connections
 //! are closed and forgotten every `prune_interval`, whether or not new
 //! offers arrive. A peer connection on which a channel open was abandoned
@@ -56,8 +57,8 @@ pub struct RtcLimits {
     /// The least time a dial gets, whatever the caller's RPC deadline:
     /// signaling, ICE and DTLS take longer than one RPC's I/O.
     pub connect_timeout: Duration,
-    /// Peer connections other peers may hold to us; offers beyond it are
-    /// refused.
+    /// Peer connections other peers may hold to us; at the cap the oldest
+    /// one carrying no data channel makes room, else offers are refused.
     pub max_peers: usize,
     /// Data channels one peer may have open on its peer connection to us;
     /// more are closed as they open.
@@ -113,7 +114,7 @@ impl Place {
         let replaces = links.by_peer.get(peer).is_some_and(|l| l.len() >= PER_PEER);
         if !replaces && links.count + links.answering >= links.max_peers {
             links.prune();
-            if links.count + links.answering >= links.max_peers {
+            if links.count + links.answering >= links.max_peers && !links.shed_idlest() {
                 return None;
             }
         }
@@ -148,6 +149,36 @@ impl InboundLinks {
         }
         links.push(link);
         self.count += 1;
+    }
+
+    /// Closes and forgets the oldest peer connection on which the peer has
+    /// no data channel open, if any: a peer at the cap still gets in while
+    /// others only hold connections (their idle channels are closed after
+    /// `idle-timeout`).
+    fn shed_idlest(&mut self) -> bool {
+        let idlest = self
+            .by_peer
+            .iter()
+            .flat_map(|(peer, links)| {
+                links
+                    .iter()
+                    .enumerate()
+                    .map(move |(at, link)| (peer, at, link))
+            })
+            .filter(|(_, _, link)| link.is_idle())
+            .min_by_key(|(_, _, link)| link.created())
+            .map(|(peer, at, _)| (peer.clone(), at));
+        let Some((peer, at)) = idlest else {
+            return false;
+        };
+        let links = self.by_peer.get_mut(&peer).expect("found above");
+        let shed = links.remove(at);
+        if links.is_empty() {
+            self.by_peer.remove(&peer);
+        }
+        self.count -= 1;
+        tokio::spawn(async move { shed.close().await });
+        true
     }
 
     /// Closes and forgets failed or closed peer connections.
