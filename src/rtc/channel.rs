@@ -33,6 +33,7 @@ use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
+use super::engine::close_later;
 use super::gate::ChannelGate;
 
 /// Largest message written (RFC 8841's default `max-message-size`, which
@@ -126,13 +127,7 @@ impl Drop for ChannelStream {
         match &self.gate {
             Some(gate) => gate.close(channel, self.closed),
             None if self.closed => {}
-            None => {
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move {
-                        let _ = channel.close().await;
-                    });
-                }
-            }
+            None => close_later(channel),
         }
     }
 }

@@ -209,10 +209,14 @@ impl PeerConnectionEventHandler for LinkEvents {
     }
 }
 
-fn close_later(channel: Arc<dyn DataChannel>) {
-    tokio::spawn(async move {
-        let _ = channel.close().await;
-    });
+/// Closes `channel` in the background (nothing to do outside a runtime:
+/// the process is ending).
+pub(super) fn close_later(channel: Arc<dyn DataChannel>) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = channel.close().await;
+        });
+    }
 }
 
 /// One peer connection, closed when its last handle is dropped.

@@ -358,9 +358,8 @@ impl Dialer {
 
     async fn dial_channel(&self, target: String) -> io::Result<ChannelStream> {
         let label = format!("babble-{}", self.next_label.fetch_add(1, Ordering::Relaxed));
-        // The lock is held until the channel is open: channels opened
-        // concurrently on one connection can be given the same stream ID
-        // by the WebRTC stack, and one of them then never opens.
+        // The lock is held until the channel is open, so that concurrent
+        // dials to one peer share one peer connection.
         let mut link = self.locked_slot(&target).await;
         if let Some(existing) = link.as_ref() {
             if existing.is_usable() {
@@ -370,8 +369,8 @@ impl Dialer {
             existing.close().await;
             *link = None;
         }
-        let fresh = CloseUnlessKept(Some(self.engine.peer().await.map_err(other)?));
-        let peer = fresh.0.clone().expect("just set");
+        // Dropped on any failure below, the new connection closes.
+        let peer = self.engine.peer().await.map_err(other)?;
         let pending = peer.open_channel(&label).await.map_err(other)?;
         let offer = peer.offer().await.map_err(other)?;
         let answer = self
@@ -381,26 +380,8 @@ impl Dialer {
             .map_err(signal_error)?;
         peer.accept_answer(&answer).await.map_err(other)?;
         let opened = pending.opened().await.map_err(other)?;
-        *link = Some(fresh.keep());
+        *link = Some(peer);
         Ok(opened)
-    }
-}
-
-/// Closes a new peer connection that did not make it (failed or timed-out
-/// dial), so none is ever leaked.
-struct CloseUnlessKept(Option<PeerLink>);
-
-impl CloseUnlessKept {
-    fn keep(mut self) -> PeerLink {
-        self.0.take().expect("kept once")
-    }
-}
-
-impl Drop for CloseUnlessKept {
-    fn drop(&mut self) {
-        if let Some(link) = self.0.take() {
-            tokio::spawn(async move { link.close().await });
-        }
     }
 }
 
@@ -461,13 +442,13 @@ impl Answering {
             warn!(self.log, "refusing an offer: too many peer connections"; "peer" => &from);
             return offer.answer(Err("too many peer connections".into()));
         };
-        let link = match self.engine.peer().await {
-            Ok(link) => CloseUnlessKept(Some(link)),
+        // Dropped unless added below, the new connection closes.
+        let peer = match self.engine.peer().await {
+            Ok(link) => link,
             Err(err) => {
                 return offer.answer(Err(format!("cannot create a peer connection: {err}")))
             }
         };
-        let peer = link.0.clone().expect("just set");
         let (accepted, remote) = (self.accepted.clone(), from.clone());
         let connect_timeout = self.connect_timeout;
         let answering = peer.answer(&offer.sdp, self.max_channels, move |stream| {
@@ -491,7 +472,7 @@ impl Answering {
             Ok(answer) => {
                 debug!(self.log, "answered an offer"; "peer" => &from);
                 offer.answer(Ok(answer));
-                place.fill(from, link.keep(), &self.shutdown);
+                place.fill(from, peer, &self.shutdown);
             }
             Err(err) => {
                 warn!(self.log, "refusing a bad offer"; "peer" => &from, "error" => %err);
