@@ -17,6 +17,14 @@
 //!     --signal ws://127.0.0.1:2443 --id server --loopback-only
 //! cargo run --release --example rpcbench -- call --transport webrtc \
 //!     --signal ws://127.0.0.1:2443 --id client --target server --loopback-only ...
+//! # Fairness (BENCH.md): a node spending 500 us per RPC, a flood of 256
+//! # connections from 127.0.0.2, and an honest caller pacing one Sync per
+//! # 10 ms from 127.0.0.1:
+//! cargo run --release --example rpcbench -- serve --listen 127.0.0.1:7000 --work-us 500
+//! cargo run --release --example rpcbench -- flood --target 127.0.0.1:7000 \
+//!     --sources 127.0.0.2 --connections 256 --secs 20
+//! cargo run --release --example rpcbench -- call --target 127.0.0.1:7000 \
+//!     --calls 1000 --pace-ms 10
 //! # The secure channel: the server prints its key; the caller expects it.
 //! cargo run --release --example rpcbench -- serve --listen 127.0.0.1:7000 \
 //!     --secure --key-file server.key
@@ -30,10 +38,14 @@
 mod codec_limit;
 #[path = "rpcbench/echo.rs"]
 mod echo;
+#[path = "rpcbench/flood.rs"]
+mod flood;
 #[path = "rpcbench/report.rs"]
 mod report;
 #[path = "rpcbench/scale.rs"]
 mod scale;
+#[path = "rpcbench/ticker.rs"]
+mod ticker;
 #[path = "rpcbench/workload.rs"]
 mod workload;
 
@@ -75,6 +87,9 @@ enum Role {
     Codec(CodecArgs),
     /// One server's latency and memory as the peers calling it grow.
     Scale(ScaleArgs),
+    /// Hostile load for the fairness runs: many connections from given
+    /// source addresses sending valid Syncs, or never reading the replies.
+    Flood(FloodArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -147,7 +162,7 @@ impl SignalArgs {
         let ice = IceOptions {
             loopback_only: self.loopback_only,
             relay_only: self.relay_only,
-            ..IceOptions::from_config(&config)
+            ..babble_net::limits::ice(&config)
         };
         NetworkTransport::webrtc(Arc::new(signal), &ice, &config, log)
             .await
@@ -233,6 +248,14 @@ struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (docs/METRICS.md).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Frames larger than this many bytes are parsed and encoded on the
+    /// I/O threads (default: the configuration's, 2 MiB).
+    #[arg(long)]
+    large_frame: Option<usize>,
+    /// Run a ticker every MS milliseconds on the node's thread and report
+    /// how late it ran (tick_p99_ms, tick_max_ms).
+    #[arg(long)]
+    tick_ms: Option<u64>,
 }
 
 impl RunArgs {
@@ -246,7 +269,11 @@ impl RunArgs {
         Config {
             timeout,
             join_timeout: timeout,
+            webrtc_connect_timeout: Some(timeout),
+            signal_connect_timeout: Some(timeout),
+            offer_timeout: Some(timeout),
             io_threads: self.io_threads.unwrap_or(config.io_threads),
+            large_frame: self.large_frame.unwrap_or(config.large_frame),
             ..config
         }
     }
@@ -267,6 +294,32 @@ struct ServeArgs {
     secure: SecureArgs,
     #[command(flatten)]
     shape: ShapeArgs,
+    /// CPU time the node spends on each RPC before answering it (a busy
+    /// loop on the node's thread, one RPC at a time), in microseconds.
+    #[arg(long, default_value_t = 0)]
+    work_us: u64,
+}
+
+#[derive(Args)]
+struct FloodArgs {
+    /// The server's address.
+    #[arg(long)]
+    target: String,
+    /// Source addresses to flood from.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.2")]
+    sources: Vec<String>,
+    /// Connections from each source.
+    #[arg(long, default_value_t = 256)]
+    connections: usize,
+    /// Events each Sync asks for.
+    #[arg(long, default_value_t = 0)]
+    sync_limit: usize,
+    /// One request per connection, reply never read.
+    #[arg(long)]
+    never_read: bool,
+    /// Seconds to flood.
+    #[arg(long, default_value_t = 20.0)]
+    secs: f64,
 }
 
 #[derive(Args)]
@@ -298,6 +351,10 @@ struct CallArgs {
     secure: SecureArgs,
     #[command(flatten)]
     shape: ShapeArgs,
+    /// Start a call every MS milliseconds (per worker) instead of
+    /// back to back: an honest peer's pace.
+    #[arg(long)]
+    pace_ms: Option<u64>,
 }
 
 #[derive(Args)]
@@ -396,6 +453,17 @@ fn main() {
             };
             actix_rt::System::new().block_on(scale::run(plan, ping.expect("sync is known")));
         }
+        Role::Flood(args) => {
+            let plan = flood::Plan {
+                target: args.target,
+                sources: args.sources,
+                connections: args.connections,
+                sync_limit: args.sync_limit,
+                never_read: args.never_read,
+                secs: args.secs,
+            };
+            actix_rt::System::new().block_on(flood::run(plan));
+        }
         Role::Codec(args) => {
             println!(
                 "{}",
@@ -433,14 +501,21 @@ fn reply_frame(reply: &Reply) -> Vec<u8> {
     buf.to_vec()
 }
 
-/// Answers the RPCs of `transport` until it closes. Sync replies of the
-/// same size share their generated events.
-fn answer_all(transport: &dyn Transport, shape: Shape) {
+/// Answers the RPCs of `transport` until it closes, one at a time, each
+/// after `work` of CPU time. Sync replies of the same size share their
+/// generated events.
+fn answer_all(transport: &dyn Transport, shape: Shape, work: Duration) {
     let mut rpcs = transport.consumer();
     let snapshot = workload::snapshot();
     let mut cache: HashMap<i64, Response> = HashMap::new();
     actix_rt::spawn(async move {
         while let Some(rpc) = rpcs.recv().await {
+            if !work.is_zero() {
+                let started = Instant::now();
+                while started.elapsed() < work {
+                    std::hint::spin_loop();
+                }
+            }
             let response = match &rpc.command {
                 Command::Sync(request) => {
                     let cached = cache
@@ -477,7 +552,11 @@ async fn serve(args: ServeArgs) {
         }
     };
     transport.listen().unwrap_or_else(|e| fail(e));
-    answer_all(&transport, args.shape.shape());
+    answer_all(
+        &transport,
+        args.shape.shape(),
+        Duration::from_micros(args.work_us),
+    );
     match config.secure {
         true => {
             let key = config.node_key().unwrap_or_else(|e| fail(e));
@@ -489,7 +568,35 @@ async fn serve(args: ServeArgs) {
         }
         false => println!("rpcbench serve listening on {}", transport.local_addr()),
     }
-    let _ = tokio::signal::ctrl_c().await;
+    let ticks = args
+        .run
+        .tick_ms
+        .map(|ms| ticker::Ticks::start(Duration::from_millis(ms)));
+    if let Some(ticks) = ticks.clone() {
+        // A progress line a second: how late the ticker ran so far.
+        actix_rt::spawn(async move {
+            let started = Instant::now();
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                println!(
+                    r#"{{"role":"serve","secs":{:.0},{}}}"#,
+                    started.elapsed().as_secs_f64(),
+                    ticks.json_fields()
+                );
+            }
+        });
+    }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .unwrap_or_else(|e| fail(e));
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    if let Some(ticks) = ticks {
+        println!(r#"{{"role":"serve","exit":true,{}}}"#, ticks.json_fields());
+    }
     let _ = transport.close().await;
 }
 
@@ -531,16 +638,22 @@ async fn call(args: CallArgs) -> Report {
         TransportKind::Inmem => {
             let server =
                 InmemTransport::with_config(Some("server".into()), &config, logging::discard());
-            answer_all(&server, shape);
+            answer_all(&server, shape, Duration::ZERO);
             let client = InmemTransport::with_config(None, &config, logging::discard());
             client.connect("server", &server);
             (Arc::new(client), "server".to_owned())
         }
     };
 
+    let ticks = args
+        .run
+        .tick_ms
+        .map(|ms| ticker::Ticks::start(Duration::from_millis(ms)));
     let remaining = Rc::new(RefCell::new(args.calls));
     let first_reported = Rc::new(std::cell::Cell::new(false));
-    let expected = Rc::new(expected);
+    let expected = Arc::new(expected);
+    let off_thread_checks = ticks.is_some();
+    let pace = args.pace_ms.map(Duration::from_millis);
     let started = Instant::now();
     let workers: Vec<_> = (0..args.concurrency.max(1))
         .map(|_| {
@@ -555,7 +668,15 @@ async fn call(args: CallArgs) -> Report {
             actix_rt::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
+                let mut paced = pace.map(|every| {
+                    let mut ticks = tokio::time::interval(every);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    ticks
+                });
                 loop {
+                    if let Some(ticks) = &mut paced {
+                        ticks.tick().await;
+                    }
                     {
                         let mut left = remaining.borrow_mut();
                         if *left == 0 {
@@ -569,11 +690,23 @@ async fn call(args: CallArgs) -> Report {
                         // The first call includes connecting (dial, ICE, ...).
                         eprintln!("rpcbench: first call took {} us", t0.elapsed().as_micros());
                     }
-                    match result {
-                        Ok(response) if response == *expected => {
-                            latencies.push(t0.elapsed().as_micros() as u64)
+                    let latency = t0.elapsed().as_micros() as u64;
+                    // With a ticker, the check of a large answer (and its
+                    // freeing) runs on a helper thread: the ticker measures
+                    // the transport's stalls, not this harness's.
+                    let result = match result {
+                        Ok(response) if off_thread_checks && response.size_hint() > 1 << 20 => {
+                            let expected = expected.clone();
+                            tokio::task::spawn_blocking(move || response == *expected)
+                                .await
+                                .map_err(|e| e.to_string())
                         }
-                        Ok(_) => {
+                        Ok(response) => Ok(response == *expected),
+                        Err(err) => Err(err.to_string()),
+                    };
+                    match result {
+                        Ok(true) => latencies.push(latency),
+                        Ok(false) => {
                             errors += 1;
                             eprintln!("rpcbench: the answer differs from the expected one");
                         }
@@ -597,6 +730,7 @@ async fn call(args: CallArgs) -> Report {
         latencies_us: Vec::with_capacity(args.calls as usize),
         bytes_in: 0,
         bytes_out: 0,
+        extra: None,
     };
     for worker in workers {
         let (latencies, errors) = worker.await.expect("worker ran");
@@ -607,6 +741,7 @@ async fn call(args: CallArgs) -> Report {
     let ok = report.calls - report.errors;
     report.bytes_in = ok * bytes_in;
     report.bytes_out = ok * bytes_out;
+    report.extra = ticks.map(|ticks| ticks.json_fields());
     let _ = client.close().await;
     report
 }

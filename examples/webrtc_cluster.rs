@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Actor;
-use babble_net::rtc::{IceOptions, RtcLimits, WebRtcStreamLayer};
+use babble_net::rtc::{IceOptions, WebRtcStreamLayer};
 use babble_net::secure::{NodeKey, PeerKey, SecureStreamLayer};
 use babble_net::signal::router::{Router, RouterConfig};
-use babble_net::signal::{Signal, SignalSettings, WampSignal};
+use babble_net::signal::{Signal, WampSignal};
 use babble_net::stream::StreamLayer;
 use babble_net::{logging, Config, NetworkTransport, Transport};
 use clap::Parser;
@@ -109,15 +109,14 @@ async fn main() {
     let stats = Arc::new(Stats::default());
     let mut nodes = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        let settings = SignalSettings {
-            connect_timeout: config.join_timeout,
-            key: keys[i].clone(),
-            ..SignalSettings::new(&config.signal_addr, &config.signal_realm, id.clone())
-        };
-        let signal: Arc<dyn Signal> =
-            Arc::new(WampSignal::new(settings, config.join_timeout, log.clone()));
+        let settings = babble_net::limits::signal(&config, id.clone(), None, keys[i].clone());
+        let signal: Arc<dyn Signal> = Arc::new(WampSignal::new(
+            settings,
+            config.offer_deadline(),
+            log.clone(),
+        ));
         let layer =
-            WebRtcStreamLayer::start(signal, &ice, RtcLimits::from_config(&config), log.clone())
+            WebRtcStreamLayer::start(signal, &ice, babble_net::limits::rtc(&config), log.clone())
                 .await
                 .unwrap_or_else(|e| fail(e.to_string()));
         let layer: Arc<dyn StreamLayer> = match &keys[i] {

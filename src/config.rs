@@ -43,6 +43,23 @@ pub struct Config {
     /// The same deadline for Join, which waits on consensus.
     #[serde(with = "humantime_serde")]
     pub join_timeout: Duration,
+    /// WebRTC: the least time a dial gets (signaling, ICE and DTLS take
+    /// longer than one RPC's I/O), and the time a connection answered to
+    /// another peer has to connect before it is closed. Unset:
+    /// `join-timeout`'s value, as before this key existed (see
+    /// [`Config::join_timeout_carried_over`]).
+    #[serde(with = "humantime_serde")]
+    pub webrtc_connect_timeout: Option<Duration>,
+    /// The signaling client's connection to the router: a node that has no
+    /// session within it fails to start (`TransportError::Connect`), and
+    /// keeps trying in the background. Unset: `join-timeout`'s value.
+    #[serde(with = "humantime_serde")]
+    pub signal_connect_timeout: Option<Duration>,
+    /// How long an offer waits for its answer through the signaling router,
+    /// and how far from now a signed offer's or answer's timestamp may be.
+    /// Unset: `join-timeout`'s value.
+    #[serde(with = "humantime_serde")]
+    pub offer_timeout: Option<Duration>,
     /// Bytes per second below which a transfer counts as stalled: a call
     /// moving `n` bytes ends within its timeout plus `n` at this rate, and
     /// so does reading a request or writing a reply on the server side.
@@ -89,11 +106,14 @@ pub struct Config {
     /// Time a secure handshake may take.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
-    /// WebRTC: peer connections other peers may hold to this node (two per
-    /// peer at most); offers beyond it are refused.
+    /// WebRTC: peer connections other peers may hold to this node; at the
+    /// cap a newcomer evicts the least recently used connection of the
+    /// source (the peer's address on it) holding the most.
     pub webrtc_max_peers: usize,
     /// WebRTC: data channels one peer may have open on its peer connection
-    /// to this node; more are closed as they open.
+    /// to this node; at the cap a new one closes the one least recently
+    /// used by a reply (the node sees an RPC being answered on it
+    /// abandoned).
     pub webrtc_max_channels: usize,
     /// Largest request accepted from a peer, in bytes (an EagerSync of a
     /// full sync limit of events must fit).
@@ -103,17 +123,29 @@ pub struct Config {
     #[serde(alias = "max-frame-size")]
     pub max_reply_size: usize,
     /// Most inbound connections served at once. A new connection beyond it
-    /// is still served: the connection idle longest is closed for it (or,
-    /// when every one is in the middle of a request, the slowest one).
+    /// is still served: one connection of the source holding the most
+    /// (an IPv4 address, an IPv6 /64) is closed for it, the one least
+    /// recently used by a completed RPC, even if its request is being
+    /// answered or its reply written (the node sees the RPC abandoned).
     pub max_inbound: usize,
-    /// Most inbound connections from one IP address (one peer ID on
-    /// WebRTC); beyond it that address's own connections are shed first.
+    /// Most inbound connections from one source (an IPv4 address, an IPv6
+    /// /64; on WebRTC, the peer's address on its connection); beyond it
+    /// that source's own least recently used connection is closed for the
+    /// newcomer.
     pub max_inbound_per_ip: usize,
     /// Bytes all inbound connections together may hold buffered while
     /// reading requests (each connection reads its first 64 KiB outside
     /// it); a connection that needs more waits, within its request's
     /// deadline.
     pub inbound_buffer_budget: usize,
+    /// Bytes all inbound connections together may hold in encoded replies
+    /// waiting to be written (each connection writes its first 64 KiB
+    /// outside it). A reply that cannot get budget within `timeout` is
+    /// replaced by an error the caller sees as refused
+    /// (`TransportError::is_refused`); replies waiting for it are in
+    /// memory too, so at most as many bytes of them wait as the budget
+    /// holds, and a reply beyond that is refused at once.
+    pub outbound_buffer_budget: usize,
     /// An inbound connection with no request for this long is closed.
     /// Whitespace does not count as a request.
     #[serde(with = "humantime_serde")]
@@ -121,14 +153,24 @@ pub struct Config {
     /// Connections dialled at once to one peer; more callers wait for one
     /// of them (or for a pooled connection) within their timeout.
     pub max_dials_per_peer: usize,
-    /// RPCs queued for the application before senders have to wait.
+    /// RPCs one source (an address, and within it a verified key) may have
+    /// queued for the application; the node takes RPCs from the sources in
+    /// turn, and a source whose queue is full is not read further until
+    /// the node takes one of its RPCs.
     pub consumer_buffer: usize,
-    /// Threads (actix arbiters) the network transports' I/O and codec
-    /// work runs on, shared by the transports of one actix system; the
-    /// node's own arbiter only receives finished RPCs. 0 runs everything
-    /// on the arbiter that created the transport. Default: the number of
+    /// Threads (actix arbiters) that parse and encode the network
+    /// transports' large frames (above `large-frame`), shared by the
+    /// transports of one actix system, and that drive WebRTC peer
+    /// connections. Small calls never leave the thread that makes or
+    /// answers them. 0 does everything on the node's own threads (a large
+    /// frame then stalls them while it is parsed). Default: the number of
     /// cores.
     pub io_threads: usize,
+    /// Frames larger than this many bytes are parsed and encoded on the
+    /// I/O threads while the node's thread waits for the result; smaller
+    /// ones on the node's thread, which is cheaper than a hand-off.
+    /// Default: 2 MiB (a few milliseconds of parsing at most).
+    pub large_frame: usize,
 }
 
 impl Default for Config {
@@ -139,6 +181,9 @@ impl Default for Config {
             max_pool: 2,
             timeout: Duration::from_secs(1),
             join_timeout: Duration::from_secs(10),
+            webrtc_connect_timeout: None,
+            signal_connect_timeout: None,
+            offer_timeout: None,
             webrtc: false,
             signal_addr: "127.0.0.1:2443".to_owned(),
             signal_realm: "main".to_owned(),
@@ -158,14 +203,16 @@ impl Default for Config {
             webrtc_max_channels: 64,
             min_transfer_rate: 64 * 1024,
             max_request_size: 16 * 1024 * 1024,
-            max_reply_size: babble_net_actors::codec::DEFAULT_MAX_FRAME_SIZE,
+            max_reply_size: babble_net_core::codec::DEFAULT_MAX_FRAME_SIZE,
             max_inbound: 1024,
             max_inbound_per_ip: 256,
             inbound_buffer_budget: 256 * 1024 * 1024,
+            outbound_buffer_budget: 256 * 1024 * 1024,
             idle_timeout: Duration::from_secs(60),
             max_dials_per_peer: 4,
             consumer_buffer: 64,
             io_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            large_frame: 2 * 1024 * 1024,
         }
     }
 }
@@ -197,6 +244,9 @@ impl Config {
         for (name, value) in [
             ("timeout", self.timeout),
             ("join-timeout", self.join_timeout),
+            ("webrtc-connect-timeout", self.webrtc_connect_deadline()),
+            ("signal-connect-timeout", self.signal_connect_deadline()),
+            ("offer-timeout", self.offer_deadline()),
             ("idle-timeout", self.idle_timeout),
             ("handshake-timeout", self.handshake_timeout),
         ] {
@@ -218,6 +268,9 @@ impl Config {
         }
         if self.inbound_buffer_budget < self.max_request_size {
             return fail("inbound-buffer-budget must hold at least one max-request-size request");
+        }
+        if self.outbound_buffer_budget < self.max_reply_size {
+            return fail("outbound-buffer-budget must hold at least one max-reply-size reply");
         }
         if self.max_inbound == 0 || self.max_inbound_per_ip == 0 {
             return fail("max-inbound and max-inbound-per-ip must be at least 1");
@@ -247,7 +300,48 @@ impl Config {
         if self.webrtc_max_peers == 0 || self.webrtc_max_channels == 0 {
             return fail("webrtc-max-peers and webrtc-max-channels must be at least 1");
         }
+        if self.webrtc && !cfg!(feature = "webrtc") {
+            return fail(
+                "webrtc = true needs the feature `webrtc` (babble-net was built without it)",
+            );
+        }
         Ok(())
+    }
+
+    /// The WebRTC connect timeout: `webrtc-connect-timeout`, or
+    /// `join-timeout` when unset.
+    pub fn webrtc_connect_deadline(&self) -> Duration {
+        self.webrtc_connect_timeout.unwrap_or(self.join_timeout)
+    }
+
+    /// The signaling connect timeout: `signal-connect-timeout`, or
+    /// `join-timeout` when unset.
+    pub fn signal_connect_deadline(&self) -> Duration {
+        self.signal_connect_timeout.unwrap_or(self.join_timeout)
+    }
+
+    /// The offer timeout: `offer-timeout`, or `join-timeout` when unset.
+    pub fn offer_deadline(&self) -> Duration {
+        self.offer_timeout.unwrap_or(self.join_timeout)
+    }
+
+    /// The keys that take `join-timeout`'s value because they are unset
+    /// while `join-timeout` is not its default: a file written before
+    /// they existed keeps its behaviour, and the transports log one
+    /// warning naming them. Empty when nothing is carried over.
+    pub fn join_timeout_carried_over(&self) -> Vec<&'static str> {
+        if self.join_timeout == Config::default().join_timeout {
+            return Vec::new();
+        }
+        [
+            ("webrtc-connect-timeout", self.webrtc_connect_timeout),
+            ("signal-connect-timeout", self.signal_connect_timeout),
+            ("offer-timeout", self.offer_timeout),
+        ]
+        .into_iter()
+        .filter(|(_, value)| value.is_none())
+        .map(|(name, _)| name)
+        .collect()
     }
 
     /// The deadline that applies to an RPC of the given type.
@@ -261,22 +355,31 @@ impl Config {
     /// The longest a call of `rpc_type` can take, whatever the peer does.
     ///
     /// An attempt waits at most the timeout for a connection (a pooled one
-    /// or a dial slot), at most the timeout for a dial, and exchanges the
-    /// request and reply within the timeout plus their bytes at
-    /// `min-transfer-rate`. A call whose pooled connection turns out stale
-    /// (closed before any reply byte) is retried once on a new one. So a
-    /// call ends within six timeouts plus two of the largest requests and
-    /// the largest reply at that rate (plus two handshake timeouts on a
-    /// secure channel); a call to a peer that merely stops answering fails
-    /// after about one timeout.
+    /// or a dial slot), at most the dial time for a dial (the timeout; on
+    /// WebRTC at least `webrtc-connect-timeout`, which ICE and DTLS may
+    /// need), and
+    /// exchanges the request and reply within the timeout plus their bytes
+    /// at `min-transfer-rate`. A call whose pooled connection turns out
+    /// stale (closed before any reply byte) is retried once on a new one.
+    /// So a call ends within four timeouts and two dial times plus two of
+    /// the largest requests and the largest reply at that rate (plus two
+    /// handshake timeouts on a secure channel); a call to a peer that
+    /// merely stops answering fails after about one timeout.
     pub fn call_bound(&self, rpc_type: crate::RpcType) -> Duration {
         let timeout = self.timeout_for(rpc_type);
+        let dial = match self.webrtc {
+            true => timeout.max(self.webrtc_connect_deadline()),
+            false => timeout,
+        };
         let bytes = (2 * self.max_request_size + self.max_reply_size) as f64;
         let handshakes = match self.secure {
             true => self.handshake_timeout * 2,
             false => Duration::ZERO,
         };
-        timeout * 6 + handshakes + Duration::from_secs_f64(bytes / self.min_transfer_rate as f64)
+        timeout * 4
+            + dial * 2
+            + handshakes
+            + Duration::from_secs_f64(bytes / self.min_transfer_rate as f64)
     }
 }
 
@@ -349,6 +452,55 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/node.toml");
         let config = Config::load(path).unwrap();
         assert_eq!(config.bind_addr, "127.0.0.1:1337");
+    }
+
+    #[test]
+    fn join_timeout_means_join_and_an_old_file_keeps_its_behaviour() {
+        // A file written before the WebRTC and signaling timeouts had keys
+        // of their own: join-timeout's value carries over, named once.
+        let old = Config::from_toml_str("join-timeout = \"3s\"").unwrap();
+        let three = Duration::from_secs(3);
+        assert_eq!(old.webrtc_connect_deadline(), three);
+        assert_eq!(old.signal_connect_deadline(), three);
+        assert_eq!(old.offer_deadline(), three);
+        assert_eq!(
+            old.join_timeout_carried_over(),
+            [
+                "webrtc-connect-timeout",
+                "signal-connect-timeout",
+                "offer-timeout"
+            ]
+        );
+        // With the keys set, join-timeout is Join's alone.
+        let new = Config::from_toml_str(
+            "join-timeout = \"3s\"\nwebrtc-connect-timeout = \"20s\"\n\
+             signal-connect-timeout = \"4s\"\noffer-timeout = \"5s\"",
+        )
+        .unwrap();
+        assert_eq!(new.timeout_for(crate::RpcType::Join), three);
+        assert_eq!(new.webrtc_connect_deadline(), Duration::from_secs(20));
+        assert_eq!(new.signal_connect_deadline(), Duration::from_secs(4));
+        assert_eq!(new.offer_deadline(), Duration::from_secs(5));
+        assert!(new.join_timeout_carried_over().is_empty());
+        let webrtc = Config {
+            webrtc: true,
+            ..new.clone()
+        };
+        assert!(webrtc.call_bound(crate::RpcType::Sync) > new.call_bound(crate::RpcType::Sync));
+        // Defaults carry nothing over.
+        assert!(Config::default().join_timeout_carried_over().is_empty());
+        let err = Config::from_toml_str("offer-timeout = \"0s\"").unwrap_err();
+        assert!(err.to_string().contains("offer-timeout"), "{err}");
+    }
+
+    #[cfg(not(feature = "webrtc"))]
+    #[test]
+    fn a_key_of_a_feature_compiled_out_says_which_feature() {
+        let err = Config::from_toml_str("webrtc = true").unwrap_err();
+        assert!(
+            err.to_string().contains("needs the feature `webrtc`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,13 +4,13 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
 use actix::{Actor, Addr, Recipient};
-use babble_net_actors::dispatcher::{
-    CloseDispatcher, Delivery, DispatchStats, Dispatcher, GetStats, SetDelivery,
-};
+use babble_net_actors::dispatcher::{DeliverTo, DispatchStats, Dispatcher};
+use babble_net_actors::fair_queue::{FairQueue, QueueReceiver};
 use futures::Stream;
 use slog::Logger;
-use tokio::sync::mpsc;
 
 use crate::{Rpc, TransportError};
 
@@ -28,11 +28,12 @@ use crate::{Rpc, TransportError};
 /// ```
 #[derive(Debug)]
 pub struct Consumer {
-    rx: mpsc::Receiver<Rpc>,
+    rx: QueueReceiver,
 }
 
 impl Consumer {
-    /// Waits for the next RPC; `None` once the transport is closed.
+    /// Waits for the next RPC; `None` once the transport is closed (or
+    /// another consumer took over: RPCs go to the newest).
     pub async fn recv(&mut self) -> Option<Rpc> {
         self.rx.recv().await
     }
@@ -47,69 +48,73 @@ impl Stream for Consumer {
 }
 
 /// A transport's side of the Dispatcher: starts it, hands out consumers,
-/// delivers RPCs to it.
+/// and the queue RPCs arrive in.
 pub(crate) struct Inbox {
     dispatcher: Addr<Dispatcher>,
+    queue: Arc<FairQueue>,
     /// The first consumer, queueing RPCs until the application takes it.
     first: Mutex<Option<Consumer>>,
-    buffer: usize,
 }
 
 impl Inbox {
-    /// Starts a Dispatcher on the current arbiter.
-    pub(crate) fn start(buffer: usize, log: Logger) -> Inbox {
-        let (tx, rx) = mpsc::channel(buffer);
-        let dispatcher = Dispatcher::new(Delivery::Stream(tx), log).start();
+    /// Starts a Dispatcher on the current arbiter, with room for
+    /// `per_source` RPCs per source.
+    pub(crate) fn start(per_source: usize, log: Logger) -> Inbox {
+        let (queue, rx) = FairQueue::new(per_source);
+        let dispatcher = Dispatcher::new(queue.clone(), log).start();
         Inbox {
             dispatcher,
+            queue,
             first: Mutex::new(Some(Consumer { rx })),
-            buffer,
         }
     }
 
-    pub(crate) fn dispatcher(&self) -> &Addr<Dispatcher> {
-        &self.dispatcher
+    /// Where the transport's connections queue their RPCs.
+    pub(crate) fn queue(&self) -> &Arc<FairQueue> {
+        &self.queue
     }
 
     pub(crate) fn consumer(&self) -> Consumer {
         if let Some(first) = self.first.lock().expect("consumer lock").take() {
             return first;
         }
-        let (tx, rx) = mpsc::channel(self.buffer);
-        self.dispatcher.do_send(SetDelivery(Delivery::Stream(tx)));
-        Consumer { rx }
+        Consumer {
+            rx: self.queue.receiver(),
+        }
     }
 
     pub(crate) fn consume_with(&self, recipient: Recipient<Rpc>) {
-        let first = self.first.lock().expect("consumer lock").take();
-        let (Some(mut first), Ok(_)) = (first, tokio::runtime::Handle::try_current()) else {
-            self.dispatcher
-                .do_send(SetDelivery(Delivery::Actor(recipient)));
-            return;
-        };
-        // RPCs that arrived before anyone consumed them wait in the first
-        // stream: once the Dispatcher delivers to the recipient, they are
-        // handed over too rather than dropped unanswered.
-        let switched = self
-            .dispatcher
-            .send(SetDelivery(Delivery::Actor(recipient.clone())));
-        actix_rt::spawn(async move {
-            let _ = switched.await;
-            while let Ok(rpc) = first.rx.try_recv() {
-                recipient.do_send(rpc);
-            }
+        // The new receiver takes over first, so RPCs that arrived before
+        // anyone consumed them go to the recipient rather than being
+        // refused when the first consumer is dropped.
+        let receiver = self.queue.receiver();
+        drop(self.first.lock().expect("consumer lock").take());
+        self.dispatcher.do_send(DeliverTo {
+            recipient,
+            receiver,
         });
     }
 
     pub(crate) async fn stats(&self) -> Result<DispatchStats, TransportError> {
-        self.dispatcher
-            .send(GetStats)
-            .await
-            .map_err(|_| TransportError::Shutdown)
+        Ok(self.queue.stats())
     }
 
     pub(crate) fn close(&self) {
+        self.queue.close();
         self.first.lock().expect("consumer lock").take();
-        self.dispatcher.do_send(CloseDispatcher);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumers_transports_and_rpcs_can_be_sent_and_shared_between_threads() {
+        fn send_and_sync<T: Send + Sync>() {}
+        send_and_sync::<Consumer>();
+        send_and_sync::<crate::NetworkTransport>();
+        send_and_sync::<crate::InmemTransport>();
+        send_and_sync::<Rpc>();
     }
 }

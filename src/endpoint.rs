@@ -51,6 +51,7 @@ impl Endpoint {
         }
         let started = Instant::now();
         let result = tokio::select! {
+            biased;
             result = exchange => result,
             _ = self.shutdown.cancelled() => Err(TransportError::Shutdown),
         };

@@ -4,16 +4,17 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, RwLock};
 
-use actix::{Addr, Recipient};
+use actix::Recipient;
 use async_trait::async_trait;
-use babble_net_actors::dispatcher::{Dispatch, DispatchStats, Dispatcher};
+use babble_net_actors::fair_queue::FairQueue;
+use babble_net_core::source::Source;
+use babble_net_core::stats::DispatchStats;
 use slog::{o, Logger};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::Reply;
 use crate::consumer::Consumer;
 use crate::endpoint::Endpoint;
-use crate::sim;
 use crate::transport::reply_to_result;
 use crate::{logging, Command, Config, Response, Rpc, Transport, TransportError};
 use tokio_util::codec::Encoder;
@@ -49,27 +50,47 @@ pub struct InmemTransport {
 
 struct Inner {
     addr: String,
+    /// This transport as a source of RPCs, for its peers' fair service.
+    source: Source,
     endpoint: Endpoint,
-    peers: RwLock<HashMap<String, PeerLink>>,
+    peers: RwLock<HashMap<String, Route>>,
     /// The simulated network this transport is on, if any: it routes to
     /// every node of the network and carries each request and reply.
-    network: Option<Arc<sim::Shared>>,
+    network: Option<Arc<dyn Network>>,
+}
+
+/// A network the transport's messages cross (the simulated one of
+/// [`crate::sim`]): it routes to every node on it and carries each
+/// request and reply, late or never.
+pub(crate) trait Network: Send + Sync {
+    /// The route to the node at `addr`, if there is one.
+    fn route(&self, addr: &str) -> Option<Route>;
+
+    /// Carries a message from `from` to `to`: resolves once it arrives,
+    /// `false` at once if it never will. `size` gives its bytes, asked
+    /// only when the link limits its bandwidth.
+    fn carry<'a>(
+        &'a self,
+        from: &'a str,
+        to: &'a str,
+        size: &'a (dyn Fn() -> usize + Sync),
+    ) -> futures::future::BoxFuture<'a, bool>;
 }
 
 /// What a transport keeps of a connected peer: no strong reference to the
 /// peer itself, so that two connected transports can still be dropped.
 #[derive(Clone)]
-pub(crate) struct PeerLink {
-    dispatcher: Addr<Dispatcher>,
+pub(crate) struct Route {
+    queue: Arc<FairQueue>,
     shutdown: CancellationToken,
 }
 
-impl PeerLink {
+impl Route {
     /// The way to `transport`.
-    pub(crate) fn to(transport: &InmemTransport) -> PeerLink {
+    pub(crate) fn to(transport: &InmemTransport) -> Route {
         let endpoint = &transport.inner.endpoint;
-        PeerLink {
-            dispatcher: endpoint.inbox.dispatcher().clone(),
+        Route {
+            queue: endpoint.inbox.queue().clone(),
             shutdown: endpoint.shutdown.clone(),
         }
     }
@@ -88,12 +109,12 @@ impl InmemTransport {
         InmemTransport::start(addr, config, log, None)
     }
 
-    /// A transport at `addr` on a simulated network (see [`sim`]).
+    /// A transport at `addr` on a simulated network (see [`crate::sim`]).
     pub(crate) fn on_network(
         addr: String,
         config: &Config,
         log: Logger,
-        network: Arc<sim::Shared>,
+        network: Arc<dyn Network>,
     ) -> InmemTransport {
         InmemTransport::start(addr, config, log, Some(network))
     }
@@ -102,11 +123,12 @@ impl InmemTransport {
         addr: String,
         config: &Config,
         log: Logger,
-        network: Option<Arc<sim::Shared>>,
+        network: Option<Arc<dyn Network>>,
     ) -> InmemTransport {
         let log = log.new(o!("transport" => "inmem", "local" => addr.clone()));
         InmemTransport {
             inner: Arc::new(Inner {
+                source: Source::new(&addr, None),
                 addr,
                 endpoint: Endpoint::new(config, "inmem", log),
                 peers: RwLock::new(HashMap::new()),
@@ -116,10 +138,10 @@ impl InmemTransport {
     }
 
     /// Routes calls for `peer` to `transport`. On a simulated network
-    /// ([`sim`]) every node is already reachable; a route set here is
+    /// ([`crate::sim`]) every node is already reachable; a route set here is
     /// used instead, still over the network's links.
     pub fn connect(&self, peer: impl Into<String>, transport: &InmemTransport) {
-        self.peers().insert(peer.into(), PeerLink::to(transport));
+        self.peers().insert(peer.into(), Route::to(transport));
     }
 
     /// Forgets the route to `peer`; calls to it fail with
@@ -138,7 +160,7 @@ impl InmemTransport {
         self.inner.endpoint.inbox.stats().await
     }
 
-    fn peers(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, PeerLink>> {
+    fn peers(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Route>> {
         self.inner.peers.write().expect("peer table lock")
     }
 
@@ -168,7 +190,10 @@ impl InmemTransport {
             // A message the network loses never arrives: the call waits
             // for its timeout, as on a real network.
             if let Some(network) = network {
-                if !network.carry(from, target, || request_size(&command)).await {
+                if !network
+                    .carry(from, target, &|| request_size(&command))
+                    .await
+                {
                     std::future::pending::<()>().await;
                 }
                 // A crashed node refuses the request once it gets there
@@ -178,9 +203,10 @@ impl InmemTransport {
                 }
             }
             let (rpc, reply) = Rpc::new(command, Some(self.inner.addr.clone()));
-            // A closed Dispatcher drops the RPC, which answers `reply`.
+            // Fair service by the sender's address; a closed queue
+            // answers the RPC itself.
             let served = std::time::Instant::now();
-            let _ = link.dispatcher.send(Dispatch(rpc)).await;
+            link.queue.push(&self.inner.source, rpc).await;
             let reply = reply.await;
             // The peer's side of the exchange, as its Listener would count
             // it on a network transport.
@@ -192,7 +218,7 @@ impl InmemTransport {
                 served.elapsed(),
             );
             if let Some(network) = network {
-                if !network.carry(target, from, || reply_size(&reply)).await {
+                if !network.carry(target, from, &|| reply_size(&reply)).await {
                     std::future::pending::<()>().await;
                 }
             }

@@ -55,26 +55,29 @@
 //! The actors behind the transports live in the `babble-net-actors` crate,
 //! which is internal: only what this crate exports is promised.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod config;
 mod consumer;
 mod endpoint;
 mod inmem;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 mod network;
 #[cfg(feature = "webrtc")]
 pub mod rtc;
 pub mod secure;
+#[cfg(feature = "signal")]
 pub mod signal;
 pub mod sim;
 mod tcp;
 mod transport;
 
-pub use babble_net_actors::error::TransportError;
-pub use babble_net_actors::rpc::{Responder, Rpc};
-pub use babble_net_actors::wire::{
+pub use babble_net_core::error::{RemoteError, RemoteKind, TransportError};
+pub use babble_net_core::rpc::{Responder, Rpc};
+pub use babble_net_core::wire::{
     Command, EagerSyncRequest, EagerSyncResponse, FastForwardRequest, FastForwardResponse,
     JoinRequest, JoinResponse, Response, RpcType, SyncRequest, SyncResponse,
 };
@@ -96,7 +99,7 @@ pub mod wire {
     //!
     //! The RPC requests and responses themselves are at the crate root.
 
-    pub use babble_net_actors::wire::{
+    pub use babble_net_core::wire::{
         go_json, Block, BlockBody, BlockSignature, ByteSlice, ByteSlices, Event, EventBody, Frame,
         FrameEvent, InternalTransaction, InternalTransactionBody, InternalTransactionReceipt,
         Known, Peer, Root, TransactionType, WireBlockSignature, WireBody, WireEvent,
@@ -110,7 +113,7 @@ pub mod stream {
     //! [`NetworkTransport::new`](crate::NetworkTransport::new).
 
     pub use crate::tcp::TcpStreamLayer;
-    pub use babble_net_actors::stream::{BoxConnection, Connection, StreamLayer, Upgraded};
+    pub use babble_net_core::stream::{BoxConnection, Connection, Inbound, StreamLayer, Upgraded};
 }
 
 pub mod codec {
@@ -118,14 +121,15 @@ pub mod codec {
     //! codecs, for tools that speak it directly (benchmarks, test peers).
     //! A node does not need them.
 
-    pub use babble_net_actors::codec::{
-        encode_request, ClientCodec, CodecError, Reply, ServerCodec, DEFAULT_MAX_FRAME_SIZE,
+    pub use babble_net_core::codec::{
+        encode_request, ClientCodec, CodecError, RawReply, RawRequest, Reply, ServerCodec,
+        DEFAULT_MAX_FRAME_SIZE,
     };
 }
 
 pub mod stats {
     //! Counters a transport keeps, for tests and diagnostics.
 
-    pub use babble_net_actors::dispatcher::DispatchStats;
-    pub use babble_net_actors::peer_pool::PoolStats;
+    pub use babble_net_core::stats::DispatchStats;
+    pub use babble_net_core::stats::PoolStats;
 }

@@ -5,12 +5,12 @@ use std::sync::{Arc, Mutex};
 
 use actix::{Actor, Addr, Recipient};
 use async_trait::async_trait;
-use babble_net_actors::codec::encode_request;
-use babble_net_actors::dispatcher::DispatchStats;
 use babble_net_actors::io_arbiters::IoArbiters;
-use babble_net_actors::listener::{Listener, ListenerCounters, ListenerLimits, StopListener};
-use babble_net_actors::peer_pool::{Call, PeerPools, PoolSettings, PoolStats};
-use babble_net_actors::stream::StreamLayer;
+use babble_net_actors::listener::{Listener, ListenerCounters, StopListener};
+use babble_net_actors::peer_pool::{Call, PeerPools, PoolStats};
+use babble_net_core::codec::encode_request;
+use babble_net_core::stats::DispatchStats;
+use babble_net_core::stream::StreamLayer;
 use bytes::BytesMut;
 use slog::{o, Logger};
 
@@ -23,10 +23,17 @@ use crate::{Command, Config, Response, Rpc, Transport, TransportError};
 ///
 /// Outgoing calls go to the PeerPool actor of their target, which reuses
 /// or dials connections; incoming connections are served by the Listener
-/// actor once [`listen`](Transport::listen) is called. Connections are
-/// read, written and decoded on I/O arbiters of their own (`io-threads`,
-/// shared by the transports of one actix system): the arbiter that
-/// created the transport only receives finished RPCs and answers. Create one with
+/// actor once [`listen`](Transport::listen) is called.
+///
+/// Threads: a call is written, read and parsed on the thread (actix
+/// arbiter) that makes it, over connections of that thread's own pool;
+/// inbound connections are served on the arbiter that created the
+/// transport. Only frames larger than `large-frame` are parsed or encoded
+/// on the I/O arbiters (`io-threads`, shared by the transports of one
+/// actix system) while the node's thread awaits the result. A thread
+/// waiting for a reply, or that has just sent one, polls for its next
+/// I/O for a few tens of microseconds before it sleeps
+/// ([`babble_net_actors::spin`]). Create one with
 /// [`NetworkTransport::tcp`], [`NetworkTransport::webrtc`], or
 /// [`NetworkTransport::new`] for another stream layer. Clones share the
 /// same transport.
@@ -41,7 +48,7 @@ struct Inner {
     /// Where the Listener and Dispatcher live: the arbiter that created
     /// the transport.
     arbiter: actix_rt::ArbiterHandle,
-    /// Where connections are served and calls made.
+    /// Where large frames are parsed and encoded.
     io: Arc<IoArbiters>,
     listener: Mutex<Option<Addr<Listener>>>,
     listener_counters: Arc<ListenerCounters>,
@@ -56,14 +63,7 @@ impl NetworkTransport {
         let endpoint = Endpoint::new(config, layer.transport(), log.clone());
         let arbiter = actix_rt::Arbiter::current();
         let io = IoArbiters::shared(config.io_threads);
-        let settings = PoolSettings {
-            max_pool: config.max_pool,
-            max_idle: config.idle_timeout / 2,
-            max_reply_size: config.max_reply_size,
-            max_dials: config.max_dials_per_peer,
-            min_rate: config.min_transfer_rate,
-            transport: layer.transport(),
-        };
+        let settings = crate::limits::pool(config, layer.transport());
         let pools = PeerPools::new(
             layer.clone(),
             settings,
@@ -82,6 +82,63 @@ impl NetworkTransport {
                 pools,
             }),
         }
+    }
+
+    /// A TCP transport bound to `config.bind_addr`, advertising
+    /// `config.advertise` (or the bound address). See
+    /// [`crate::stream::TcpStreamLayer::bind`] for the errors.
+    ///
+    /// ```
+    /// use babble_net::{logging, Config, NetworkTransport, Transport};
+    ///
+    /// # actix_rt::System::new().block_on(async {
+    /// let config = Config { bind_addr: "127.0.0.1:0".into(), ..Config::default() };
+    /// let transport = NetworkTransport::tcp(&config, logging::discard()).unwrap();
+    /// transport.listen().unwrap();
+    /// assert_ne!(transport.local_addr(), "127.0.0.1:0");
+    /// transport.close().await.unwrap();
+    /// # });
+    /// ```
+    ///
+    /// With `secure`, every connection is a Noise channel keyed to
+    /// `key-file`, with the peers of `peers-file` and `peer-keys`
+    /// ([`crate::secure`]).
+    pub fn tcp(config: &Config, log: Logger) -> Result<NetworkTransport, TransportError> {
+        config.validate()?;
+        let layer =
+            crate::tcp::TcpStreamLayer::bind(&config.bind_addr, config.advertise.as_deref())?;
+        let log = log.new(slog::o!("transport" => "tcp"));
+        let layer = crate::secure::wrap_if_secure(Arc::new(layer), config)?;
+        Ok(NetworkTransport::new(layer, config, log))
+    }
+
+    /// A WebRTC transport whose address is `signal`'s ID: registers it with
+    /// the signaling server and answers offers from then on. `config` gives
+    /// the pool size, timeouts and limits (its bind and advertise addresses
+    /// are not used; dials get at least `webrtc-connect-timeout`; see
+    /// [`crate::limits::rtc`]); `ice` the STUN/TURN servers
+    /// ([`crate::limits::ice`] makes them from the configuration).
+    ///
+    /// Fails with [`TransportError::Connect`] when the signaling server
+    /// cannot be reached within the signal's connect timeout.
+    ///
+    /// With `secure`, every data channel also carries the Noise channel of
+    /// [`crate::secure`], keyed to `key-file`; a peer's address is its
+    /// `PubKeyHex`, so the key to expect is the address itself.
+    #[cfg(feature = "webrtc")]
+    pub async fn webrtc(
+        signal: Arc<dyn crate::signal::Signal>,
+        ice: &crate::rtc::IceOptions,
+        config: &Config,
+        log: Logger,
+    ) -> Result<NetworkTransport, TransportError> {
+        config.validate()?;
+        let log = log.new(o!("transport" => "webrtc"));
+        crate::limits::warn_carried_over(config, &log);
+        let limits = crate::limits::rtc(config);
+        let layer = crate::rtc::WebRtcStreamLayer::start(signal, ice, limits, log.clone()).await?;
+        let layer = crate::secure::wrap_if_secure(Arc::new(layer), config)?;
+        Ok(NetworkTransport::new(layer, config, log))
     }
 
     /// Counts of the connections to `peer`: idle ones, dials, restarts.
@@ -107,9 +164,9 @@ impl NetworkTransport {
         (counters.accepted(), counters.dropped())
     }
 
-    /// Inbound connections shed to make room for newcomers at the
-    /// connection caps, and newcomers refused because every connection
-    /// was being answered.
+    /// Inbound connections evicted to make room for newcomers at the
+    /// connection caps, and newcomers refused (always zero: a newcomer is
+    /// let in by evicting; kept for compatibility).
     pub fn inbound_shed(&self) -> (u64, u64) {
         let counters = &self.inner.listener_counters;
         (counters.shed(), counters.refused())
@@ -119,6 +176,12 @@ impl NetworkTransport {
     /// large requests; never more than `inbound-buffer-budget`.
     pub fn inbound_buffered_bytes(&self) -> usize {
         self.inner.listener_counters.buffered()
+    }
+
+    /// Bytes of the outbound buffer budget held now by encoded replies
+    /// waiting to be written; never more than `outbound-buffer-budget`.
+    pub fn outbound_buffered_bytes(&self) -> usize {
+        self.inner.listener_counters.outbound()
     }
 
     /// Peers with a connection pool now (pools not called for
@@ -143,27 +206,17 @@ impl Transport for NetworkTransport {
         let mut listener = self.inner.listener.lock().expect("listener lock");
         if listener.is_none() {
             let config = &endpoint.config;
-            let limits = ListenerLimits {
-                max_inbound: config.max_inbound,
-                max_inbound_per_ip: config.max_inbound_per_ip,
-                idle_timeout: config.idle_timeout,
-                timeout: config.timeout,
-                min_rate: config.min_transfer_rate,
-                max_request_size: config.max_request_size,
-                buffer_budget: config.inbound_buffer_budget,
-                handshake_timeout: config.handshake_timeout,
-                transport: self.inner.layer.transport(),
-            };
+            let limits = crate::limits::listener(config, self.inner.layer.transport());
             let io = self.inner.io.clone();
-            let (layer, dispatcher, counters, shutdown, log) = (
+            let (layer, queue, counters, shutdown, log) = (
                 self.inner.layer.clone(),
-                endpoint.inbox.dispatcher().clone(),
+                endpoint.inbox.queue().clone(),
                 self.inner.listener_counters.clone(),
                 endpoint.shutdown.clone(),
                 endpoint.log.clone(),
             );
             *listener = Some(Listener::start_in_arbiter(&self.inner.arbiter, move |_| {
-                Listener::new(layer, io, dispatcher, limits, counters, shutdown, log)
+                Listener::new(layer, io, queue, limits, counters, shutdown, log)
             }));
         }
         Ok(())
@@ -188,12 +241,18 @@ impl Transport for NetworkTransport {
     async fn call(&self, target: &str, command: Command) -> Result<Response, TransportError> {
         let rpc_type = command.rpc_type();
         let endpoint = &self.inner.endpoint;
+        let large = command.size_hint() > endpoint.config.large_frame;
         let exchange = async {
-            let mut frame = BytesMut::new();
-            encode_request(&command, &mut frame).map_err(|err| TransportError::Decode {
-                peer: target.to_owned(),
-                reason: err.to_string(),
-            })?;
+            let encode = move || {
+                let mut frame = BytesMut::new();
+                encode_request(&command, &mut frame).map(|()| frame)
+            };
+            let frame = (self.inner.io.run(large, encode).await)
+                .map_err(|_| TransportError::Shutdown)?
+                .map_err(|err| TransportError::Encode {
+                    peer: target.to_owned(),
+                    reason: err.to_string(),
+                })?;
             let call = Call {
                 frame: frame.freeze(),
                 rpc_type,

@@ -5,13 +5,12 @@ use std::net::{SocketAddr, TcpListener as StdTcpListener, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use babble_net_actors::stream::{BoxConnection, StreamLayer};
+use babble_net_core::stream::{BoxConnection, StreamLayer};
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use slog::Logger;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{Config, NetworkTransport, TransportError};
+use crate::TransportError;
 
 /// Plain TCP: binds one address, dials `host:port` addresses.
 ///
@@ -123,34 +122,5 @@ impl StreamLayer for TcpStreamLayer {
 
     fn close(&self) {
         self.listener.lock().expect("listener lock").take();
-    }
-}
-
-impl NetworkTransport {
-    /// A TCP transport bound to `config.bind_addr`, advertising
-    /// `config.advertise` (or the bound address). See
-    /// [`TcpStreamLayer::bind`] for the errors.
-    ///
-    /// ```
-    /// use babble_net::{logging, Config, NetworkTransport, Transport};
-    ///
-    /// # actix_rt::System::new().block_on(async {
-    /// let config = Config { bind_addr: "127.0.0.1:0".into(), ..Config::default() };
-    /// let transport = NetworkTransport::tcp(&config, logging::discard()).unwrap();
-    /// transport.listen().unwrap();
-    /// assert_ne!(transport.local_addr(), "127.0.0.1:0");
-    /// transport.close().await.unwrap();
-    /// # });
-    /// ```
-    ///
-    /// With `secure`, every connection is a Noise channel keyed to
-    /// `key-file`, with the peers of `peers-file` and `peer-keys`
-    /// ([`crate::secure`]).
-    pub fn tcp(config: &Config, log: Logger) -> Result<NetworkTransport, TransportError> {
-        config.validate()?;
-        let layer = TcpStreamLayer::bind(&config.bind_addr, config.advertise.as_deref())?;
-        let log = log.new(slog::o!("transport" => "tcp"));
-        let layer = crate::secure::wrap_if_secure(Arc::new(layer), config)?;
-        Ok(NetworkTransport::new(layer, config, log))
     }
 }

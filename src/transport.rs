@@ -7,7 +7,8 @@ use crate::codec::Reply;
 use crate::consumer::Consumer;
 use crate::{
     Command, EagerSyncRequest, EagerSyncResponse, FastForwardRequest, FastForwardResponse,
-    JoinRequest, JoinResponse, Response, Rpc, RpcType, SyncRequest, SyncResponse, TransportError,
+    JoinRequest, JoinResponse, RemoteError, Response, Rpc, RpcType, SyncRequest, SyncResponse,
+    TransportError,
 };
 
 /// How a node talks to its peers, whatever carries the bytes.
@@ -58,7 +59,7 @@ pub trait Transport: Send + Sync {
         target: &str,
         request: SyncRequest,
     ) -> Result<SyncResponse, TransportError> {
-        typed(self.call(target, request.into()).await)
+        typed(target, self.call(target, request.into()).await)
     }
 
     /// Push gossip: gives `target` the events it does not know.
@@ -67,7 +68,7 @@ pub trait Transport: Send + Sync {
         target: &str,
         request: EagerSyncRequest,
     ) -> Result<EagerSyncResponse, TransportError> {
-        typed(self.call(target, request.into()).await)
+        typed(target, self.call(target, request.into()).await)
     }
 
     /// Asks `target` for a block, frame and snapshot to start from.
@@ -76,7 +77,7 @@ pub trait Transport: Send + Sync {
         target: &str,
         request: FastForwardRequest,
     ) -> Result<FastForwardResponse, TransportError> {
-        typed(self.call(target, request.into()).await)
+        typed(target, self.call(target, request.into()).await)
     }
 
     /// Asks `target` to let us join the group. Uses the join timeout.
@@ -85,19 +86,22 @@ pub trait Transport: Send + Sync {
         target: &str,
         request: JoinRequest,
     ) -> Result<JoinResponse, TransportError> {
-        typed(self.call(target, request.into()).await)
+        typed(target, self.call(target, request.into()).await)
     }
 }
 
+/// The response as the type asked for; a reply of another type is the
+/// peer breaking the protocol.
 fn typed<T: TryFrom<Response, Error = Response>>(
+    target: &str,
     response: Result<Response, TransportError>,
 ) -> Result<T, TransportError> {
-    response?.try_into().map_err(|other: Response| {
-        TransportError::Remote(format!(
-            "unexpected {} response from the peer",
-            other.rpc_type()
-        ))
-    })
+    response?
+        .try_into()
+        .map_err(|other: Response| TransportError::Decode {
+            peer: target.to_owned(),
+            reason: format!("a {} response to another request", other.rpc_type()),
+        })
 }
 
 /// Turns what came back for a request of type `rpc_type` into the call's
@@ -105,7 +109,7 @@ fn typed<T: TryFrom<Response, Error = Response>>(
 /// response with no error is the zero response, as a Go client sees it.
 pub(crate) fn reply_to_result(reply: Reply, rpc_type: RpcType) -> Result<Response, TransportError> {
     if !reply.error.is_empty() {
-        return Err(TransportError::Remote(reply.error));
+        return Err(TransportError::Remote(RemoteError::from_wire(reply.error)));
     }
     Ok(reply.response.unwrap_or_else(|| Response::zero(rpc_type)))
 }

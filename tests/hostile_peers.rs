@@ -5,12 +5,14 @@
 //! was received, and nothing behind once the attack stops.
 
 mod common;
+#[path = "hostile_peers/fairness.rs"]
+mod fairness;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use babble_net::*;
-use common::net::{eventually, open_fds};
+use common::net::{eventually, sockets_on_port};
 use common::suite;
 use futures::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,10 +38,10 @@ fn honest() -> NetworkTransport {
     NetworkTransport::tcp(&local(Config::default()), logging::discard()).unwrap()
 }
 
-/// Calls `target` once, checking the answer is its own and that it came
-/// within the default timeout.
+/// Calls `target` once and checks the answer is its own. A call that
+/// is not served fails by its own deadline (the default timeout), so the
+/// test needs no clock of its own.
 async fn honest_call(peer: &NetworkTransport, target: &str, id: u32) {
-    let started = Instant::now();
     let request = SyncRequest {
         from_id: id,
         ..Default::default()
@@ -49,12 +51,6 @@ async fn honest_call(peer: &NetworkTransport, target: &str, id: u32) {
         .await
         .unwrap_or_else(|e| panic!("honest call {id}: {e}"));
     assert_eq!(answer.from_id, id);
-    let limit = Config::default().timeout;
-    assert!(
-        started.elapsed() < limit,
-        "honest call {id} took {:?}",
-        started.elapsed()
-    );
 }
 
 /// A connection to `addr` from the loopback address `from`.
@@ -65,26 +61,23 @@ async fn connect_from(from: &str, addr: &str) -> TcpStream {
 }
 
 /// Waits until the node has closed `stream` (a read sees the end or an
-/// error), and returns how long that took.
-async fn closed_within(
-    stream: &mut (impl tokio::io::AsyncRead + Unpin),
-    limit: Duration,
-) -> Duration {
-    let started = Instant::now();
+/// error); fails the test if it is still open after `limit`.
+async fn closed_within(stream: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) {
     let mut sink = [0u8; 1024];
     loop {
         match tokio::time::timeout(limit, stream.read(&mut sink)).await {
             Err(_) => panic!("still open after {limit:?}"),
-            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(_)) => {}
         }
     }
 }
 
-/// What the node holds before an attack, to compare with after it.
+/// What the node holds before an attack, to compare with after it. The
+/// node serves its connections on this test's runtime, so the runtime's
+/// tasks include them.
 struct Baseline {
     tasks: usize,
-    fds: usize,
 }
 
 fn baseline() -> Baseline {
@@ -92,23 +85,33 @@ fn baseline() -> Baseline {
         tasks: tokio::runtime::Handle::current()
             .metrics()
             .num_alive_tasks(),
-        fds: open_fds(),
     }
 }
 
-/// Waits until the attack's connections, tasks and descriptors are gone.
+/// Waits until the attack's connections, tasks and sockets are gone: at
+/// most `connections` inbound connections, and no more sockets on the
+/// node's port than those and the listening one (asked of each of the
+/// process's descriptors, so other tests running beside this one do not
+/// move it).
 async fn back_to(base: Baseline, node: &NetworkTransport, connections: usize) {
     let metrics = tokio::runtime::Handle::current().metrics();
+    let port = port_of(node);
     eventually(
         Duration::from_secs(10),
-        "connections, tasks and descriptors are released",
+        "connections, tasks and sockets are released",
         || {
             node.inbound_connections() <= connections
                 && metrics.num_alive_tasks() <= base.tasks
-                && open_fds() <= base.fds
+                && sockets_on_port(port) <= connections + 1
         },
     )
     .await;
+}
+
+/// The port a node listens on.
+fn port_of(node: &NetworkTransport) -> u16 {
+    let addr: std::net::SocketAddr = node.local_addr().parse().expect("a socket address");
+    addr.port()
 }
 
 #[actix_rt::test]
@@ -146,13 +149,17 @@ async fn idle_connections_at_the_cap_do_not_lock_out_an_honest_peer() {
 
 #[actix_rt::test]
 async fn trickled_requests_are_cut_and_do_not_lock_out_an_honest_peer() {
-    let node = node(&Config {
+    let config = Config {
         max_inbound: 16,
         ..Config::default()
-    });
+    };
+    let node = node(&config);
     let addr = node.advertise_addr();
-    let peer = honest();
     let base = baseline();
+    // Each trickler is cut once it has taken the timeout plus its few
+    // bytes at the minimum rate (or sooner, when shed for a newcomer);
+    // five timeouts is a margin only a connection that is never cut uses.
+    let cut_by = config.timeout * 5;
     // Sixteen connections that start a request and then send a byte every
     // 200 ms: progress, but far below the minimum rate.
     let tricklers = (0..16).map(|_| {
@@ -172,46 +179,57 @@ async fn trickled_requests_are_cut_and_do_not_lock_out_an_honest_peer() {
                     Ok(Ok(0)) | Ok(Err(_)) => break,
                     _ => {}
                 }
-                assert!(started.elapsed() < Duration::from_secs(10), "never cut");
+                assert!(started.elapsed() < cut_by, "not cut within {cut_by:?}");
             }
-            started.elapsed()
         }
     });
     let tricklers = actix_rt::spawn(join_all(tricklers));
+    // The attack holds every place before any honest peer comes.
+    eventually(Duration::from_secs(5), "the tricklers fill the cap", || {
+        node.inbound_connections() == 16
+    })
+    .await;
+    // Honest newcomers: each dials a new connection during the attack
+    // (a pooled one would not show whether newcomers get in).
     for id in 0..20 {
-        honest_call(&peer, &addr, id).await;
+        let newcomer = honest();
+        honest_call(&newcomer, &addr, id).await;
+        newcomer.close().await.unwrap();
     }
-    // Each is cut once it has taken the timeout (1 s) plus its few bytes
-    // at 64 KiB/s, or sooner when shed for the honest peer.
-    for took in tricklers.await.unwrap() {
-        assert!(took < Duration::from_secs(3), "a trickler lasted {took:?}");
-    }
+    tricklers.await.unwrap();
     back_to(base, &node, 1).await;
 }
 
 #[actix_rt::test]
 async fn whitespace_does_not_keep_a_connection_open() {
+    let idle_timeout = Duration::from_millis(500);
     let node = node(&Config {
-        idle_timeout: Duration::from_millis(500),
+        idle_timeout,
         ..Config::default()
     });
     let addr = node.advertise_addr();
     // A newline every 100 ms is not a request: the idle timeout still
-    // runs from the connection's start.
+    // runs from the connection's start, so the connection is closed
+    // (six idle timeouts is a margin only a refreshed deadline uses).
     let (mut slow, mut write) = TcpStream::connect(&addr).await.unwrap().into_split();
     let writer = actix_rt::spawn(async move {
         while write.write_all(b"\n").await.is_ok() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let took = closed_within(&mut slow, Duration::from_secs(5)).await;
-    assert!(took < Duration::from_millis(1500), "closed after {took:?}");
+    closed_within(&mut slow, idle_timeout * 6).await;
     writer.abort();
-    // A flood of whitespace is refused at once.
-    let mut flood = TcpStream::connect(&addr).await.unwrap();
+    // A flood of whitespace is refused at once: on a node whose idle
+    // timeout and request deadline are both a minute, it is closed long
+    // before either could have done it.
+    let patient = crate::node(&Config {
+        idle_timeout: Duration::from_secs(60),
+        timeout: Duration::from_secs(60),
+        ..Config::default()
+    });
+    let mut flood = TcpStream::connect(&patient.advertise_addr()).await.unwrap();
     flood.write_all(&[b' '; 4096]).await.unwrap();
-    let took = closed_within(&mut flood, Duration::from_secs(5)).await;
-    assert!(took < Duration::from_millis(400), "closed after {took:?}");
+    closed_within(&mut flood, Duration::from_secs(10)).await;
 }
 
 #[actix_rt::test]
@@ -308,8 +326,7 @@ async fn a_request_of_empty_events_cannot_multiply_into_gigabytes() {
     request.extend_from_slice(b"{}]}\n");
     let mut stream = TcpStream::connect(&addr).await.unwrap();
     stream.write_all(&request).await.unwrap();
-    let took = closed_within(&mut stream, Duration::from_secs(10)).await;
-    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+    closed_within(&mut stream, Duration::from_secs(10)).await;
     // The Listener counts the close on its own thread, just after it.
     eventually(
         Duration::from_secs(5),
@@ -371,8 +388,9 @@ fn caller_config() -> Config {
     }
 }
 
-/// Calls `addr` once and checks the call failed within its bound (and in
-/// practice within a few timeouts); returns the error.
+/// Calls `addr` once and checks the call failed within its bound
+/// (`Config::call_bound`, and ten seconds: twenty timeouts, a margin only
+/// a call that is never cut uses up); returns the error.
 async fn fails_in_bound(addr: &str) -> TransportError {
     let config = caller_config();
     let caller = NetworkTransport::tcp(&local(config.clone()), logging::discard()).unwrap();
@@ -384,7 +402,6 @@ async fn fails_in_bound(addr: &str) -> TransportError {
         .expect_err("a hostile server cannot answer");
     let took = started.elapsed();
     assert!(took <= config.call_bound(RpcType::Sync), "took {took:?}");
-    assert!(took < config.timeout * 4, "took {took:?}: {err}");
     err
 }
 
@@ -478,7 +495,12 @@ async fn a_reply_of_empty_events_is_refused_not_decoded() {
     })
     .await;
     let err = fails_in_bound(&addr).await;
-    assert!(err.to_string().contains("times its size"), "{err}");
+    // Refused as a malformed frame (decoding would multiply it), not
+    // decoded and then cut by a timeout or a size limit.
+    assert!(
+        matches!(&err, TransportError::Decode { reason, .. } if reason.contains("times its size")),
+        "{err:?}"
+    );
 }
 
 /// Makes 50 calls at once to a port nobody listens on; returns how many
@@ -489,17 +511,16 @@ async fn dials_for_fifty_calls_to_a_dead_peer(io_threads: usize) -> u64 {
         .local_addr()
         .unwrap()
         .to_string();
-    let caller = Arc::new(
-        NetworkTransport::tcp(
-            &local(Config {
-                max_dials_per_peer: 2,
-                io_threads,
-                ..Config::default()
-            }),
-            logging::discard(),
-        )
-        .unwrap(),
-    );
+    // A long timeout: a waiter that waited for a dial slot until its
+    // deadline instead of failing with the dial would take it.
+    let config = Config {
+        max_dials_per_peer: 2,
+        io_threads,
+        timeout: Duration::from_secs(30),
+        ..Config::default()
+    };
+    let caller =
+        Arc::new(NetworkTransport::tcp(&local(config.clone()), logging::discard()).unwrap());
     let started = Instant::now();
     let calls = (0..50).map(|_| {
         let (caller, dead) = (caller.clone(), dead.clone());
@@ -508,7 +529,8 @@ async fn dials_for_fifty_calls_to_a_dead_peer(io_threads: usize) -> u64 {
     for result in join_all(calls).await {
         assert!(result.unwrap_err().is_connect());
     }
-    assert!(started.elapsed() < Duration::from_secs(1));
+    let took = started.elapsed();
+    assert!(took < config.timeout / 3, "waiters failed after {took:?}");
     caller.pool_stats(&dead).await.dials
 }
 

@@ -31,6 +31,51 @@ fn secure_node(
     node
 }
 
+/// Mallory, serving at the address where Alice expects Bob.
+struct Impostor {
+    alice: NodeKey,
+    bob: NodeKey,
+    mallory: NodeKey,
+    address: String,
+    _mallory_node: NetworkTransport,
+}
+
+impl Impostor {
+    fn start() -> Impostor {
+        let (alice, bob, mallory) = (
+            NodeKey::generate(),
+            NodeKey::generate(),
+            NodeKey::generate(),
+        );
+        let mallory_tcp = bind();
+        let address = mallory_tcp.advertise_addr();
+        let mallory_node = secure_node(
+            &Config::default(),
+            mallory_tcp,
+            &mallory,
+            vec![("alice".into(), alice.public())],
+        );
+        suite::serve(&mallory_node, suite::vector_answer);
+        Impostor {
+            alice,
+            bob,
+            mallory,
+            address,
+            _mallory_node: mallory_node,
+        }
+    }
+
+    /// Alice's node, expecting Bob's key at the address.
+    fn alice_node(&self, config: &Config) -> NetworkTransport {
+        secure_node(
+            config,
+            bind(),
+            &self.alice,
+            vec![(self.address.clone(), self.bob.public())],
+        )
+    }
+}
+
 fn bind() -> TcpStreamLayer {
     TcpStreamLayer::bind("127.0.0.1:0", None).unwrap()
 }
@@ -90,29 +135,11 @@ async fn an_rpc_carries_the_callers_verified_key() {
 
 #[actix_rt::test]
 async fn a_node_with_another_key_at_the_address_is_refused() {
-    let (alice, bob, mallory) = (
-        NodeKey::generate(),
-        NodeKey::generate(),
-        NodeKey::generate(),
-    );
-    // Mallory sits at the address where Alice expects Bob.
-    let mallory_tcp = bind();
-    let address = mallory_tcp.advertise_addr();
-    let mallory_node = secure_node(
-        &Config::default(),
-        mallory_tcp,
-        &mallory,
-        vec![("alice".into(), alice.public())],
-    );
-    suite::serve(&mallory_node, suite::vector_answer);
-    let alice_node = secure_node(
-        &Config::default(),
-        bind(),
-        &alice,
-        vec![(address.clone(), bob.public())],
-    );
+    let impostor = Impostor::start();
+    let (address, bob, mallory) = (&impostor.address, &impostor.bob, &impostor.mallory);
+    let alice_node = impostor.alice_node(&Config::default());
     let err = alice_node
-        .sync(&address, SyncRequest::default())
+        .sync(address, SyncRequest::default())
         .await
         .unwrap_err();
     assert!(
@@ -124,6 +151,32 @@ async fn a_node_with_another_key_at_the_address_is_refused() {
         "{err}"
     );
     assert!(err.is_handshake());
+}
+
+#[actix_rt::test]
+async fn calls_waiting_on_a_dial_that_failed_its_handshake_fail_as_a_handshake_too() {
+    let impostor = Impostor::start();
+    // One dial at a time: the other calls wait for it, and share its end.
+    let config = Config {
+        max_dials_per_peer: 1,
+        ..Config::default()
+    };
+    let alice_node = impostor.alice_node(&config);
+    let address = &impostor.address;
+    let calls = (0..4).map(|_| alice_node.sync(address, SyncRequest::default()));
+    for result in futures::future::join_all(calls).await {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                TransportError::Handshake {
+                    source: HandshakeError::WrongKey { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
 }
 
 #[actix_rt::test]
@@ -143,7 +196,17 @@ async fn a_caller_outside_the_peer_set_is_refused() {
         .sync(&bob_addr, SyncRequest::default())
         .await
         .unwrap_err();
-    assert!(!err.is_remote(), "{err}");
+    // Bob closes the connection once the handshake names the stranger:
+    // the stranger's request meets a reset or a closed connection.
+    assert!(
+        matches!(&err, TransportError::Io { source, .. } if matches!(
+            source.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::BrokenPipe
+        )),
+        "{err:?}"
+    );
     eventually(Duration::from_secs(5), "bob closed the connection", || {
         bob_node.inbound_totals().1 >= 1
     })

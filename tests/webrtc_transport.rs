@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use babble_net::rtc::{IceOptions, RtcLimits, WebRtcStreamLayer};
 use babble_net::signal::router::Router;
-use babble_net::signal::Signal;
+use babble_net::signal::{Signal, SignalError};
 use babble_net::*;
 use common::signal::client;
 use common::suite::{self, Pair};
@@ -27,6 +27,21 @@ fn loopback() -> IceOptions {
 async fn node(addr: &str, id: &str, config: &Config) -> NetworkTransport {
     let signal: Arc<dyn Signal> = Arc::new(client(addr, "main", id, None));
     let transport = NetworkTransport::webrtc(signal, &loopback(), config, logging::discard())
+        .await
+        .unwrap();
+    transport.listen().unwrap();
+    transport
+}
+
+/// A WebRTC transport registered as `id`, its peer connections on the
+/// loopback address `ip` (127.0.0.1 is every other node's).
+async fn node_on(addr: &str, id: &str, ip: [u8; 4]) -> NetworkTransport {
+    let signal: Arc<dyn Signal> = Arc::new(client(addr, "main", id, None));
+    let ice = IceOptions {
+        bind_ip: Some(ip.into()),
+        ..loopback()
+    };
+    let transport = NetworkTransport::webrtc(signal, &ice, &webrtc_config(), logging::discard())
         .await
         .unwrap();
     transport.listen().unwrap();
@@ -84,11 +99,9 @@ async fn dialing_an_id_nobody_registered_fails_fast() {
         matches!(&err, TransportError::UnknownPeer(p) if p == "nobody"),
         "{err}"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    // Told by the router at once, not by the dial's deadline.
+    let took = started.elapsed();
+    assert!(took < webrtc_config().timeout / 2, "took {took:?}");
 }
 
 #[actix_rt::test]
@@ -166,7 +179,18 @@ async fn a_peer_that_disappears_mid_rpc_fails_the_call() {
     let _rpc = held.recv().await.unwrap();
     server.close().await.unwrap();
     let err = call.await.unwrap().unwrap_err();
-    assert!(!err.is_shutdown(), "the caller is not shut down: {err}");
+    // The caller is told its peer went away (not that it was shut down
+    // itself, nor a timeout): either the closing peer refused the request
+    // on its way out, or the channel closed under the call, whichever the
+    // close reached first.
+    assert!(
+        err.is_refused()
+            || matches!(&err, TransportError::Io { source, .. } if matches!(
+                source.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            )),
+        "{err:?}"
+    );
 }
 
 /// How long the data-channel stress runs: `BABBLE_NET_STRESS_SECS`, one
@@ -189,6 +213,7 @@ fn stress_duration() -> Duration {
 async fn sixty_four_calls_of_a_mebibyte_each_keep_flowing_over_one_peer_connection() {
     const CALLERS: u32 = 64;
     const EVENTS: usize = 760; // about 1 MiB a frame
+    const FRAME_BYTES: f64 = 1.1e6;
     let Pair {
         client,
         server,
@@ -207,7 +232,7 @@ async fn sixty_four_calls_of_a_mebibyte_each_keep_flowing_over_one_peer_connecti
     let callers = (0..CALLERS).map(|seed| {
         let (client, target) = (client.clone(), target.clone());
         async move {
-            let (mut calls, mut longest) = (0u64, Duration::ZERO);
+            let (mut calls, mut durations) = (0u64, Vec::new());
             while std::time::Instant::now() < until {
                 let started = std::time::Instant::now();
                 // Odd callers push, even ones pull: both directions at once.
@@ -229,24 +254,42 @@ async fn sixty_four_calls_of_a_mebibyte_each_keep_flowing_over_one_peer_connecti
                     let answer = answer.unwrap_or_else(|e| panic!("caller {seed}: {e}"));
                     assert_eq!(answer.events.map(|e| e.len()), Some(EVENTS));
                 }
-                longest = longest.max(started.elapsed());
+                durations.push(started.elapsed());
                 calls += 1;
             }
-            (calls, longest)
+            (calls, durations)
         }
     });
     let started = std::time::Instant::now();
     let results = join_all(callers).await;
     let secs = started.elapsed().as_secs_f64();
     let calls: u64 = results.iter().map(|(calls, _)| calls).sum();
-    let longest = results.iter().map(|(_, longest)| *longest).max().unwrap();
+    let longest = results
+        .iter()
+        .flat_map(|(_, durations)| durations.iter().copied())
+        .max()
+        .expect("a call was made");
     eprintln!(
         "{calls} calls of ~1 MiB in {secs:.1} s: {:.1} MB/s, longest call {longest:?}",
-        calls as f64 * 1.1 / secs
+        calls as f64 * FRAME_BYTES / 1e6 / secs
     );
     assert!(
         results.iter().all(|(calls, _)| *calls > 0),
         "every caller finished a call"
+    );
+    // No call is held far beyond its share of the connection: the
+    // longest takes at most six times the median call (which already
+    // includes waiting behind the other calls in flight), plus the
+    // stack's first retransmission timeout (1 s). Not a latency goal: the
+    // median comes from this run; only a call stalled while the others
+    // flow breaks it (webrtc-rs#822 held calls for up to 60 s).
+    let mut durations: Vec<Duration> = results.iter().flat_map(|(_, d)| d.clone()).collect();
+    durations.sort_unstable();
+    let median = durations[durations.len() / 2];
+    let bound = median * 6 + Duration::from_secs(1);
+    assert!(
+        longest <= bound,
+        "a call took {longest:?}, past {bound:?} (six times the median call, {median:?}, plus 1 s)"
     );
 }
 
@@ -270,9 +313,19 @@ async fn an_unreachable_signaling_server_fails_the_transport_with_a_clear_error(
         .await
         .err()
         .expect("no transport without a signaling server");
-    assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(err.is_connect(), "{err}");
-    assert!(err.to_string().contains("signaling server"), "{err}");
+    // Given up at the connect timeout (six of them is a margin only a
+    // missed deadline uses), with the signaling client's own error.
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(500) * 6,
+        "failed after {took:?}"
+    );
+    assert!(
+        matches!(&err, TransportError::Connect { source, .. }
+            if matches!(source.get_ref().and_then(|e| e.downcast_ref::<SignalError>()),
+                Some(SignalError::Unreachable { .. }))),
+        "{err:?}"
+    );
 }
 
 /// A WebRTC layer registered as `id`, with `limits`, and a transport on it.
@@ -295,85 +348,147 @@ async fn layer(
 fn limits() -> RtcLimits {
     RtcLimits {
         prune_interval: Duration::from_millis(100),
-        ..RtcLimits::from_config(&webrtc_config())
+        ..babble_net::limits::rtc(&webrtc_config())
     }
 }
 
 #[actix_rt::test]
-async fn peer_connections_beyond_the_limit_are_refused() {
+async fn at_the_peer_limit_a_newcomer_evicts_the_least_recently_used_connection() {
     let router = common::signal::router(&["main"]).await;
     let addr = format!("ws://{}", router.local_addr());
     let (server_layer, server) = layer(
         &addr,
         "server",
         RtcLimits {
-            max_peers: 1,
+            max_peers: 2,
             ..limits()
         },
     )
     .await;
     suite::serve(&server, suite::vector_answer);
-    let first = node(&addr, "first", &webrtc_config()).await;
-    let second = node(&addr, "second", &webrtc_config()).await;
-    first.sync("server", SyncRequest::default()).await.unwrap();
-    let err = second
+    // Both keep a data channel open (pooled); the trickler called once,
+    // long ago, the active peer just now.
+    let trickler = node(&addr, "trickler", &webrtc_config()).await;
+    trickler
         .sync("server", SyncRequest::default())
         .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("too many peer connections"),
-        "{err}"
-    );
-    assert_eq!(server_layer.inbound_peer_connections(), 1);
-    // The first peer is served on.
-    first.sync("server", SyncRequest::default()).await.unwrap();
+        .unwrap();
+    let active = node(&addr, "active", &webrtc_config()).await;
+    active.sync("server", SyncRequest::default()).await.unwrap();
+    active.sync("server", SyncRequest::default()).await.unwrap();
+    assert_eq!(server_layer.inbound_peer_connections(), 2);
+    let active_dials = active.pool_stats("server").await.dials;
+    // Every place is taken, by connections carrying channels: a newcomer
+    // still gets in, and its calls are served.
+    let newcomer = node(&addr, "newcomer", &webrtc_config()).await;
+    newcomer
+        .sync("server", SyncRequest::default())
+        .await
+        .expect("the newcomer is served");
+    assert_eq!(server_layer.inbound_peer_connections(), 2);
+    // The active peer kept its connection: its pooled channel still
+    // serves, with no new dial.
+    active.sync("server", SyncRequest::default()).await.unwrap();
+    assert_eq!(active.pool_stats("server").await.dials, active_dials);
 }
 
 #[actix_rt::test]
-async fn at_the_peer_limit_an_idle_peer_connection_makes_room_for_a_new_peer() {
+async fn ids_minted_behind_one_address_share_its_places() {
     let router = common::signal::router(&["main"]).await;
     let addr = format!("ws://{}", router.local_addr());
-    let signal: Arc<dyn Signal> = Arc::new(client(&addr, "main", "server", None));
-    let limits = RtcLimits {
-        max_peers: 1,
-        ..limits()
-    };
-    let server_layer = Arc::new(
-        WebRtcStreamLayer::start(signal, &loopback(), limits, logging::discard())
-            .await
-            .unwrap(),
-    );
-    // The server closes a channel idle this long: the first peer's
-    // connection then carries no channel.
-    let server_config = Config {
-        idle_timeout: Duration::from_millis(300),
-        ..webrtc_config()
-    };
-    let server = NetworkTransport::new(server_layer.clone(), &server_config, logging::discard());
-    server.listen().unwrap();
+    let (server_layer, server) = layer(
+        &addr,
+        "server",
+        RtcLimits {
+            max_peers: 3,
+            ..limits()
+        },
+    )
+    .await;
     suite::serve(&server, suite::vector_answer);
-    let first = node(&addr, "first", &webrtc_config()).await;
-    first.sync("server", SyncRequest::default()).await.unwrap();
-    assert_eq!(server_layer.inbound_peer_connections(), 1);
-    let second = node(&addr, "second", &webrtc_config()).await;
-    let started = std::time::Instant::now();
-    // Refused while the first peer's channel is open; let in once it is idle.
-    while let Err(err) = second.sync("server", SyncRequest::default()).await {
-        assert!(
-            err.to_string().contains("too many peer connections"),
-            "{err}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the idle peer connection was never shed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // An honest peer on its own address called once, before anyone else.
+    let honest = node_on(&addr, "honest", [127, 0, 0, 2]).await;
+    honest.sync("server", SyncRequest::default()).await.unwrap();
+    let honest_dials = honest.pool_stats("server").await.dials;
+    // One address under ever new IDs, each called since: every one of
+    // them was used more recently than the honest peer's connection.
+    let mut minted = Vec::new();
+    for n in 0..3 {
+        let id = format!("minted-{n}");
+        let node = node(&addr, &id, &webrtc_config()).await;
+        node.sync("server", SyncRequest::default()).await.unwrap();
+        minted.push(node);
     }
-    assert_eq!(server_layer.inbound_peer_connections(), 1);
+    assert_eq!(server_layer.inbound_peer_connections(), 3);
+    // The third minted ID got in by evicting one of its own address's
+    // places (the least recently used there), not the honest peer's,
+    // though that one is the least recently used of all: its pooled
+    // channel still serves, with no new dial.
+    honest.sync("server", SyncRequest::default()).await.unwrap();
+    assert_eq!(honest.pool_stats("server").await.dials, honest_dials);
+}
+
+/// Offers in `name`'s name without being `name`: anonymous signaling
+/// lets any session claim any `from`. It never registers (the name is
+/// taken), so nobody can dial it back.
+struct Impostor(babble_net::signal::WampSignal);
+
+#[async_trait::async_trait]
+impl Signal for Impostor {
+    fn id(&self) -> String {
+        self.0.id()
+    }
+
+    async fn listen(&self) -> Result<(), SignalError> {
+        Ok(())
+    }
+
+    fn consumer(&self) -> babble_net::signal::Offers {
+        self.0.consumer()
+    }
+
+    async fn offer(&self, target: &str, sdp: String) -> Result<String, SignalError> {
+        self.0.offer(target, sdp).await
+    }
+
+    async fn close(&self) -> Result<(), SignalError> {
+        self.0.close().await
+    }
 }
 
 #[actix_rt::test]
-async fn data_channels_beyond_the_limit_are_closed() {
+async fn connections_made_in_another_peers_unsigned_name_never_replace_its_own() {
+    let router = common::signal::router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let (server_layer, server) = layer(&addr, "server", limits()).await;
+    suite::serve(&server, suite::vector_answer);
+    let peer = node(&addr, "peer", &webrtc_config()).await;
+    peer.sync("server", SyncRequest::default()).await.unwrap();
+    let dials = peer.pool_stats("server").await.dials;
+    // Two real WebRTC peers, each offering as "peer": their connections
+    // connect (they hold their own DTLS keys), two more in that name.
+    let mut impostors = Vec::new();
+    for _ in 0..2 {
+        let signal: Arc<dyn Signal> = Arc::new(Impostor(client(&addr, "main", "peer", None)));
+        let layer = WebRtcStreamLayer::start(signal, &loopback(), limits(), logging::discard())
+            .await
+            .unwrap();
+        let impostor = NetworkTransport::new(Arc::new(layer), &webrtc_config(), logging::discard());
+        impostor
+            .sync("server", SyncRequest::default())
+            .await
+            .unwrap();
+        impostors.push(impostor);
+    }
+    assert_eq!(server_layer.inbound_peer_connections(), 3);
+    // The peer's own connection was not replaced: its pooled channel
+    // still serves, with no new dial.
+    peer.sync("server", SyncRequest::default()).await.unwrap();
+    assert_eq!(peer.pool_stats("server").await.dials, dials);
+}
+
+#[actix_rt::test]
+async fn at_the_channel_limit_a_new_channel_closes_the_least_recently_used() {
     let router = common::signal::router(&["main"]).await;
     let addr = format!("ws://{}", router.local_addr());
     let (_, server) = layer(
@@ -397,33 +512,39 @@ async fn data_channels_beyond_the_limit_are_closed() {
         )
         .await,
     );
-    // Two calls held open take both channels; a third cannot get one.
-    let calls: Vec<_> = (0..2)
-        .map(|_| {
-            let client = client.clone();
-            actix_rt::spawn(async move { client.sync("server", SyncRequest::default()).await })
-        })
-        .collect();
-    let mut rpcs = vec![held.recv().await.unwrap(), held.recv().await.unwrap()];
-    let third = client.sync("server", SyncRequest::default()).await;
-    assert!(third.is_err(), "a third channel was served");
-    // Answered, the first two free nothing (pooled channels stay open), but
-    // they do serve further calls.
-    for rpc in rpcs.drain(..) {
-        rpc.respond(Ok(Response::Sync(SyncResponse::default())));
-    }
-    for call in calls {
-        call.await.unwrap().unwrap();
-    }
-    let again = {
+    // Two calls held open take both channels (neither has written a
+    // reply: they are used as recently as they opened, the first first).
+    let first = {
         let client = client.clone();
         actix_rt::spawn(async move { client.sync("server", SyncRequest::default()).await })
     };
-    held.recv()
-        .await
-        .unwrap()
-        .respond(Ok(Response::Sync(SyncResponse::default())));
-    again.await.unwrap().unwrap();
+    let first_rpc = held.recv().await.unwrap();
+    let second = {
+        let client = client.clone();
+        actix_rt::spawn(async move { client.sync("server", SyncRequest::default()).await })
+    };
+    let second_rpc = held.recv().await.unwrap();
+    // A third channel gets in: the first call's channel is closed for it
+    // (the node sees that RPC abandoned), and the third call is served.
+    let mut third = {
+        let client = client.clone();
+        actix_rt::spawn(async move { client.sync("server", SyncRequest::default()).await })
+    };
+    let third_rpc = tokio::select! {
+        rpc = held.recv() => rpc.expect("the node is serving"),
+        refused = &mut third => panic!("the third call ended without reaching the node: {refused:?}"),
+    };
+    let evicted = first.await.unwrap();
+    assert!(
+        matches!(&evicted, Err(TransportError::Io { .. })),
+        "the first call was not cut off: {evicted:?}"
+    );
+    for rpc in [second_rpc, third_rpc] {
+        rpc.respond(Ok(Response::Sync(SyncResponse::default())));
+    }
+    second.await.unwrap().unwrap();
+    third.await.unwrap().unwrap();
+    drop(first_rpc);
 }
 
 #[actix_rt::test]
@@ -464,7 +585,7 @@ async fn secure_node(
         Duration::from_secs(10),
         logging::discard(),
     ));
-    let limits = RtcLimits::from_config(config);
+    let limits = babble_net::limits::rtc(config);
     let layer = WebRtcStreamLayer::start(signal, &loopback(), limits, logging::discard())
         .await
         .unwrap();
@@ -504,3 +625,218 @@ async fn secure_pair(config: Config) -> Pair {
 }
 
 transport_suite!(secure_suite, secure_pair);
+
+/// A WebRTC node registered as `id` (anonymously) whose data channels are
+/// secured with `noise_key`, accepting any key.
+async fn secure_node_named(
+    addr: &str,
+    id: &str,
+    noise_key: &babble_net::secure::NodeKey,
+) -> NetworkTransport {
+    let signal: Arc<dyn Signal> = Arc::new(client(addr, "main", id, None));
+    let config = webrtc_config();
+    let layer = WebRtcStreamLayer::start(
+        signal,
+        &loopback(),
+        babble_net::limits::rtc(&config),
+        logging::discard(),
+    )
+    .await
+    .unwrap();
+    let secured = babble_net::secure::SecureStreamLayer::new(
+        Arc::new(layer),
+        noise_key.clone(),
+        std::iter::empty(),
+        true,
+    );
+    let transport = NetworkTransport::new(Arc::new(secured), &config, logging::discard());
+    transport.listen().unwrap();
+    transport
+}
+
+#[actix_rt::test]
+async fn a_peer_whose_channel_key_is_not_its_id_is_refused() {
+    let router = common::signal::router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let server_key = babble_net::secure::NodeKey::generate();
+    let server_id = server_key.public().to_string();
+    let server = secure_node_named(&addr, &server_id, &server_key).await;
+    suite::serve(&server, suite::echo_from_id);
+    // Named after one key (anonymous signaling lets it), proving another
+    // in the channel's handshake: the server closes the channel.
+    let (named, proved) = (
+        babble_net::secure::NodeKey::generate(),
+        babble_net::secure::NodeKey::generate(),
+    );
+    let impostor = secure_node_named(&addr, &named.public().to_string(), &proved).await;
+    let err = impostor
+        .sync(&server_id, SyncRequest::default())
+        .await
+        .unwrap_err();
+    assert!(!err.is_timeout(), "{err:?}");
+    assert_eq!(server.stats().await.unwrap().total(), 0);
+    // Named after the key it proves: served.
+    let honest_key = babble_net::secure::NodeKey::generate();
+    let honest = secure_node_named(&addr, &honest_key.public().to_string(), &honest_key).await;
+    let answer = honest
+        .sync(
+            &server_id,
+            SyncRequest {
+                from_id: 3,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.from_id, 3);
+}
+
+#[actix_rt::test]
+async fn a_call_to_a_peer_that_never_answers_its_offer_ends_within_the_call_bound() {
+    let router = common::signal::router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    // Registered, takes every offer, answers none: the dial waits out its
+    // whole deadline, which on WebRTC is at least the join timeout.
+    let mute = client(&addr, "main", "mute", None);
+    let mut offers = mute.consumer();
+    mute.listen().await.unwrap();
+    let held = actix_rt::spawn(async move {
+        let mut kept = Vec::new();
+        while let Some(offer) = offers.recv().await {
+            kept.push(offer);
+        }
+    });
+    // Tiny frames, so that the bound is made of deadlines only.
+    let config = Config {
+        timeout: Duration::from_millis(300),
+        join_timeout: Duration::from_secs(2),
+        max_request_size: 64,
+        max_reply_size: 64,
+        webrtc: true,
+        ..Config::default()
+    };
+    let caller = node(&addr, "caller", &config).await;
+    let started = std::time::Instant::now();
+    let err = caller
+        .sync("mute", SyncRequest::default())
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    let bound = config.call_bound(RpcType::Sync);
+    assert!(took >= config.join_timeout, "{err}: gave up after {took:?}");
+    assert!(
+        took <= bound,
+        "took {took:?}, past the bound {bound:?}: {err}"
+    );
+    held.abort();
+}
+
+/// A data-channel offer nobody stands behind: its ICE candidate is a port
+/// nobody listens on, so a connection answering it never connects (as
+/// with a replayed offer, or one sent under another peer's name by
+/// someone without that peer's DTLS key).
+fn dead_offer() -> String {
+    let fingerprint = (0..32)
+        .map(|i| format!("{:02X}", i * 7 % 256))
+        .collect::<Vec<_>>()
+        .join(":");
+    let sdp = format!(
+        "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+         a=group:BUNDLE 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+         c=IN IP4 0.0.0.0\r\na=ice-ufrag:deadpeer\r\na=ice-pwd:deadpeerdeadpeerdeadpeer\r\n\
+         a=fingerprint:sha-256 {fingerprint}\r\na=setup:actpass\r\na=mid:0\r\n\
+         a=sctp-port:5000\r\na=max-message-size:65536\r\n\
+         a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n"
+    );
+    serde_json::json!({"type": "offer", "sdp": sdp}).to_string()
+}
+
+#[actix_rt::test]
+async fn offers_that_never_connect_cannot_close_a_peers_live_connection() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let router = common::signal::router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let (_, server) = layer(&addr, "server", limits()).await;
+    suite::serve(&server, suite::vector_answer);
+    let peer = node(&addr, "peer", &webrtc_config()).await;
+    peer.sync("server", SyncRequest::default()).await.unwrap();
+    let dials = peer.pool_stats("server").await.dials;
+    // Someone else offers twice in the peer's name (anonymous signaling
+    // lets it): the second would make the peer's third connection.
+    let mut request = format!("{addr}/").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "wamp.2.json".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    ws.send(WsMessage::Text(
+        r#"[1,"main",{"roles":{"caller":{}}}]"#.into(),
+    ))
+    .await
+    .unwrap();
+    let mut answered = 0;
+    let mut sent = false;
+    while answered < 2 {
+        if !sent {
+            for request in 1..=2 {
+                let call = serde_json::json!([48, request, {}, "server", ["peer", dead_offer()]]);
+                ws.send(WsMessage::Text(call.to_string().into()))
+                    .await
+                    .unwrap();
+            }
+            sent = true;
+        }
+        let Some(Ok(WsMessage::Text(text))) = ws.next().await else {
+            panic!("the router closed the session");
+        };
+        if text.starts_with("[50,") {
+            answered += 1;
+        } else {
+            assert!(text.starts_with("[2,"), "{text}");
+        }
+    }
+    // Both are held (the server counts a connection before it answers),
+    // however soon the dead ones fail. The peer's own connection still
+    // serves its pooled channel.
+    peer.sync("server", SyncRequest::default()).await.unwrap();
+    assert_eq!(peer.pool_stats("server").await.dials, dials);
+}
+
+#[actix_rt::test]
+async fn a_peer_evicted_at_the_cap_is_served_on_a_new_connection_at_its_next_call() {
+    let router = common::signal::router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let (_layer, server) = layer(
+        &addr,
+        "server",
+        RtcLimits {
+            max_peers: 1,
+            ..limits()
+        },
+    )
+    .await;
+    suite::serve(&server, suite::vector_answer);
+    let evicted = node(&addr, "evicted", &webrtc_config()).await;
+    evicted
+        .sync("server", SyncRequest::default())
+        .await
+        .unwrap();
+    let dials = evicted.pool_stats("server").await.dials;
+    // The only place goes to a newcomer: the server closes the first
+    // peer's connection, which that peer's side cannot see by itself
+    // until ICE gives up on it.
+    let newcomer = node(&addr, "newcomer", &webrtc_config()).await;
+    newcomer
+        .sync("server", SyncRequest::default())
+        .await
+        .unwrap();
+    // Its next call does not wait out its timeout on the dead connection:
+    // a new one is made within the call.
+    evicted
+        .sync("server", SyncRequest::default())
+        .await
+        .expect("served on a new connection");
+    assert!(evicted.pool_stats("server").await.dials > dials);
+}

@@ -23,6 +23,34 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// Most bytes one read takes from the stream below: the kernel's copy of a
+/// large frame into fresh memory then never holds a thread for more than
+/// a fraction of a millisecond at a time.
+const MAX_READ: usize = 256 * 1024;
+
+/// Writes `frame` and flushes, letting the thread's other tasks run after
+/// each megabyte: a stream accepts bytes as long as its peer reads them,
+/// so writing a large frame could otherwise hold the thread to the end.
+///
+/// A frame up to a megabyte goes out in one write. A larger one's last
+/// write is never shorter than 4 KiB, so the end of its JSON and the
+/// newline after it are written together (a Go server that gets the
+/// newline in a later read takes it for the next request's type byte).
+pub async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, frame: &[u8]) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    const SLICE: usize = 1024 * 1024;
+    const LAST_AT_LEAST: usize = 4096;
+    let mut rest = frame;
+    while rest.len() > SLICE + LAST_AT_LEAST {
+        let (slice, after) = rest.split_at(SLICE);
+        stream.write_all(slice).await?;
+        rest = after;
+        tokio::task::yield_now().await;
+    }
+    stream.write_all(rest).await?;
+    stream.flush().await
+}
+
 /// A stream whose reads and writes fail after `timeout` without progress,
 /// or, with a minimum rate, when they fall behind it.
 #[derive(Debug)]
@@ -87,13 +115,6 @@ impl<S> DeadlineStream<S> {
         self.last_progress = now;
         self.started = now;
         self.moved = 0;
-    }
-
-    /// Bytes read and written since the last [`restart_with_rate`].
-    ///
-    /// [`restart_with_rate`]: DeadlineStream::restart_with_rate
-    pub fn moved(&self) -> u64 {
-        self.moved
     }
 
     /// Bytes read since the stream was wrapped.
@@ -188,10 +209,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for DeadlineStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        // At most MAX_READ a read: copying a large frame in from the kernel
+        // then comes in slices short enough not to stall the thread.
+        let mut slice = buf.take(MAX_READ);
+        let polled = Pin::new(&mut this.inner).poll_read(cx, &mut slice);
+        let read = slice.filled().len();
+        // SAFETY: the inner stream filled (so initialised) `read` bytes of
+        // the unfilled part of `buf` that `slice` is.
+        unsafe { buf.assume_init(read) };
+        buf.advance(read);
+        match polled {
             Poll::Ready(result) => {
-                let read = buf.filled().len() - before;
                 if read > 0 {
                     this.progressed(read);
                     this.read_total += read as u64;

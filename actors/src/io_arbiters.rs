@@ -8,11 +8,16 @@
 //! everything on the caller's arbiter.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use actix_rt::{Arbiter, ArbiterHandle};
+use bytes::BytesMut;
+
+/// Buffers up to this size grow in place in [`IoArbiters::grow`]: copying
+/// them takes less than a millisecond.
+const GROW_HERE: usize = 4 * 1024 * 1024;
 
 /// See the [module docs](self).
 pub struct IoArbiters {
@@ -21,6 +26,8 @@ pub struct IoArbiters {
     /// The arbiter of whoever created the set, used when `count` is 0.
     home: ArbiterHandle,
     next: AtomicUsize,
+    /// Randomly keyed hashing for [`IoArbiters::for_key`].
+    placement: RandomState,
 }
 
 /// The live set of each actix system, by system ID and size.
@@ -42,6 +49,7 @@ impl IoArbiters {
                 handles: Vec::new(),
                 home: Arbiter::current(),
                 next: AtomicUsize::new(0),
+                placement: RandomState::new(),
             });
         }
         let key = (actix_rt::System::current().id(), count);
@@ -56,6 +64,7 @@ impl IoArbiters {
             arbiters,
             home: Arbiter::current(),
             next: AtomicUsize::new(0),
+            placement: RandomState::new(),
         });
         live.insert(key, Arc::downgrade(&set));
         set
@@ -66,9 +75,10 @@ impl IoArbiters {
         if self.handles.is_empty() {
             return &self.home;
         }
-        let mut hasher = DefaultHasher::new();
-        key.hash(&mut hasher);
-        &self.handles[hasher.finish() as usize % self.handles.len()]
+        // Keyed with this process's random keys: a peer cannot choose IDs
+        // that land on the thread of a given honest peer.
+        let hash = self.placement.hash_one(key);
+        &self.handles[hash as usize % self.handles.len()]
     }
 
     /// The next arbiter, round robin.
@@ -80,6 +90,54 @@ impl IoArbiters {
         &self.handles[at % self.handles.len()]
     }
 
+    /// Runs `work` and returns its result: on the caller's thread when it
+    /// is not `large` (a hand-off costs more than small work) or the set is
+    /// empty, else on the next arbiter of the set while the caller's thread
+    /// is free for other tasks. For CPU work that would stall the caller's
+    /// thread, such as parsing or encoding a large frame. Fails only when
+    /// the arbiters have stopped (the transport is closing).
+    pub async fn run<T, F>(&self, large: bool, work: F) -> std::io::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        if !large || self.handles.is_empty() {
+            return Ok(work());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.next().spawn_fn(move || {
+            let _ = tx.send(work());
+        });
+        match sent {
+            true => rx.await.map_err(|_| stopped()),
+            false => Err(stopped()),
+        }
+    }
+
+    /// Makes room in `buf`, which holds part of a large frame, for at least
+    /// as many bytes again: beyond 4 MiB, the copy into the larger buffer
+    /// (tens of milliseconds for a frame of tens of MB) runs on an I/O
+    /// arbiter, so the caller's thread is free meanwhile (on the caller's
+    /// thread when the set is empty). Fails, leaving `buf` empty, only when the
+    /// arbiters have stopped (the transport is closing).
+    pub async fn grow(&self, buf: &mut BytesMut) -> std::io::Result<()> {
+        let wanted = buf.len().saturating_mul(2).max(buf.len() + 64 * 1024);
+        if buf.len() <= GROW_HERE {
+            // Cheaper than a hand-off: a fraction of a millisecond.
+            buf.reserve(wanted - buf.len());
+            return Ok(());
+        }
+        let old = std::mem::take(buf);
+        *buf = self
+            .run(true, move || {
+                let mut bigger = BytesMut::with_capacity(wanted);
+                bigger.extend_from_slice(&old);
+                bigger
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Arbiters in the set.
     pub fn len(&self) -> usize {
         self.handles.len()
@@ -89,6 +147,11 @@ impl IoArbiters {
     pub fn is_empty(&self) -> bool {
         self.handles.is_empty()
     }
+}
+
+/// The error of work handed to arbiters that have stopped.
+fn stopped() -> std::io::Error {
+    std::io::Error::other("the I/O threads stopped")
 }
 
 impl Drop for IoArbiters {

@@ -34,10 +34,12 @@ pub fn error_kind(error: &TransportError) -> &'static str {
         TransportError::Remote(_) => "remote",
         TransportError::Connect { .. } => "connect",
         TransportError::Io { .. } => "io",
+        TransportError::Encode { .. } => "encode",
         TransportError::Decode { .. } => "decode",
         TransportError::FrameTooLarge { .. } => "frame_too_large",
         TransportError::Config(_) => "config",
         TransportError::Handshake { .. } => "handshake",
+        _ => "other",
     }
 }
 

@@ -37,18 +37,18 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
 use futures::StreamExt;
 use slog::{debug, warn, Logger};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{ClientCodec, CodecError, Reply};
+use crate::codec::{ClientCodec, CodecError, RawReply, Reply};
 use crate::deadline::DeadlineStream;
 use crate::error::TransportError;
 use crate::io_arbiters::IoArbiters;
@@ -56,9 +56,59 @@ use crate::secure::HandshakeError;
 use crate::stream::{BoxConnection, StreamLayer};
 use crate::wire::RpcType;
 
-/// A connection to a peer: replies are read through the codec; requests,
-/// already encoded, are written to the stream directly (so no write buffer).
-type ClientFramed = FramedRead<DeadlineStream<BoxConnection>, ClientCodec>;
+/// A connection to a peer: replies are cut from the stream by the codec
+/// (and parsed by the call, on an I/O thread when large); requests, already
+/// encoded, are written to the stream directly (so no write buffer).
+type ClientFramed = FramedRead<DeadlineStream<BoxConnection>, ReplyFrames>;
+
+/// Cuts replies from a connection without parsing them.
+#[derive(Debug)]
+struct ReplyFrames {
+    codec: ClientCodec,
+    /// Bytes beyond which a reply is large (see [`ReplyPart::Grow`]).
+    large_frame: usize,
+    /// Bytes of the reply buffered when the call last yielded.
+    yielded_at: usize,
+}
+
+/// A call reading a large reply lets its thread's other tasks run after
+/// each this many bytes read (and scanned): a thread reads on while a
+/// socket has data, so a fast sender could otherwise hold it for the
+/// whole frame.
+const YIELD_EVERY: usize = 1024 * 1024;
+
+/// What reading a connection gives.
+enum ReplyPart {
+    /// A whole reply.
+    Reply(RawReply),
+    /// A large reply has filled the read buffer: the call grows it off its
+    /// thread ([`IoArbiters::grow`]) and reads on.
+    Grow,
+    /// Another [`YIELD_EVERY`] bytes of a reply arrived: the call yields.
+    Progress,
+}
+
+impl tokio_util::codec::Decoder for ReplyFrames {
+    type Item = ReplyPart;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<ReplyPart>, CodecError> {
+        if let Some(reply) = self.codec.decode_raw(src)? {
+            self.yielded_at = 0;
+            return Ok(Some(ReplyPart::Reply(reply)));
+        }
+        if src.len() > self.yielded_at + YIELD_EVERY {
+            self.yielded_at = src.len();
+            return Ok(Some(ReplyPart::Progress));
+        }
+        let full = src.capacity() - src.len() < 1024;
+        Ok((full && src.len() > self.large_frame).then_some(ReplyPart::Grow))
+    }
+
+    fn decode_eof(&mut self, src: &mut bytes::BytesMut) -> Result<Option<ReplyPart>, CodecError> {
+        Ok(self.codec.decode_raw_eof(src)?.map(ReplyPart::Reply))
+    }
+}
 
 /// Read buffer of a new connection, and the most an idle pooled one keeps:
 /// a ping's reply fits, and a thousand idle connections cost a few MiB.
@@ -79,20 +129,14 @@ pub struct PoolSettings {
     /// Bytes per second below which an exchange fails (see the module
     /// docs).
     pub min_rate: u64,
+    /// Replies larger than this are parsed on an I/O arbiter, not on the
+    /// caller's thread.
+    pub large_frame: usize,
     /// The `transport` label of the pools' metrics.
     pub transport: &'static str,
 }
 
-/// Counts of a PeerPool.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PoolStats {
-    /// Idle connections now.
-    pub idle: usize,
-    /// Connections dialled so far.
-    pub dials: u64,
-    /// Times the pool was emptied because its peer seemed gone.
-    pub restarts: u64,
-}
+pub use babble_net_core::stats::PoolStats;
 
 /// Calls waiting for a connection to one peer; more fail at once.
 const MAX_WAITERS: usize = 4096;
@@ -120,6 +164,8 @@ struct PeerInfo {
     layer: Arc<dyn StreamLayer>,
     max_reply_size: usize,
     min_rate: u64,
+    large_frame: usize,
+    io: Arc<IoArbiters>,
     log: Logger,
 }
 
@@ -143,18 +189,32 @@ impl Drop for InFlight {
     }
 }
 
-type PoolTable = Arc<Mutex<HashMap<String, PoolHandle>>>;
+/// The pools, by target and the thread they run on (looked up by the
+/// target without allocating on every call).
+type PoolTable = Arc<Mutex<HashMap<String, HashMap<ThreadId, PoolHandle>>>>;
 
 /// Milliseconds since `base`.
 fn millis_since(base: Instant) -> u64 {
     base.elapsed().as_millis() as u64
 }
 
-/// The PeerPool of every target a transport calls.
+/// The PeerPool of every target a transport calls, on every thread that
+/// calls it.
+///
+/// A connection belongs to the runtime of the thread that dialled it (its
+/// readiness events are that runtime's), so each calling thread has a pool
+/// of its own for each target: a call made on an actix arbiter is written,
+/// read and parsed on that arbiter's thread, with no hand-off to another
+/// thread and back. Only a reply larger than `large_frame` is parsed on an
+/// I/O arbiter while the call waits. A call made outside any arbiter is
+/// made on the I/O arbiter of its target. So `max_pool` and `max_dials`
+/// hold per peer and calling thread.
+#[derive(Clone)]
 pub struct PeerPools {
     layer: Arc<dyn StreamLayer>,
     settings: PoolSettings,
-    /// Each peer's pool and calls run on the I/O arbiter of its key.
+    /// Where large replies are parsed, and calls from outside any arbiter
+    /// made.
     io: Arc<IoArbiters>,
     pools: PoolTable,
     /// When the pools started: `last_used` counts from it.
@@ -165,9 +225,8 @@ pub struct PeerPools {
 
 impl PeerPools {
     /// Pools dialling through `layer`; each peer's pool actor and calls
-    /// run on the I/O arbiter of its address (on the current arbiter when
-    /// `io` is empty). A pool not called for `settings.max_idle` is
-    /// retired (checked every half of it).
+    /// run on the calling thread (see the type's docs). A pool not called
+    /// for `settings.max_idle` is retired (checked every half of it).
     pub fn new(
         layer: Arc<dyn StreamLayer>,
         settings: PoolSettings,
@@ -194,15 +253,24 @@ impl PeerPools {
         }
     }
 
-    /// The pool of `target`, started on first use, and this call's mark
-    /// on it.
+    /// The pool of `target` on this thread, started on first use, and
+    /// this call's mark on it. Must be called on an actix arbiter.
     fn get(&self, target: &str) -> (PoolHandle, InFlight) {
+        let thread = std::thread::current().id();
         let mut pools = self.pools.lock().expect("pool table lock");
-        let handle = match pools.get(target).filter(|h| h.pool.connected()) {
-            Some(handle) => handle.clone(),
+        let found = pools
+            .get(target)
+            .and_then(|threads| threads.get(&thread))
+            .filter(|h| h.pool.connected())
+            .cloned();
+        let handle = match found {
+            Some(handle) => handle,
             None => {
                 let handle = self.start(target);
-                pools.insert(target.to_owned(), handle.clone());
+                pools
+                    .entry(target.to_owned())
+                    .or_default()
+                    .insert(thread, handle.clone());
                 handle
             }
         };
@@ -221,6 +289,8 @@ impl PeerPools {
             layer: self.layer.clone(),
             max_reply_size: self.settings.max_reply_size,
             min_rate: self.settings.min_rate,
+            large_frame: self.settings.large_frame,
+            io: self.io.clone(),
             log: self.log.new(slog::o!("peer" => target.to_owned())),
         });
         let (settings, shutdown, log) = (
@@ -228,8 +298,9 @@ impl PeerPools {
             self.shutdown.clone(),
             peer.log.clone(),
         );
-        let arbiter = self.io.for_key(target);
-        let pool = Supervisor::start_in_arbiter(arbiter, move |_| PeerPool {
+        let target = target.to_owned();
+        let pool = Supervisor::start(move |_| PeerPool {
+            target,
             settings,
             idle: Vec::new(),
             dialing: 0,
@@ -249,25 +320,27 @@ impl PeerPools {
     }
 
     /// Sends `call` to `target` and returns its reply; see the module docs.
-    /// The exchange runs on the peer's I/O arbiter; the caller only waits.
+    /// The exchange runs on the caller's thread when that is an actix
+    /// arbiter, else on the target's I/O arbiter while the caller waits.
     pub async fn call(&self, target: &str, call: Call) -> Result<Reply, TransportError> {
         let issued = Instant::now();
-        let (handle, in_flight) = self.get(target);
-        if self.io.is_empty() {
+        if actix_rt::Arbiter::try_current().is_some() {
+            let (handle, in_flight) = self.get(target);
             let reply = exchange_call(handle, call, issued).await;
             drop(in_flight);
             return reply;
         }
         let (tx, mut rx) = oneshot::channel();
-        let shutdown = self.shutdown.clone();
+        let (pools, target_owned) = (self.clone(), target.to_owned());
         let running = self.io.for_key(target).spawn(async move {
             let mut tx = tx;
+            let (handle, in_flight) = pools.get(&target_owned);
             let reply = tokio::select! {
                 reply = exchange_call(handle, call, issued) => reply,
                 // The caller gave up (or the transport closed): the lease
                 // is dropped, cut short, and its connection closed.
                 _ = tx.closed() => return,
-                _ = shutdown.cancelled() => Err(TransportError::Shutdown),
+                _ = pools.shutdown.cancelled() => Err(TransportError::Shutdown),
             };
             drop(in_flight);
             let _ = tx.send(reply);
@@ -278,23 +351,30 @@ impl PeerPools {
         (&mut rx).await.unwrap_or(Err(TransportError::Shutdown))
     }
 
-    /// Counts of the connections to `target`; zero for a peer never called.
+    /// Counts of the connections to `target`, from every calling thread;
+    /// zero for a peer never called.
     pub async fn stats(&self, target: &str) -> PoolStats {
-        let pool = self
+        let pools: Vec<Addr<PeerPool>> = self
             .pools
             .lock()
             .expect("pool table lock")
             .get(target)
-            .map(|h| h.pool.clone());
-        match pool {
-            Some(pool) => pool.send(GetPoolStats).await.unwrap_or_default(),
-            None => PoolStats::default(),
+            .map(|threads| threads.values().map(|h| h.pool.clone()).collect())
+            .unwrap_or_default();
+        let mut total = PoolStats::default();
+        for pool in pools {
+            let stats = pool.send(GetPoolStats).await.unwrap_or_default();
+            total.idle += stats.idle;
+            total.dials += stats.dials;
+            total.restarts += stats.restarts;
         }
+        total
     }
 
-    /// Pools alive now (one per peer called recently).
+    /// Pools alive now (one per peer called recently, and calling thread).
     pub fn len(&self) -> usize {
-        self.pools.lock().expect("pool table lock").len()
+        let pools = self.pools.lock().expect("pool table lock");
+        pools.values().map(HashMap::len).sum()
     }
 
     /// Whether no pool is alive.
@@ -309,7 +389,7 @@ impl PeerPools {
             .lock()
             .expect("pool table lock")
             .drain()
-            .map(|(_, h)| h.pool)
+            .flat_map(|(_, threads)| threads.into_values().map(|h| h.pool))
             .collect();
         for pool in pools {
             let _ = pool.send(ClosePool).await;
@@ -335,20 +415,21 @@ async fn retire_unused(
         }
         let retired: Vec<Addr<PeerPool>> = {
             let mut pools = pools.lock().expect("pool table lock");
-            let unused: Vec<String> = pools
-                .iter()
-                .filter(|(_, h)| {
-                    let idle_ms = millis_since(base) - h.last_used.load(Ordering::Relaxed);
-                    h.in_flight.load(Ordering::Relaxed) == 0
-                        && Duration::from_millis(idle_ms) >= unused_for
-                })
-                .map(|(target, _)| target.clone())
-                .collect();
-            unused
-                .iter()
-                .filter_map(|target| pools.remove(target))
-                .map(|h| h.pool)
-                .collect()
+            let now = millis_since(base);
+            let mut retired = Vec::new();
+            for threads in pools.values_mut() {
+                threads.retain(|_, h| {
+                    let idle_ms = now.saturating_sub(h.last_used.load(Ordering::Relaxed));
+                    let unused = h.in_flight.load(Ordering::Relaxed) == 0
+                        && Duration::from_millis(idle_ms) >= unused_for;
+                    if unused {
+                        retired.push(h.pool.clone());
+                    }
+                    !unused
+                });
+            }
+            pools.retain(|_, threads| !threads.is_empty());
+            retired
         };
         for pool in retired {
             pool.do_send(Retire);
@@ -404,17 +485,11 @@ async fn checkout(
             let began = Instant::now();
             let dialled = dial(peer, pool, timeout).await;
             crate::metrics::dialled(peer.transport, dialled.is_ok());
-            let failure = dialled.as_ref().err().map(|error| match error {
-                TransportError::Connect { source, .. } => source.to_string(),
-                other => other.to_string(),
-            });
+            let failure = dialled.as_ref().err().cloned();
             pool.do_send(Dialled { began, failure });
             Ok((dialled?, false))
         }
-        Grant::Refused(why) => Err(TransportError::Connect {
-            peer: peer.target.clone(),
-            source: io::Error::new(io::ErrorKind::ConnectionRefused, why),
-        }),
+        Grant::Refused(error) => Err(error),
     }
 }
 
@@ -452,7 +527,11 @@ async fn dial(
         })?;
     let framed = FramedRead::with_capacity(
         DeadlineStream::new(connection),
-        ClientCodec::new(peer.max_reply_size),
+        ReplyFrames {
+            codec: ClientCodec::new(peer.max_reply_size),
+            large_frame: peer.large_frame,
+            yielded_at: 0,
+        },
         READ_BUFFER,
     );
     Ok(Lease::of(framed, pool, peer))
@@ -472,7 +551,7 @@ async fn exchange(mut lease: Lease, call: &Call) -> Result<Reply, Failure> {
     framed
         .get_mut()
         .restart_with_rate(call.timeout, lease.min_rate);
-    framed.decoder_mut().expect(call.rpc_type);
+    framed.decoder_mut().codec.expect(call.rpc_type);
     let before_reply = |error: CodecError| Failure {
         error,
         before_reply: true,
@@ -482,28 +561,51 @@ async fn exchange(mut lease: Lease, call: &Call) -> Result<Reply, Failure> {
     // One write for the whole frame; see `encode_request`. Streams may
     // hold back what was written until flushed (a WebRTC channel finishes
     // its last message then).
-    let stream = framed.get_mut();
-    stream
-        .write_all(&call.frame)
+    crate::deadline::write_frame(framed.get_mut(), &call.frame)
         .await
         .map_err(|e| before_reply(e.into()))?;
-    stream.flush().await.map_err(|e| before_reply(e.into()))?;
+    crate::spin::expect_io();
     let transport = lease.transport;
     crate::metrics::bytes(transport, "out", call.frame.len());
     let read_before = framed.get_ref().read_total();
-    let reply = framed.next().await;
+    let reply = loop {
+        match framed.next().await {
+            Some(Ok(ReplyPart::Grow)) => {
+                if let Err(error) = lease.io.grow(framed.read_buffer_mut()).await {
+                    break Some(Err(CodecError::Io(error)));
+                }
+            }
+            Some(Ok(ReplyPart::Progress)) => tokio::task::yield_now().await,
+            Some(Ok(ReplyPart::Reply(raw))) => break Some(Ok(raw)),
+            Some(Err(error)) => break Some(Err(error)),
+            None => break None,
+        }
+    };
     let read = framed.get_ref().read_total() - read_before;
     crate::metrics::bytes(transport, "in", read as usize);
     // Anything after the reply but whitespace means the peer is out of
     // step with us (or the reply never came): the connection is not reused.
     let nothing_after = framed.read_buffer().iter().all(u8::is_ascii_whitespace);
     match reply {
-        Some(Ok(reply)) => {
+        Some(Ok(raw)) => {
             if nothing_after {
                 framed.read_buffer_mut().clear();
                 lease.outcome = Outcome::Clean;
             }
-            Ok(reply)
+            // The connection is free again; a reply that fails to parse is
+            // this call's error, not the connection's.
+            let large = raw.len() > lease.large_frame;
+            let parsed = match lease.io.run(large, move || raw.decode()).await {
+                Ok(parsed) => parsed,
+                Err(stopped) => Err(CodecError::Io(stopped)),
+            };
+            parsed.map_err(|error| {
+                lease.outcome = Outcome::Failed { peer_gone: false };
+                Failure {
+                    error,
+                    before_reply: false,
+                }
+            })
         }
         Some(Err(error)) => {
             let stale = matches!(&error, CodecError::Io(e) if is_stale(e));
@@ -568,6 +670,8 @@ struct Lease {
     framed: Option<ClientFramed>,
     pool: Addr<PeerPool>,
     min_rate: u64,
+    large_frame: usize,
+    io: Arc<IoArbiters>,
     transport: &'static str,
     outcome: Outcome,
 }
@@ -578,6 +682,8 @@ impl Lease {
             framed: Some(framed),
             pool: pool.clone(),
             min_rate: peer.min_rate,
+            large_frame: peer.large_frame,
+            io: peer.io.clone(),
             transport: peer.transport,
             outcome: Outcome::Cut,
         }
@@ -613,9 +719,10 @@ enum Grant {
     Connection(ClientFramed),
     /// Leave to dial a new one (counted against `max_dials`).
     Dial,
-    /// Nothing: the peer is unreachable (a dial that began after the call
-    /// failed), or too many calls wait already.
-    Refused(String),
+    /// Nothing, and why: the dial that began after the call failed (its
+    /// error, as the caller that dialled saw it), too many calls wait
+    /// already, or the pool is closed.
+    Refused(TransportError),
 }
 
 /// A call waiting for a connection or a dial slot.
@@ -627,6 +734,8 @@ struct Waiter {
 
 /// The connections to one peer; see the module docs.
 pub struct PeerPool {
+    /// The peer's address.
+    target: String,
     settings: PoolSettings,
     idle: Vec<PooledConnection>,
     /// Dials in progress.
@@ -639,7 +748,7 @@ pub struct PeerPool {
     /// as that dial, and its checkout may only arrive now, from another
     /// thread. A call made after it began dials again (the peer may be
     /// back: a partition that healed while the dial was failing).
-    failed_dial: Option<(Instant, String)>,
+    failed_dial: Option<(Instant, TransportError)>,
     /// Idle connections last counted in the `pooled` connections gauge.
     counted_idle: usize,
     stats: PoolStats,
@@ -761,19 +870,22 @@ impl Handler<Checkout> for PeerPool {
             return actix::Response::reply(Grant::Dial);
         }
         if self.waiters.len() >= MAX_WAITERS {
-            return actix::Response::reply(Grant::Refused(
-                "too many calls waiting for a connection to this peer".into(),
-            ));
+            return actix::Response::reply(Grant::Refused(TransportError::Connect {
+                peer: self.target.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "too many calls waiting for a connection to this peer",
+                ),
+            }));
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.push_back(Waiter {
             issued: checkout.issued,
             grant: tx,
         });
-        actix::Response::fut(async move {
-            rx.await
-                .unwrap_or_else(|_| Grant::Refused("the pool closed".into()))
-        })
+        actix::Response::fut(
+            async move { rx.await.unwrap_or(Grant::Refused(TransportError::Shutdown)) },
+        )
     }
 }
 
@@ -783,7 +895,7 @@ impl Handler<Checkout> for PeerPool {
 #[rtype(result = "()")]
 struct Dialled {
     began: Instant,
-    failure: Option<String>,
+    failure: Option<TransportError>,
 }
 
 impl Handler<Dialled> for PeerPool {
@@ -897,9 +1009,7 @@ impl Handler<ClosePool> for PeerPool {
         self.idle.clear();
         self.count_idle();
         for waiter in self.waiters.drain(..) {
-            let _ = waiter
-                .grant
-                .send(Grant::Refused("transport shutdown".into()));
+            let _ = waiter.grant.send(Grant::Refused(TransportError::Shutdown));
         }
     }
 }

@@ -74,6 +74,7 @@ pub fn call(
         latencies_us: Vec::with_capacity(calls as usize),
         bytes_in: 0,
         bytes_out: 0,
+        extra: None,
     };
     for thread in threads {
         let (latencies, errors) = thread.join().unwrap();

@@ -12,6 +12,8 @@ pub struct Report {
     pub latencies_us: Vec<u64>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// More `"name":value` fields for the end of the line.
+    pub extra: Option<String>,
 }
 
 impl Report {
@@ -28,8 +30,12 @@ impl Report {
         };
         let secs = self.elapsed.as_secs_f64();
         let ok = self.calls - self.errors;
+        let extra = self
+            .extra
+            .map(|fields| format!(",{fields}"))
+            .unwrap_or_default();
         format!(
-            r#"{{"rpc":"{}","calls":{},"errors":{},"secs":{:.3},"rpcs_per_s":{:.0},"p50_us":{},"p99_us":{},"max_us":{},"bytes_in":{},"bytes_out":{}}}"#,
+            r#"{{"rpc":"{}","calls":{},"errors":{},"secs":{:.3},"rpcs_per_s":{:.0},"p50_us":{},"p99_us":{},"max_us":{},"bytes_in":{},"bytes_out":{}{}}}"#,
             self.rpc,
             self.calls,
             self.errors,
@@ -40,6 +46,7 @@ impl Report {
             self.latencies_us.last().copied().unwrap_or(0),
             self.bytes_in,
             self.bytes_out,
+            extra,
         )
     }
 }

@@ -132,7 +132,15 @@ async fn idle_connections(plan: &Plan, ping: &Command) -> String {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (client_before, server_before) = (rss_kib(None), rss_kib(plan.server_pid));
     let calls = (0..n).map(|_| caller.call(&plan.target, ping.clone()));
-    let errors = join_all(calls).await.iter().filter(|r| r.is_err()).count();
+    let results = join_all(calls).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    if let Some(first) = failed.first() {
+        eprintln!(
+            "rpcbench scale: {} idle-connection calls failed, first: {first}",
+            failed.len()
+        );
+    }
+    let errors = failed.len();
     let pooled = caller.pool_stats(&plan.target).await.idle;
     // Let the server's connection tasks settle into their idle state.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -23,7 +23,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -33,8 +33,8 @@ use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
-use super::engine::close_later;
 use super::gate::ChannelGate;
+use babble_net_core::places::Activity;
 
 /// Largest message written (RFC 8841's default `max-message-size`, which
 /// every peer that announces none accepts).
@@ -57,13 +57,108 @@ pub(super) fn max_message_size() -> SctpMaxMessageSize {
     SctpMaxMessageSize::Bounded(MAX_MESSAGE as u32)
 }
 
-/// One of the data channels a peer connection may carry; freed when the
-/// channel's stream is dropped.
-pub(super) struct ChannelSlot(pub(super) Arc<AtomicUsize>);
+/// The data channels a peer opened on one answering link, at most the
+/// layer's `max_channels`: at the cap, the channel least recently used by
+/// a reply is closed for the newcomer (whether or not a request is being
+/// answered on it: the node sees that RPC abandoned).
+pub(super) struct LinkChannels {
+    base: std::time::Instant,
+    next_id: u64,
+    held: Vec<HeldChannel>,
+}
+
+struct HeldChannel {
+    id: u64,
+    channel: Arc<dyn DataChannel>,
+    /// Microseconds after `base` when it last wrote a reply (or opened).
+    last_used: Arc<AtomicU64>,
+}
+
+impl LinkChannels {
+    pub(super) fn new() -> LinkChannels {
+        LinkChannels {
+            base: std::time::Instant::now(),
+            next_id: 0,
+            held: Vec::new(),
+        }
+    }
+
+    /// Takes `channel` in, closing the least recently used one first when
+    /// `max` are held; returns its place's ID, its use stamp and the base
+    /// the stamps count from.
+    pub(super) fn admit(
+        &mut self,
+        channel: Arc<dyn DataChannel>,
+        max: usize,
+    ) -> (u64, Arc<AtomicU64>, std::time::Instant) {
+        if self.held.len() >= max {
+            let victim = (0..self.held.len())
+                .min_by_key(|&at| self.held[at].last_used.load(Ordering::Relaxed));
+            if let Some(at) = victim {
+                close_later(self.held.remove(at).channel);
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let last_used = Arc::new(AtomicU64::new(self.micros()));
+        self.held.push(HeldChannel {
+            id,
+            channel,
+            last_used: last_used.clone(),
+        });
+        (id, last_used, self.base)
+    }
+
+    fn micros(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64
+    }
+
+    fn release(&mut self, id: u64) {
+        self.held.retain(|held| held.id != id);
+    }
+}
+
+/// One of the data channels a peer connection may carry; its place is
+/// given back when the channel's stream is dropped.
+pub(super) struct ChannelSlot {
+    /// The link's channels.
+    pub(super) channels: Arc<std::sync::Mutex<LinkChannels>>,
+    pub(super) id: u64,
+    /// When this channel last wrote a reply, in microseconds after
+    /// `base` (the link's, copied: a write takes no lock).
+    pub(super) last_used: Arc<AtomicU64>,
+    pub(super) base: std::time::Instant,
+    /// When the link last wrote a reply: the layer's cap evicts the least
+    /// recently used (see `super::inbound`).
+    pub(super) used: Arc<Activity>,
+}
+
+impl ChannelSlot {
+    /// A reply is being written on this channel.
+    fn touch(&self) {
+        let now = std::time::Instant::now();
+        let micros = now.saturating_duration_since(self.base).as_micros() as u64;
+        self.last_used.store(micros, Ordering::Relaxed);
+        self.used.completed(now);
+    }
+}
 
 impl Drop for ChannelSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.channels
+            .lock()
+            .expect("channels lock")
+            .release(self.id);
+    }
+}
+
+/// Closes `channel` in the background (nothing to do outside a runtime:
+/// the process is ending).
+pub(super) fn close_later(channel: Arc<dyn DataChannel>) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = channel.close().await;
+        });
     }
 }
 
@@ -204,6 +299,10 @@ impl AsyncWrite for ChannelStream {
         ready!(self.poll_sent(cx))?;
         if data.is_empty() {
             return Poll::Ready(Ok(0));
+        }
+        // An answering channel writes replies: its link is in use.
+        if let Some(slot) = &self._slot {
+            slot.touch();
         }
         let message = BytesMut::from(&data[..data.len().min(self.message_size)]);
         let len = message.len();

@@ -8,10 +8,11 @@
 //!   offer or answer carries every candidate;
 //! * data channels are ordered and reliable, and only used once open.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Instant;
 
+use babble_net_core::places::Activity;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
 use tokio::sync::watch;
@@ -22,7 +23,7 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState, RTCSessionDescription, SettingEngine, SettingEngineBuilder,
 };
 
-use super::channel::{self, ChannelSlot, ChannelStream};
+use super::channel::{self, close_later, ChannelSlot, ChannelStream};
 use super::gate::ChannelGate;
 use super::runtime::DriverRuntime;
 
@@ -49,6 +50,11 @@ pub struct IceOptions {
     /// Only relay candidates (through TURN), as a peer behind a strict
     /// firewall would.
     pub relay_only: bool,
+    /// The one address peer connections bind their UDP sockets to (a
+    /// host choosing its interface; with `loopback_only`, a loopback
+    /// address other than 127.0.0.1). Default: every interface
+    /// (`loopback_only`: 127.0.0.1).
+    pub bind_ip: Option<IpAddr>,
 }
 
 /// `server` for the stack. A TURN server also answers STUN on its address,
@@ -101,9 +107,11 @@ impl Engine {
                 .with_include_loopback_candidate(true)
                 .with_network_types(vec![NetworkType::Udp4])
                 .with_multicast_dns_mode(MulticastDnsMode::Disabled);
-            vec!["127.0.0.1:0".to_owned()]
+            let ip = options.bind_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+            vec![SocketAddr::new(ip, 0).to_string()]
         } else {
-            vec!["0.0.0.0:0".to_owned()]
+            let ip = options.bind_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            vec![SocketAddr::new(ip, 0).to_string()]
         };
         let configuration = RTCConfigurationBuilder::new()
             .with_ice_servers(options.servers.iter().map(ice_server).collect())
@@ -149,8 +157,8 @@ impl Engine {
             events,
             gate: ChannelGate::default(),
             open_abandoned: Arc::new(AtomicBool::new(false)),
-            open_channels: Arc::new(AtomicUsize::new(0)),
-            created: Instant::now(),
+            channels: Arc::new(std::sync::Mutex::new(channel::LinkChannels::new())),
+            remote_address: Arc::new(OnceLock::new()),
         })
     }
 }
@@ -209,16 +217,6 @@ impl PeerConnectionEventHandler for LinkEvents {
     }
 }
 
-/// Closes `channel` in the background (nothing to do outside a runtime:
-/// the process is ending).
-pub(super) fn close_later(channel: Arc<dyn DataChannel>) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move {
-            let _ = channel.close().await;
-        });
-    }
-}
-
 /// One peer connection, closed when its last handle is dropped.
 #[derive(Clone)]
 pub struct PeerLink {
@@ -229,8 +227,9 @@ pub struct PeerLink {
     /// peer may have stopped answering on this link.
     open_abandoned: Arc<AtomicBool>,
     /// Data channels the peer has open on an answering link.
-    open_channels: Arc<AtomicUsize>,
-    created: Instant,
+    channels: Arc<std::sync::Mutex<channel::LinkChannels>>,
+    /// The peer's address on the candidate pair ICE selected, once known.
+    remote_address: Arc<OnceLock<SocketAddr>>,
     _closer: Arc<ClosesOnDrop>,
 }
 
@@ -319,42 +318,54 @@ impl PeerLink {
     }
 
     /// Answers a remote offer (SDP JSON); every data channel the remote
-    /// side opens is handed to `on_channel` once open, as long as fewer
-    /// than `max_channels` of its channels are open (more are closed at
-    /// once).
+    /// side opens is handed to `on_channel` once open, with the peer's
+    /// address on the link (see [`PeerLink::learn_remote_address`]); at
+    /// `max_channels` open, a new one closes the one least recently used
+    /// by a reply. Each reply written on them marks `activity`.
     pub async fn answer<F>(
         &self,
         offer: &str,
         max_channels: usize,
+        activity: Arc<Activity>,
         on_channel: F,
     ) -> Result<String, Error>
     where
-        F: Fn(ChannelStream) + Send + Sync + 'static,
+        F: Fn(ChannelStream, Option<SocketAddr>) + Send + Sync + 'static,
     {
         let offer: RTCSessionDescription =
             serde_json::from_str(offer).map_err(|e| error(format!("malformed SDP offer: {e}")))?;
         let on_channel = Arc::new(on_channel);
-        let open_channels = self.open_channels.clone();
+        let channels = self.channels.clone();
+        let used = activity;
+        let remote_address = self.remote_address.clone();
         // Weak: the connection owns this closure.
         let connection = Arc::downgrade(&self.connection);
         let incoming = move |channel: Arc<dyn DataChannel>| {
-            if open_channels.fetch_add(1, Ordering::Relaxed) >= max_channels {
-                open_channels.fetch_sub(1, Ordering::Relaxed);
-                return close_later(channel);
-            }
-            let slot = ChannelSlot(open_channels.clone());
+            let (id, last_used, base) = channels
+                .lock()
+                .expect("channels lock")
+                .admit(channel.clone(), max_channels);
+            let slot = ChannelSlot {
+                channels: channels.clone(),
+                id,
+                last_used,
+                base,
+                used: used.clone(),
+            };
             let on_channel = on_channel.clone();
             let connection = connection.clone();
+            let remote_address = remote_address.clone();
             // Not awaited here: the stack waits for this handler.
             tokio::spawn(async move {
                 let Some(connection) = connection.upgrade() else {
                     return;
                 };
                 let message_size = message_size(&*connection).await;
+                let address = selected_remote(&*connection, &remote_address).await;
                 if let Ok(stream) =
                     ChannelStream::open(channel, Some(slot), None, message_size).await
                 {
-                    on_channel(stream);
+                    on_channel(stream, address);
                 }
             });
         };
@@ -400,15 +411,34 @@ impl PeerLink {
             )
     }
 
-    /// Whether the peer has no data channel open on this (answering)
-    /// link: it carries no call, and may be shed to make room.
-    pub fn is_idle(&self) -> bool {
-        self.open_channels.load(Ordering::Relaxed) == 0
+    /// Resolves once the link is connected (true), or has failed or closed
+    /// (false).
+    pub async fn connected(&self) -> bool {
+        let mut state = self.events.state.subscribe();
+        let reached = state
+            .wait_for(|state| {
+                matches!(
+                    state,
+                    RTCPeerConnectionState::Connected
+                        | RTCPeerConnectionState::Failed
+                        | RTCPeerConnectionState::Closed
+                )
+            })
+            .await;
+        matches!(reached.as_deref(), Ok(RTCPeerConnectionState::Connected))
     }
 
-    /// When the link was made.
-    pub fn created(&self) -> Instant {
-        self.created
+    /// The peer's address on this link: the remote side of the candidate
+    /// pair ICE selected (a path the peer proved it answers on, unlike the
+    /// candidates its SDP claims; a relayed peer's is its TURN relay's).
+    /// `None` until ICE has selected a pair.
+    pub async fn learn_remote_address(&self) -> Option<SocketAddr> {
+        selected_remote(&*self.connection, &self.remote_address).await
+    }
+
+    /// The peer's address on this link, if already learnt.
+    pub fn remote_address(&self) -> Option<SocketAddr> {
+        self.remote_address.get().copied()
     }
 
     /// Closes the connection and its channels; errors are not interesting
@@ -441,6 +471,28 @@ async fn message_size(connection: &dyn PeerConnection) -> usize {
         Ok(0) | Err(_) => channel::CHUNK,
         Ok(size) => size.min(channel::CHUNK),
     }
+}
+
+/// The remote address of `connection`'s selected candidate pair, kept in
+/// `cache` once known (the pair of an answering link does not change).
+async fn selected_remote(
+    connection: &dyn PeerConnection,
+    cache: &OnceLock<SocketAddr>,
+) -> Option<SocketAddr> {
+    if let Some(known) = cache.get() {
+        return Some(*known);
+    }
+    let sctp = connection.sctp().await?;
+    let pair = sctp
+        .transport()
+        .ice_transport()
+        .get_selected_candidate_pair()
+        .await
+        .ok()??;
+    let remote = pair.remote();
+    // An mDNS name is not an address; such a peer is its own source.
+    let ip: IpAddr = remote.address.parse().ok()?;
+    Some(*cache.get_or_init(|| SocketAddr::new(ip, remote.port)))
 }
 
 impl PendingChannel {

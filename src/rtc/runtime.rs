@@ -248,22 +248,33 @@ mod tests {
         assert!(waited.is_err(), "a close's wait was cut short");
     }
 
+    /// Linux grants `min(asked, <sysctl>_max)` and reports twice that (its
+    /// bookkeeping overhead); a socket left alone keeps `<sysctl>_default`,
+    /// which is at most the max: so the figures below differ from the
+    /// untouched socket's on any kernel, stock settings included.
+    #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn sockets_get_a_larger_receive_buffer_than_the_default() {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let default = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+    async fn sockets_ask_for_a_window_of_kernel_buffer_each_way() {
+        let sysctl = |name: &str| -> usize {
+            let path = format!("/proc/sys/net/core/{name}");
+            std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{path}: {e}"))
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{path}: {e}"))
+        };
         let wrapped = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let probe = wrapped.try_clone().unwrap();
+        let probe = socket2::SockRef::from(&wrapped).try_clone().unwrap();
         let _async = DriverRuntime::for_connection()
             .wrap_udp_socket(wrapped)
             .unwrap();
-        let enlarged = socket2::SockRef::from(&probe).recv_buffer_size().unwrap();
-        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
-            .ok()
-            .and_then(|max| max.trim().parse().ok())
-            .unwrap_or(0);
-        if rmem_max > default {
-            assert!(enlarged > default, "{enlarged} <= default {default}");
-        }
+        let receive = probe.recv_buffer_size().unwrap();
+        let send = probe.send_buffer_size().unwrap();
+        assert_eq!(receive, 2 * SOCKET_BUFFER.min(sysctl("rmem_max")));
+        assert_eq!(send, 2 * SOCKET_BUFFER.min(sysctl("wmem_max")));
+        // An untouched socket has the default, half of the above or less.
+        let untouched = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let untouched = socket2::SockRef::from(&untouched);
+        assert!(untouched.recv_buffer_size().unwrap() < receive);
     }
 }

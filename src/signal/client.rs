@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use actix::{Actor, Addr};
 use async_trait::async_trait;
-use babble_net_actors::signaling::tls::{self, Trust};
 use babble_net_actors::signaling::{
     CloseSignal, GetStatus, Listen, Offer, SendOffer, SignalError, SignalSettings, SignalStatus,
     Signaling,
 };
+use babble_net_core::signaling::tls::{self, Trust};
 use futures::Stream;
 use slog::Logger;
 use tokio::sync::mpsc;
@@ -74,9 +74,10 @@ impl WampSignal {
     /// `signal-skip-verify`, `signal-ca-file`, and with `signal-auth` the
     /// node's key from `key-file`, whose `PubKeyHex` `id` must be) under
     /// `id`, with the
-    /// default limits of [`SignalSettings::new`] and `join-timeout` to
-    /// connect. A `signal-addr` starting with `ws://` connects without
-    /// TLS.
+    /// default limits of [`SignalSettings::new`], `signal-connect-timeout`
+    /// to connect and `offer-timeout` for offers (see
+    /// [`crate::limits::signal`]). A `signal-addr` starting with `ws://`
+    /// connects without TLS.
     pub fn from_config(
         config: &Config,
         id: impl Into<String>,
@@ -111,14 +112,9 @@ impl WampSignal {
             }
             false => None,
         };
-        let settings = SignalSettings {
-            tls,
-            connect_timeout: config.join_timeout,
-            max_offer_age: config.join_timeout,
-            key,
-            ..SignalSettings::new(&config.signal_addr, &config.signal_realm, id)
-        };
-        Ok(WampSignal::new(settings, config.join_timeout, log))
+        crate::limits::warn_carried_over(config, &log);
+        let settings = crate::limits::signal(config, id, tls, key);
+        Ok(WampSignal::new(settings, config.offer_deadline(), log))
     }
 
     /// Whether the session is open and our ID registered.

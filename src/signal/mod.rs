@@ -9,8 +9,10 @@ pub mod router;
 
 use async_trait::async_trait;
 
-pub use babble_net_actors::signaling::tls::{client_config, Trust};
-pub use babble_net_actors::signaling::{Offer, SignalError, SignalSettings, SignalStatus};
+pub use babble_net_core::signaling::tls::{client_config, Trust};
+pub use babble_net_core::signaling::{
+    Offer, SignalError, SignalSettings, SignalStatus, TlsFailure,
+};
 pub use client::{Offers, WampSignal};
 
 /// How WebRTC peers find each other: each registers under its ID; an offer

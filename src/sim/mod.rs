@@ -69,7 +69,7 @@ pub use link::Link;
 use link::{Fate, LinkState};
 use partition::Partition;
 
-use crate::inmem::PeerLink;
+use crate::inmem::{Network, Route};
 use crate::{logging, Config, InmemTransport};
 
 /// Link states are kept in this many independently locked shards, so that
@@ -104,7 +104,7 @@ pub(crate) struct Shared {
     links: RwLock<HashMap<String, HashMap<String, Link>>>,
     partition: RwLock<Partition>,
     /// Every node's transport, by address.
-    nodes: RwLock<HashMap<String, PeerLink>>,
+    nodes: RwLock<HashMap<String, Route>>,
     /// The state of each direction of each link used: from → to → state,
     /// sharded by `from`.
     states: Vec<Mutex<HashMap<String, HashMap<String, LinkState>>>>,
@@ -176,7 +176,7 @@ impl SimNetwork {
             self.log.clone(),
             self.shared.clone(),
         );
-        write(&self.shared.nodes).insert(addr, PeerLink::to(&transport));
+        write(&self.shared.nodes).insert(addr, Route::to(&transport));
         transport
     }
 
@@ -213,16 +213,24 @@ impl SimNetwork {
     }
 }
 
-impl Shared {
-    /// The transport at `addr`.
-    pub(crate) fn route(&self, addr: &str) -> Option<PeerLink> {
+impl Network for Shared {
+    fn route(&self, addr: &str) -> Option<Route> {
         read(&self.nodes).get(addr).cloned()
     }
 
-    /// Carries a message from `from` to `to`: returns once it arrives,
-    /// `false` at once if it never will. `size` gives its bytes, asked
-    /// only of a link with a bandwidth limit.
-    pub(crate) async fn carry(&self, from: &str, to: &str, size: impl FnOnce() -> usize) -> bool {
+    fn carry<'a>(
+        &'a self,
+        from: &'a str,
+        to: &'a str,
+        size: &'a (dyn Fn() -> usize + Sync),
+    ) -> futures::future::BoxFuture<'a, bool> {
+        Box::pin(self.carry_message(from, to, size))
+    }
+}
+
+impl Shared {
+    /// See [`Network::carry`].
+    async fn carry_message(&self, from: &str, to: &str, size: &(dyn Fn() -> usize + Sync)) -> bool {
         if read(&self.partition).separates(from, to) {
             self.cut.fetch_add(1, Ordering::Relaxed);
             return false;

@@ -75,7 +75,9 @@ impl Node {
         let _ = self.child.wait();
     }
 
-    /// Stops the node (SIGTERM) and returns what it printed then.
+    /// Stops the node (SIGTERM) and returns what it printed then. A node
+    /// that does not exit by itself within 20 s, or exits with an error,
+    /// fails the test: its last report would be missing or wrong.
     pub fn stop(mut self) -> Vec<String> {
         let pid = self.child.id().to_string();
         let _ = std::process::Command::new("kill")
@@ -89,27 +91,49 @@ impl Node {
                 Err(_) => break,
             }
         }
+        // Its stdout closed: it has exited or is about to.
+        let exited = wait_for_exit(&mut self.child, Duration::from_secs(5));
         let _ = self.child.kill();
         let _ = self.child.wait();
-        printed
+        match exited {
+            Some(status) if status.success() => printed,
+            Some(status) => panic!("node {pid} exited with {status} on SIGTERM"),
+            None => panic!("node {pid} did not exit on SIGTERM"),
+        }
     }
 
-    /// Open file descriptors of the process.
+    /// Open file descriptors of the process; fails the test if the process
+    /// is gone (a dead node has no leak to measure, and is a failure).
     pub fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
-            .unwrap_or(0)
+            .unwrap_or_else(|e| panic!("node {} is gone: {e}", self.pid()))
     }
 
-    /// Resident memory of the process, in KiB.
+    /// Resident memory of the process, in KiB; fails the test if the
+    /// process is gone.
     pub fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|status| {
-                let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-                line.split_whitespace().nth(1)?.parse().ok()
-            })
-            .unwrap_or(0)
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("node {} is gone: {e}", self.pid()));
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("node {} has no VmRSS (a zombie?)", self.pid()))
+    }
+}
+
+/// The exit status of `child` once it exits, or `None` after `deadline`.
+fn wait_for_exit(child: &mut Child, deadline: Duration) -> Option<std::process::ExitStatus> {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -95,7 +95,12 @@ pub fn rpc_results(output: &str) -> Vec<RpcResult> {
             let (rpc, json) = rest.split_once(' ').unwrap_or((rest, ""));
             let report: serde_json::Value = serde_json::from_str(json)
                 .unwrap_or_else(|_| panic!("{rpc}: no rpcbench report in {rest:?}"));
-            let field = |name: &str| report[name].as_u64().unwrap_or_default();
+            // A report without its counts is a broken run, not a clean one.
+            let field = |name: &str| {
+                report[name]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{rpc}: no {name:?} count in {rest:?}"))
+            };
             RpcResult {
                 rpc: rpc.to_owned(),
                 calls: field("calls"),

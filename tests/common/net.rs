@@ -43,5 +43,38 @@ pub async fn eventually(limit: Duration, what: &str, mut condition: impl FnMut()
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
-        .unwrap_or(0)
+        .expect("/proc/self/fd is readable")
+}
+
+/// Sockets this process holds whose local port is `port` (a node's
+/// inbound connections, and its listening socket), found by asking each
+/// descriptor for its address: a socket the kernel has already closed but
+/// the process still holds counts too. Unlike [`open_fds`], other tests of
+/// the binary running at the same time do not move it: it counts what one
+/// transport owns.
+pub fn sockets_on_port(port: u16) -> usize {
+    use std::os::fd::BorrowedFd;
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd is readable")
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            if !target.to_string_lossy().starts_with("socket:") {
+                return None;
+            }
+            entry.file_name().to_str()?.parse::<i32>().ok()
+        })
+        .filter(|&fd| {
+            // SAFETY: the descriptor is only borrowed for one getsockname
+            // call; if another thread closed (or reused) it meanwhile, the
+            // call fails or names another socket, which a test tolerates
+            // as well as the race it stands for.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            socket2::SockRef::from(&borrowed)
+                .local_addr()
+                .ok()
+                .and_then(|addr| addr.as_socket())
+                .is_some_and(|addr| addr.port() == port)
+        })
+        .count()
 }

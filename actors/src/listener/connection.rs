@@ -12,39 +12,43 @@
 //! * while the node answers, the socket is watched: a caller that hangs up
 //!   abandons its request (the [`Rpc`] sees it) and frees the slot.
 //!
+//! * a reply being written, like a request being answered, can be evicted
+//!   for a newcomer (see [`crate::places`]).
+//!
 //! Bytes buffered beyond a connection's first 64 KiB are taken from the
-//! Listener's shared budget, and given back once the request is decoded.
+//! Listener's budgets ([`super::budget`]): the inbound one while a request
+//! is read (given back with the request's buffer once it is decoded), the
+//! outbound one while its encoded reply waits to be written.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
 use bytes::BytesMut;
 use futures::future::BoxFuture;
 use slog::{debug, Logger};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
-use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
-use super::slots::Activity;
-use super::{ListenerCounters, ListenerLimits};
-use crate::codec::{CodecError, Reply, ServerCodec};
+use super::budget::{Budget, Reservation, FREE_BUFFER};
+use super::ListenerLimits;
+use crate::codec::{reply_capacity, write_reply, CodecError, RawRequest, Reply, ServerCodec};
 use crate::deadline::DeadlineStream;
-use crate::dispatcher::{Dispatch, Dispatcher};
-use crate::error::SHUTTING_DOWN;
+use crate::error::{REPLIES_BACKED_UP, SHUTTING_DOWN};
+use crate::fair_queue::FairQueue;
+use crate::io_arbiters::IoArbiters;
+use crate::places::Activity;
 use crate::rpc::Rpc;
+use crate::source::Source;
 use crate::stream::{BoxConnection, Upgraded};
+use crate::wire::Command;
 
-/// Bytes a connection may buffer outside the shared budget.
-const FREE_BUFFER: usize = 64 * 1024;
+/// A reader yields to the thread's other tasks after each this many bytes
+/// of a request.
+const YIELD_EVERY: usize = 1024 * 1024;
 
 /// The most an idle connection's buffer keeps between requests.
 const IDLE_BUFFER: usize = 8 * 1024;
-/// The budget is counted in units of this many bytes.
-const BUDGET_UNIT: usize = 1024;
 /// Bytes a caller may send while its request is being answered (Go sends
 /// one newline after a request; a client never pipelines).
 const MAX_WHILE_SERVING: usize = 1024;
@@ -52,13 +56,20 @@ const MAX_WHILE_SERVING: usize = 1024;
 /// What serving a connection needs from its Listener.
 pub(super) struct Context {
     pub(super) remote: String,
+    /// Where the connection comes from, when `remote` does not say it.
+    pub(super) address: Option<std::net::SocketAddr>,
     pub(super) activity: Arc<Activity>,
     /// Cancelled when the connection is shed or the Listener stops.
     pub(super) kick: CancellationToken,
-    pub(super) dispatcher: Addr<Dispatcher>,
+    /// Where requests wait for the node, by source.
+    pub(super) queue: Arc<FairQueue>,
     pub(super) limits: ListenerLimits,
-    pub(super) budget: Arc<Semaphore>,
-    pub(super) counters: Arc<ListenerCounters>,
+    /// The budget for requests being read.
+    pub(super) inbound: Budget,
+    /// The budget for encoded replies waiting to be written.
+    pub(super) outbound: Budget,
+    /// Where large requests are parsed and large replies encoded.
+    pub(super) io: Arc<IoArbiters>,
     pub(super) shutdown: CancellationToken,
     pub(super) log: Logger,
 }
@@ -88,26 +99,34 @@ pub(super) async fn serve(
         _ = cx.kick.cancelled() => return Ok(Ended::Kicked),
     };
     let peer_key = upgraded.peer_key;
+    let source = Source::of(&cx.remote, cx.address, peer_key.as_ref());
     let mut stream = DeadlineStream::new(upgraded.connection);
     let mut buf = BytesMut::new();
     let mut codec = ServerCodec::new(cx.limits.max_request_size);
-    let mut reserved = Reservation {
-        permits: None,
-        counters: cx.counters.clone(),
-    };
+    let mut reserved = cx.inbound.share();
+    let mut sending = cx.outbound.share();
     // Bytes read before the current request (for the bytes metric).
     let mut read_before = 0;
+    // One wait for a kick for the whole connection, not one per request.
+    let kicked = cx.kick.cancelled();
+    tokio::pin!(kicked);
     loop {
         let idle_until = Instant::now() + cx.limits.idle_timeout;
-        let command = tokio::select! {
+        let raw = tokio::select! {
+            biased;
             read = read_request(&mut stream, &mut buf, &mut codec, &mut reserved, idle_until, &cx) => match read? {
-                Read::Request(command) => command,
+                Read::Request(raw) => raw,
                 Read::Ended(ended) => return Ok(ended),
             },
-            _ = cx.kick.cancelled() => return Ok(Ended::Kicked),
+            _ = &mut kicked => return Ok(Ended::Kicked),
         };
-        reserved.fit(buf.len());
-        cx.activity.serving();
+        let command = decode_request(raw, &cx).await?;
+        // The request's buffer goes with it: a connection being answered
+        // keeps at most a small one, and is charged for what it keeps.
+        if buf.capacity() > IDLE_BUFFER {
+            buf = BytesMut::from(&buf[..]);
+        }
+        reserved.fit(buf.capacity());
         let decoded = std::time::Instant::now();
         let read_total = stream.read_total();
         crate::metrics::bytes(
@@ -120,50 +139,104 @@ pub(super) async fn serve(
         let (mut rpc, pending) = Rpc::new(command, Some(cx.remote.clone()));
         rpc.peer_key = peer_key;
         let answered = async {
-            // A stopped Dispatcher drops the RPC, which answers `pending`.
-            let _ = cx.dispatcher.send(Dispatch(rpc)).await;
+            // A closed queue answers the RPC itself.
+            cx.queue.push(&source, rpc).await;
             pending.await
         };
         // Nothing bounds the node's own answer time here; a caller that
         // gives up closes its connection, which ends the wait.
         stream.restart(None);
         let reply: Reply = tokio::select! {
+            biased;
             reply = answered => reply,
             gone = caller_gone(&mut stream, &mut buf) => {
                 gone?;
                 debug!(cx.log, "the caller hung up before the answer"; "rpc" => %rpc_type);
                 return Ok(Ended::Abandoned);
             }
-            _ = cx.kick.cancelled() => match cx.shutdown.is_cancelled() {
+            _ = &mut kicked => match cx.shutdown.is_cancelled() {
                 true => Reply::error(SHUTTING_DOWN),
                 false => return Ok(Ended::Kicked),
             },
         };
         debug!(cx.log, "answering"; "rpc" => %rpc_type, "error" => &reply.error);
-        let mut out = BytesMut::new();
-        codec.encode(&reply, &mut out)?;
+        // While the node is closing, the refusal above is still written.
+        let evictable = !cx.shutdown.is_cancelled();
+        // A reply beyond the free allowance waits for the outbound budget,
+        // within the timeout and while it may be evicted; without it the
+        // RPC fails with an error the caller can act on.
+        let capacity = reply_capacity(&reply);
+        let reply = tokio::select! {
+            biased;
+            _ = &mut kicked, if evictable => return Ok(Ended::Kicked),
+            got = sending.grow(capacity, cx.limits.timeout) => match got {
+                Ok(()) => reply,
+                Err(_) => {
+                    debug!(cx.log, "no outbound budget for a reply"; "rpc" => %rpc_type, "bytes" => capacity);
+                    Reply::error(REPLIES_BACKED_UP)
+                }
+            },
+        };
+        let (mut out, mut ok) = encode_reply(reply, capacity, &cx).await?;
+        if sending.grow(out.capacity(), Duration::ZERO).await.is_err() {
+            // The estimate fell short (the buffer grew) and the budget is
+            // spent.
+            let refusal = Reply::error(REPLIES_BACKED_UP);
+            let capacity = reply_capacity(&refusal);
+            (out, ok) = encode_reply(refusal, capacity, &cx).await?;
+        }
         stream.restart_with_rate(cx.limits.timeout, cx.limits.min_rate);
-        stream.write_all(&out).await?;
-        stream.flush().await?;
+        // A reply being written can be evicted too: a peer that never reads
+        // would otherwise hold its slot and its budget until the deadline.
+        tokio::select! {
+            biased;
+            _ = &mut kicked, if evictable => return Ok(Ended::Kicked),
+            written = crate::deadline::write_frame(&mut stream, &out) => written?,
+        }
+        // The caller's next request may follow within microseconds.
+        crate::spin::expect_io();
         let transport = cx.limits.transport;
         crate::metrics::bytes(transport, "out", out.len());
-        let ok = reply.error.is_empty();
         crate::metrics::rpc_done(transport, "in", rpc_type, ok, decoded.elapsed());
+        drop(out);
+        sending.fit(0);
         if cx.shutdown.is_cancelled() {
             return Ok(Ended::Kicked);
         }
-        cx.activity.idle(std::time::Instant::now());
-        // An idle connection keeps no more than a small request's buffer.
-        if buf.is_empty() && buf.capacity() > IDLE_BUFFER {
-            buf = BytesMut::new();
-        }
-        reserved.fit(buf.len());
+        cx.activity.completed(std::time::Instant::now());
     }
+}
+
+/// Parses a request, on an I/O arbiter when it is large.
+async fn decode_request(raw: RawRequest, cx: &Context) -> Result<Command, CodecError> {
+    let large = raw.len() > cx.limits.large_frame;
+    cx.io.run(large, move || raw.decode()).await?
+}
+
+/// Encodes `reply` into a buffer of `capacity` bytes (see
+/// [`reply_capacity`]), on an I/O arbiter when it is large. Returns the
+/// frame and whether the reply was a success.
+async fn encode_reply(
+    reply: Reply,
+    capacity: usize,
+    cx: &Context,
+) -> Result<(BytesMut, bool), CodecError> {
+    let ok = reply.error.is_empty();
+    let encode = move || {
+        let mut out = BytesMut::with_capacity(capacity);
+        write_reply(&reply, &mut out).map(|()| out)
+    };
+    Ok((
+        cx.io
+            .run(capacity > cx.limits.large_frame, encode)
+            .await??,
+        ok,
+    ))
 }
 
 /// What reading a request came to.
 enum Read {
-    Request(crate::wire::Command),
+    Request(RawRequest),
     Ended(Ended),
 }
 
@@ -181,26 +254,35 @@ async fn read_request(
     // request's first byte, the request's own.
     stream.until(idle_until);
     let mut reading = false;
+    // Bytes of the request buffered when the reader last yielded.
+    let mut yielded_at = 0;
     loop {
-        if let Some(command) = codec.decode(buf)? {
-            return Ok(Read::Request(command));
+        if let Some(raw) = codec.decode_raw(buf)? {
+            return Ok(Read::Request(raw));
         }
-        if codec.is_mid_frame() {
-            if !reading {
-                stream.restart_with_rate(cx.limits.timeout, cx.limits.min_rate);
-                cx.activity.reading(std::time::Instant::now());
-                reading = true;
-            }
-            cx.activity.read(stream.moved());
+        if buf.len() > yielded_at + YIELD_EVERY {
+            // A reader reads on while its socket has data: let the node's
+            // other tasks run between the megabytes of a large request.
+            yielded_at = buf.len();
+            tokio::task::yield_now().await;
+        }
+        if codec.is_mid_frame() && !reading {
+            stream.restart_with_rate(cx.limits.timeout, cx.limits.min_rate);
+            reading = true;
         }
         if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(buf.len().clamp(4096, FREE_BUFFER));
+            match buf.len() > cx.limits.large_frame {
+                // Copying a large request into a bigger buffer would stall
+                // the node's thread: it moves to an I/O thread.
+                true => cx.io.grow(buf).await.map_err(CodecError::Io)?,
+                false => buf.reserve(buf.len().clamp(4096, FREE_BUFFER)),
+            }
         }
         // Waiting for budget is part of the request's time, not a pause
         // outside it.
         let wait = stream.time_left().unwrap_or(cx.limits.timeout);
         reserved
-            .grow(buf.capacity(), &cx.budget, wait)
+            .grow(buf.capacity(), wait)
             .await
             .map_err(CodecError::Io)?;
         let read = match stream.read_buf(buf).await {
@@ -214,8 +296,8 @@ async fn read_request(
             Err(e) => return Err(e.into()),
         };
         if read == 0 {
-            return match codec.decode_eof(buf)? {
-                Some(command) => Ok(Read::Request(command)),
+            return match codec.decode_raw_eof(buf)? {
+                Some(raw) => Ok(Read::Request(raw)),
                 None => Ok(Read::Ended(Ended::Closed)),
             };
         }
@@ -248,80 +330,4 @@ async fn caller_gone(
             ));
         }
     }
-}
-
-/// The share of the Listener's buffer budget a connection holds.
-struct Reservation {
-    permits: Option<OwnedSemaphorePermit>,
-    counters: Arc<ListenerCounters>,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.fit(0);
-    }
-}
-
-impl Reservation {
-    fn held(&self) -> usize {
-        self.permits.as_ref().map_or(0, |p| p.num_permits())
-    }
-
-    /// Makes sure a buffer of `capacity` bytes is covered, waiting at most
-    /// `wait` for the budget.
-    async fn grow(
-        &mut self,
-        capacity: usize,
-        budget: &Arc<Semaphore>,
-        wait: Duration,
-    ) -> std::io::Result<()> {
-        let needed = units(capacity);
-        let held = self.held();
-        if needed <= held {
-            return Ok(());
-        }
-        let more = u32::try_from(needed - held).unwrap_or(u32::MAX);
-        let acquire = budget.clone().acquire_many_owned(more);
-        let permit = tokio::time::timeout(wait, acquire)
-            .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the inbound buffer budget stayed exhausted",
-                )
-            })?
-            .expect("the budget is never closed");
-        self.counters
-            .buffered
-            .fetch_add(permit.num_permits() * BUDGET_UNIT, Ordering::Relaxed);
-        match &mut self.permits {
-            Some(permits) => permits.merge(permit),
-            None => self.permits = Some(permit),
-        }
-        Ok(())
-    }
-
-    /// Gives back what a buffer of `len` bytes does not need.
-    fn fit(&mut self, len: usize) {
-        let needed = units(len);
-        let held = self.held();
-        if needed >= held {
-            return;
-        }
-        self.counters
-            .buffered
-            .fetch_sub((held - needed) * BUDGET_UNIT, Ordering::Relaxed);
-        if let Some(permits) = &mut self.permits {
-            if needed == 0 {
-                self.permits = None;
-            } else {
-                drop(permits.split(held - needed));
-            }
-        }
-    }
-}
-
-/// Budget units for a buffer of `bytes`, beyond the free allowance.
-fn units(bytes: usize) -> usize {
-    bytes.saturating_sub(FREE_BUFFER).div_ceil(BUDGET_UNIT)
 }

@@ -1,41 +1,47 @@
 //! The Listener actor: accepts connections and serves the requests that
 //! arrive on them.
 //!
-//! Each accepted connection gets its own reader task ([`connection`]): it
-//! reads one request, hands it to the [`Dispatcher`], waits for the answer
+//! Each accepted connection gets its own reader task: it reads one
+//! request, hands it to the node (through the transport's [`FairQueue`]
+//! and the [`Dispatcher`](crate::dispatcher)), waits for the answer
 //! and writes it back, then reads the next one, so replies go out in order.
 //! A connection that sends something undecodable, or breaks a limit, is
 //! closed and the event logged; other connections are not affected.
 //!
-//! Connections are served on the transport's I/O arbiters
-//! ([`IoArbiters`]), round robin; the Listener itself, the accept loop and
-//! the Dispatcher stay on the transport's own arbiter.
+//! Connections are served on the Listener's own arbiter (the transport's),
+//! where the accept loop and the Dispatcher also run: a small request is
+//! read, parsed and answered there with no hand-off to another thread. A
+//! request larger than `large_frame` is parsed, and a reply larger than it
+//! encoded, on the transport's I/O arbiters ([`IoArbiters`]) while the
+//! connection waits, so a large frame never stalls the node's thread.
 //!
 //! The Listener never stops accepting: at `max_inbound` connections (or
 //! `max_inbound_per_ip` from one address) a newcomer is still served, and
-//! an idle or slow connection is shed for it ([`slots`]), so nobody can
-//! lock honest peers out by holding connections open. Accept errors (such
+//! a connection of the source holding the most is evicted for it
+//! ([`crate::places`]), so nobody can lock honest peers out by holding
+//! connections open, busy or not. Requests wait for the node in the transport's
+//! [`FairQueue`], sources in turn. Accept errors (such
 //! as running out of file descriptors) are retried after a pause that
 //! grows up to a second, never in a hot loop.
 
+mod budget;
 mod connection;
-mod slots;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
 use slog::{debug, info, warn, Logger};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatcher::Dispatcher;
+use crate::fair_queue::FairQueue;
 use crate::io_arbiters::IoArbiters;
-use crate::stream::{BoxConnection, StreamLayer};
+use crate::places::{Places, Shed};
+use crate::stream::{Inbound, StreamLayer};
+use budget::Budget;
 use connection::Ended;
-use slots::{Shed, Slots};
 
 /// Limits of a Listener.
 #[derive(Clone, Debug)]
@@ -53,11 +59,18 @@ pub struct ListenerLimits {
     pub min_rate: u64,
     /// Largest request accepted.
     pub max_request_size: usize,
-    /// Bytes all connections together may buffer beyond 64 KiB each.
+    /// Bytes all connections together may buffer for requests beyond
+    /// 64 KiB each.
     pub buffer_budget: usize,
+    /// Bytes all connections together may hold in encoded replies waiting
+    /// to be written, beyond 64 KiB each.
+    pub outbound_budget: usize,
     /// Time a stream layer's handshake may take (see
     /// [`StreamLayer::upgrade`]).
     pub handshake_timeout: Duration,
+    /// Requests and replies larger than this (in bytes) are parsed and
+    /// encoded on the I/O arbiters.
+    pub large_frame: usize,
     /// The `transport` label of this Listener's metrics.
     pub transport: &'static str,
 }
@@ -71,7 +84,9 @@ pub struct ListenerCounters {
     shed: AtomicU64,
     refused: AtomicU64,
     /// Budget bytes held by connections reading large requests.
-    buffered: AtomicUsize,
+    buffered: Arc<AtomicUsize>,
+    /// Budget bytes held by connections writing large replies.
+    outbound: Arc<AtomicUsize>,
 }
 
 impl ListenerCounters {
@@ -91,33 +106,42 @@ impl ListenerCounters {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Connections shed to make room for newcomers.
+    /// Connections evicted to make room for newcomers.
     pub fn shed(&self) -> u64 {
         self.shed.load(Ordering::Relaxed)
     }
 
-    /// Newcomers refused because every connection was being answered.
+    /// Newcomers refused. Always zero: at a cap a connection is evicted
+    /// for the newcomer instead (kept so that dashboards reading it keep
+    /// working).
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Bytes of the shared buffer budget held now (beyond each
+    /// Bytes of the inbound buffer budget held now (beyond each
     /// connection's free 64 KiB).
     pub fn buffered(&self) -> usize {
         self.buffered.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the outbound buffer budget held now by encoded replies
+    /// (beyond each connection's free 64 KiB).
+    pub fn outbound(&self) -> usize {
+        self.outbound.load(Ordering::Relaxed)
     }
 }
 
 /// See the [module docs](self).
 pub struct Listener {
     layer: Arc<dyn StreamLayer>,
-    /// Where connections are served.
+    /// Where large frames are parsed and encoded.
     io: Arc<IoArbiters>,
-    dispatcher: Addr<Dispatcher>,
+    queue: Arc<FairQueue>,
     limits: ListenerLimits,
     counters: Arc<ListenerCounters>,
-    slots: Arc<Mutex<Slots>>,
-    budget: Arc<Semaphore>,
+    slots: Arc<Mutex<Places>>,
+    inbound: Budget,
+    outbound: Budget,
     /// Cancelled to stop accepting and close every inbound connection.
     shutdown: CancellationToken,
     /// Fires once the accept loop has ended (and released the layer).
@@ -126,26 +150,40 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// A Listener accepting from `layer`, serving connections on `io` and
-    /// delivering to `dispatcher`. It stops when `shutdown` is cancelled.
+    /// A Listener accepting from `layer`, parsing and encoding large frames
+    /// on `io` and queueing requests for the node in `queue`. It stops when
+    /// `shutdown` is cancelled.
     pub fn new(
         layer: Arc<dyn StreamLayer>,
         io: Arc<IoArbiters>,
-        dispatcher: Addr<Dispatcher>,
+        queue: Arc<FairQueue>,
         limits: ListenerLimits,
         counters: Arc<ListenerCounters>,
         shutdown: CancellationToken,
         log: Logger,
     ) -> Self {
-        let slots = Slots::new(limits.max_inbound, limits.max_inbound_per_ip);
-        let units = (limits.buffer_budget / 1024).min(Semaphore::MAX_PERMITS);
+        let slots = Places::new(limits.max_inbound, limits.max_inbound_per_ip);
+        let inbound = Budget::new(
+            limits.buffer_budget,
+            counters.buffered.clone(),
+            "the inbound buffer budget stayed exhausted",
+        );
+        // Replies waiting for the outbound budget are in memory too: no
+        // more of them wait than the budget holds.
+        let outbound = Budget::new(
+            limits.outbound_budget,
+            counters.outbound.clone(),
+            "the outbound buffer budget stayed exhausted",
+        )
+        .with_waiting_room();
         Listener {
             layer,
             io,
-            dispatcher,
+            queue,
             counters,
             slots: Arc::new(Mutex::new(slots)),
-            budget: Arc::new(Semaphore::new(units)),
+            inbound,
+            outbound,
             limits,
             shutdown,
             accept_done: None,
@@ -186,13 +224,18 @@ async fn accept_loop(
     let mut pause = FIRST_PAUSE;
     loop {
         let accepted = tokio::select! {
-            accepted = layer.accept() => accepted,
+            accepted = layer.accept_inbound() => accepted,
             _ = shutdown.cancelled() => return,
         };
         match accepted {
-            Ok((connection, remote)) => {
+            Ok(inbound) => {
                 pause = FIRST_PAUSE;
-                listener.do_send(Accepted { connection, remote });
+                // A bounded hand-off: while the Listener's mailbox is
+                // full, nothing more is accepted (the kernel's backlog
+                // holds the rest).
+                if listener.send(Accepted(inbound)).await.is_err() {
+                    return;
+                }
             }
             Err(err) => {
                 warn!(log, "accept failed, retrying"; "error" => %err, "pause" => ?pause);
@@ -206,31 +249,19 @@ async fn accept_loop(
     }
 }
 
-/// Where a connection comes from, for the per-source cap: its IP address
-/// on TCP, its name otherwise (the peer ID on WebRTC).
-fn source_of(remote: &str) -> String {
-    match remote.parse::<SocketAddr>() {
-        Ok(addr) => addr.ip().to_string(),
-        Err(_) => remote.to_owned(),
-    }
-}
-
 /// A new inbound connection.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Accepted {
-    connection: BoxConnection,
-    remote: String,
-}
+struct Accepted(Inbound);
 
 impl Handler<Accepted> for Listener {
     type Result = ();
 
-    fn handle(&mut self, accepted: Accepted, _: &mut Context<Self>) {
+    fn handle(&mut self, Accepted(accepted): Accepted, _: &mut Context<Self>) {
         let counters = self.counters.clone();
         counters.accepted.fetch_add(1, Ordering::Relaxed);
         let log = self.log.new(slog::o!("peer" => accepted.remote.clone()));
-        let source = source_of(&accepted.remote);
+        let source = crate::source::source_address(&accepted.remote, accepted.address);
         let kick = self.shutdown.child_token();
         let admission =
             self.slots
@@ -268,12 +299,14 @@ impl Handler<Accepted> for Listener {
         let slots = self.slots.clone();
         let cx = connection::Context {
             remote: accepted.remote,
+            address: accepted.address,
             activity,
             kick,
-            dispatcher: self.dispatcher.clone(),
+            queue: self.queue.clone(),
             limits: self.limits.clone(),
-            budget: self.budget.clone(),
-            counters: counters.clone(),
+            inbound: self.inbound.clone(),
+            outbound: self.outbound.clone(),
+            io: self.io.clone(),
             shutdown: self.shutdown.clone(),
             log: log.clone(),
         };
@@ -283,9 +316,8 @@ impl Handler<Accepted> for Listener {
             self.limits.handshake_timeout,
         );
         let reader = connection::serve(upgrading, cx);
-        // Served on an I/O arbiter, round robin: decoding never stalls the
-        // node's arbiter, and connections spread over the cores.
-        self.io.next().spawn(async move {
+        // Served here, on the node's side (see the module docs).
+        actix_rt::spawn(async move {
             match reader.await {
                 Err(err) => {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -336,8 +368,7 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::dispatcher::Delivery;
-    use crate::rpc::Rpc;
+    use crate::stream::BoxConnection;
     use crate::wire::{Response, SyncResponse};
 
     /// Fails its first `failures` accepts, then hands out `connection`.
@@ -385,9 +416,8 @@ mod tests {
             attempts: Mutex::new(Vec::new()),
             connection: Mutex::new(Some(Box::new(server))),
         });
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Rpc>(4);
+        let (queue, mut rx) = FairQueue::new(4);
         let log = Logger::root(slog::Discard, slog::o!());
-        let dispatcher = Dispatcher::new(Delivery::Stream(tx), log.clone()).start();
         let limits = ListenerLimits {
             max_inbound: 4,
             max_inbound_per_ip: 4,
@@ -396,14 +426,16 @@ mod tests {
             min_rate: 1024,
             max_request_size: 1024,
             buffer_budget: 1 << 20,
+            outbound_budget: 1 << 20,
             handshake_timeout: Duration::from_secs(1),
+            large_frame: 1 << 20,
             transport: "test",
         };
         let shutdown = CancellationToken::new();
         let listener = Listener::new(
             layer.clone(),
             IoArbiters::shared(0),
-            dispatcher,
+            queue,
             limits,
             Arc::default(),
             shutdown.clone(),

@@ -14,9 +14,9 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::handshake::{Acceptance, Handshake, MAX_HANDSHAKE_MESSAGE};
 use super::HandshakeError;
 use crate::identity::{NodeKey, PeerKey};
+use babble_net_core::secure::handshake::{Acceptance, Handshake, MAX_HANDSHAKE_MESSAGE};
 
 /// Largest Noise message.
 const MAX_MESSAGE: usize = 65535;
@@ -24,6 +24,9 @@ const MAX_MESSAGE: usize = 65535;
 pub const MAX_PLAINTEXT: usize = MAX_MESSAGE - 16;
 /// Sealed bytes a writer may have queued before it waits for the socket.
 const MAX_QUEUED: usize = 2 * (MAX_MESSAGE + 2);
+/// Bytes of empty buffer a quiet stream keeps (see
+/// `NoiseStream::release_idle_buffers`).
+const IDLE_KEEP: usize = 16 * 1024;
 
 /// See the [module docs](self).
 pub struct NoiseStream<S> {
@@ -49,6 +52,35 @@ impl<S> NoiseStream<S> {
             plain_out: Vec::new(),
             sealed_out: BytesMut::new(),
         }
+    }
+
+    /// Frees the buffers that hold nothing and are larger than a small
+    /// message's, so that an idle connection costs little: a busy one
+    /// holds at most about four messages' worth (the reading and writing
+    /// sides each keep one message sealed and one open, and the writer up
+    /// to [`MAX_QUEUED`] sealed bytes).
+    fn release_idle_buffers(&mut self) {
+        if self.sealed_in.is_empty() && self.sealed_in.capacity() > IDLE_KEEP {
+            self.sealed_in = BytesMut::new();
+        }
+        if self.plain_in.is_empty() && self.plain_in.capacity() > IDLE_KEEP {
+            self.plain_in = BytesMut::new();
+        }
+        if self.sealed_out.is_empty() && self.sealed_out.capacity() > IDLE_KEEP {
+            self.sealed_out = BytesMut::new();
+        }
+        if self.plain_out.is_empty() && self.plain_out.capacity() > IDLE_KEEP {
+            self.plain_out = Vec::new();
+        }
+    }
+
+    /// Bytes of buffers held now.
+    #[cfg(test)]
+    fn buffered_capacity(&self) -> usize {
+        self.sealed_in.capacity()
+            + self.plain_in.capacity()
+            + self.sealed_out.capacity()
+            + self.plain_out.capacity()
     }
 
     /// Seals what was written into one message.
@@ -131,7 +163,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for NoiseStream<S> {
             }
             let spare = this.sealed_in.spare_capacity_mut();
             let mut read = ReadBuf::uninit(spare);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut read);
+            let Poll::Ready(result) = polled else {
+                // Waiting on the socket: a stream that has gone quiet
+                // keeps no large buffers.
+                this.release_idle_buffers();
+                return Poll::Pending;
+            };
+            result?;
             let n = read.filled().len();
             if n == 0 {
                 if this.sealed_in.is_empty() {
@@ -145,10 +184,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for NoiseStream<S> {
             // SAFETY: `n` bytes of the spare capacity were just initialised
             // by the read.
             unsafe { this.sealed_in.set_len(this.sealed_in.len() + n) };
-            // An idle stream keeps no large buffer.
-            if this.sealed_in.is_empty() && this.sealed_in.capacity() > 64 * 1024 {
-                this.sealed_in = BytesMut::new();
-            }
         }
     }
 }
@@ -175,6 +210,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for NoiseStream<S> {
         let this = &mut *self;
         this.seal()?;
         ready!(this.poll_drain(cx))?;
+        // Everything written went out: the writing side holds nothing.
+        this.release_idle_buffers();
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
@@ -322,6 +359,26 @@ mod tests {
         let mut back = [0u8; 4];
         a.read_exact(&mut back).await.unwrap();
         assert_eq!(&back, b"back");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_stream_keeps_no_large_buffers() {
+        let (mut a, mut b) = pair().await;
+        let big = vec![7u8; 300_000];
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            a.write_all(&sent).await.unwrap();
+            a.flush().await.unwrap();
+            a
+        });
+        let mut got = vec![0u8; big.len()];
+        b.read_exact(&mut got).await.unwrap();
+        let a = writer.await.unwrap();
+        assert!(a.buffered_capacity() <= 2 * IDLE_KEEP, "writer");
+        let mut more = [0u8; 1];
+        let wait = tokio::time::timeout(Duration::from_millis(10), b.read(&mut more)).await;
+        assert!(wait.is_err(), "nothing more was sent");
+        assert!(b.buffered_capacity() <= 2 * IDLE_KEEP, "reader");
     }
 
     #[tokio::test]

@@ -13,8 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
-use super::error::SignalError;
-use super::settings::SignalSettings;
+use super::{SignalError, SignalSettings, TlsFailure};
 use crate::stream::BoxConnection;
 
 /// A WebSocket to the router.
@@ -70,7 +69,11 @@ async fn upgrade(settings: &SignalSettings) -> Result<WsStream, SignalError> {
         let tls_stream = tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
             .await
-            .map_err(|e| SignalError::Connect(format!("TLS handshake with {host} failed: {e}")))?;
+            .map_err(|e| SignalError::Tls {
+                host: host.clone(),
+                failure: TlsFailure::of(&e),
+                detail: e.to_string(),
+            })?;
         Box::new(tls_stream)
     } else {
         Box::new(tcp)

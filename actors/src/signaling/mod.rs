@@ -12,14 +12,9 @@
 //! ping, hand out an offer, reconnect after a pause). Incoming offers go to
 //! a bounded channel as [`Offer`]s, each answered exactly once.
 
-pub mod client;
 mod connect;
-mod error;
-mod offer;
-mod settings;
-pub mod signed;
-pub mod tls;
-pub mod wamp;
+
+pub use babble_net_core::signaling::{client, signed, tls, wamp};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,20 +26,29 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+pub use babble_net_core::signaling::{
+    Offer, SignalClient, SignalError, SignalSettings, SignalStatus, TlsFailure,
+};
 use client::Action;
-pub use client::SignalClient;
-pub use error::SignalError;
-pub use offer::Offer;
-pub use settings::SignalSettings;
 
 use wamp::Message;
 
-/// Frames waiting to be written to the router; more mean it is not
-/// reading, and the connection is given up.
-const WRITE_QUEUE: usize = 64;
+/// Frames beyond our own calls and answers that may wait to be written
+/// to the router: refusals of a burst of invocations (a router queues up
+/// to its `max-invocations`, 64 by default, for one callee), pongs and
+/// registrations. More mean the router is not reading, and the connection
+/// is given up.
+const WRITE_QUEUE_SLACK: usize = 96;
 
-/// The open connection: where frames to write go.
-struct Connection {
+/// Frames that may wait to be written: every call and answer we may have
+/// in flight, and the slack above, so that a burst of refused offers
+/// never makes a node drop its own session.
+fn write_queue(settings: &SignalSettings) -> usize {
+    settings.max_calls + settings.max_offers + WRITE_QUEUE_SLACK
+}
+
+/// The open WebSocket to the router: where frames to write go.
+struct OpenSocket {
     generation: u64,
     frames: mpsc::Sender<WsMessage>,
 }
@@ -54,7 +58,7 @@ pub struct Signaling {
     client: SignalClient,
     settings: Arc<SignalSettings>,
     offers: mpsc::Sender<Offer>,
-    connection: Option<Connection>,
+    connection: Option<OpenSocket>,
     /// Bumped on every connection attempt; events of older ones are ignored.
     generation: u64,
     reconnecting: Option<SpawnHandle>,
@@ -102,7 +106,7 @@ impl Signaling {
     fn connected(&mut self, ws: connect::WsStream, ctx: &mut Context<Self>) {
         let generation = self.generation;
         let (sink, source) = ws.split();
-        let (frames, queued) = mpsc::channel(WRITE_QUEUE);
+        let (frames, queued) = mpsc::channel(write_queue(&self.settings));
         let actor = ctx.address();
         actix_rt::spawn(connect::write_frames(
             sink,
@@ -117,7 +121,7 @@ impl Signaling {
             .chain(end)
             .map(move |frame| Incoming { generation, frame });
         ctx.add_stream(incoming);
-        self.connection = Some(Connection { generation, frames });
+        self.connection = Some(OpenSocket { generation, frames });
         self.client.connected(Instant::now());
         crate::metrics::signal_connected(true);
     }
@@ -134,8 +138,22 @@ impl Signaling {
                     request,
                     from,
                     sdp,
+                    signed,
                 } => {
-                    let offer = Offer::new(from, sdp, ctx.address(), session, request);
+                    let (offer, answer) = Offer::new(from, sdp, signed);
+                    let actor = ctx.address();
+                    // The answer (or the error of an offer dropped
+                    // unanswered) goes back to the session it came on.
+                    actix_rt::spawn(async move {
+                        let result = answer
+                            .await
+                            .unwrap_or_else(|_| Err("the offer was dropped".into()));
+                        actor.do_send(AnswerOffer {
+                            session,
+                            request,
+                            result,
+                        });
+                    });
                     // A full or closed queue drops the offer, which answers it.
                     if self.offers.try_send(offer).is_err() {
                         warn!(self.log, "refusing an offer: nobody takes them fast enough");
@@ -347,17 +365,6 @@ impl Handler<CloseSignal> for Signaling {
 #[derive(Message)]
 #[rtype(result = "SignalStatus")]
 pub struct GetStatus;
-
-/// See [`GetStatus`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SignalStatus {
-    /// The router's session ID, when connected.
-    pub session: Option<u64>,
-    /// Whether our ID is registered.
-    pub registered: bool,
-    /// Why the last attempt to open a session failed, if it did.
-    pub last_error: Option<SignalError>,
-}
 
 impl Handler<GetStatus> for Signaling {
     type Result = MessageResult<GetStatus>;

@@ -8,9 +8,10 @@
 //! grow beyond its share.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use babble_net_actors::identity::PeerKey;
-use babble_net_actors::signaling::wamp::{code, random_id, uri, Message};
+use babble_net_core::identity::PeerKey;
+use babble_net_core::signaling::wamp::{code, random_id, uri, Message};
 use serde_json::{json, Map};
 
 /// How a message must be handled when its session cannot take more.
@@ -49,6 +50,9 @@ struct Realm {
 /// What the dealer knows of one session.
 struct Session {
     realm: String,
+    /// Where it connected from (its network address, see
+    /// `babble_net_core::source`): a callee's queue is shared by address.
+    address: Arc<str>,
     /// The key the session proved, when the router requires it: the only
     /// procedure it may register.
     authid: Option<PeerKey>,
@@ -63,6 +67,10 @@ struct Session {
 /// A call in progress, keyed by its INVOCATION request ID.
 struct Invocation {
     caller: u64,
+    /// The caller's address.
+    address: Arc<str>,
+    /// Order of arrival, oldest first.
+    seq: u64,
     call_request: u64,
     callee: u64,
     /// The task that ends the call when it takes too long.
@@ -85,6 +93,7 @@ pub(super) struct Dealer {
     /// Registration ID to (realm, procedure).
     registrations: HashMap<u64, (String, String)>,
     invocations: HashMap<u64, Invocation>,
+    next_seq: u64,
 }
 
 fn error(request_type: u64, request: u64, error: &str, message: Option<&str>) -> Message {
@@ -135,6 +144,7 @@ impl Dealer {
             sessions: HashMap::new(),
             registrations: HashMap::new(),
             invocations: HashMap::new(),
+            next_seq: 0,
         }
     }
 
@@ -146,15 +156,16 @@ impl Dealer {
         self.realms.entry(realm.to_owned()).or_default();
     }
 
-    /// A new session in `realm`, with a fresh random ID; `authid` when it
-    /// proved a key.
-    pub(super) fn join(&mut self, realm: &str, authid: Option<PeerKey>) -> u64 {
+    /// A new session in `realm` from `address`, with a fresh random ID;
+    /// `authid` when it proved a key.
+    pub(super) fn join(&mut self, realm: &str, authid: Option<PeerKey>, address: &str) -> u64 {
         let session = fresh_id(&self.sessions);
         metrics::gauge!("babble_net_signal_sessions").increment(1.0);
         self.sessions.insert(
             session,
             Session {
                 realm: realm.to_owned(),
+                address: address.into(),
                 authid,
                 registrations: HashSet::new(),
                 calls: HashMap::new(),
@@ -354,18 +365,43 @@ impl Dealer {
         if session.calls.len() >= limits.max_calls {
             return refuse(uri::TOO_MANY_CALLS, "too many calls in flight");
         }
+        // An authenticated caller offers as itself: the callee is told
+        // who calls by the first argument, and nobody may speak for
+        // another key.
+        if let Some(authid) = &session.authid {
+            let claimed = args.first().and_then(serde_json::Value::as_str);
+            if claimed != Some(authid.to_string().as_str()) {
+                return refuse(
+                    uri::NOT_AUTHORIZED,
+                    "the first argument of a call must be the caller's own ID",
+                );
+            }
+        }
+        let address = session.address.clone();
         let realm = &self.realms[&session.realm];
         let Some(&(registration, callee)) = realm.procedures.get(&procedure) else {
             return refuse(uri::NO_SUCH_PROCEDURE, &format!("no procedure {procedure}"));
         };
         if self.sessions[&callee].invocations.len() >= limits.max_invocations {
-            return refuse(uri::CALLEE_BUSY, "the callee has too many calls waiting");
+            // The callee's queue is shared by caller address: the address
+            // waiting with the most calls gives its oldest up for a caller
+            // from another; an address that holds the most is refused.
+            match self.heaviest_waiting(callee, &address) {
+                Some(oldest) => out.extend(self.displace(oldest)),
+                None => {
+                    return refuse(uri::CALLEE_BUSY, "the callee has too many calls waiting");
+                }
+            }
         }
         let invocation = fresh_id(&self.invocations);
+        let seq = self.next_seq;
+        self.next_seq += 1;
         self.invocations.insert(
             invocation,
             Invocation {
                 caller,
+                address,
+                seq,
                 call_request: request,
                 callee,
                 timer: None,
@@ -391,6 +427,28 @@ impl Dealer {
             Cause::Invocation(invocation),
         ));
         Ok(())
+    }
+
+    /// Of the calls waiting for `callee`, the oldest of the caller address
+    /// waiting with the most, if that address holds more than `newcomer`
+    /// would with one more.
+    fn heaviest_waiting(&self, callee: u64, newcomer: &str) -> Option<u64> {
+        let waiting = &self.sessions[&callee].invocations;
+        let mut per_address: HashMap<&str, (usize, u64, u64)> = HashMap::new();
+        for id in waiting {
+            let call = &self.invocations[id];
+            let entry = per_address.entry(&call.address).or_insert((0, u64::MAX, 0));
+            entry.0 += 1;
+            if call.seq < entry.1 {
+                (entry.1, entry.2) = (call.seq, *id);
+            }
+        }
+        let own = per_address.get(newcomer).map_or(0, |(count, _, _)| *count);
+        per_address
+            .into_iter()
+            .filter(|(_, (count, _, _))| *count > own + 1)
+            .max_by_key(|(_, (count, oldest, _))| (*count, std::cmp::Reverse(*oldest)))
+            .map(|(_, (_, _, id))| id)
     }
 
     /// Ends `invocation` (answered by `callee` when given) and forgets it
@@ -452,6 +510,29 @@ impl Dealer {
         )]
     }
 
+    /// `invocation` gives its place in the callee's queue to another
+    /// caller's: its caller is told the callee is busy, the callee is
+    /// interrupted.
+    fn displace(&mut self, invocation: u64) -> Outbox {
+        let Some(call) = self.take_invocation(invocation, None) else {
+            return Outbox::new();
+        };
+        metrics::counter!("babble_net_signal_calls_total", "result" => "displaced").increment(1);
+        vec![
+            (
+                call.caller,
+                error(
+                    code::CALL,
+                    call.call_request,
+                    uri::CALLEE_BUSY,
+                    Some("the callee's queue is shared: a caller from another address took this place"),
+                ),
+                Cause::Own,
+            ),
+            (call.callee, interrupt(invocation), Cause::Advisory),
+        ]
+    }
+
     /// Ties the timeout task of `invocation` to it: the task is aborted as
     /// soon as the call ends another way.
     pub(super) fn set_timer(&mut self, invocation: u64, timer: tokio::task::AbortHandle) {
@@ -509,6 +590,13 @@ impl Dealer {
     /// Number of sessions joined.
     pub(super) fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Whether `session` has registered a procedure.
+    pub(super) fn has_registered(&self, session: u64) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|s| !s.registrations.is_empty())
     }
 }
 
@@ -585,7 +673,10 @@ mod tests {
     #[test]
     fn a_call_reaches_the_callee_and_its_answer_the_caller() {
         let mut dealer = dealer(&["main"]);
-        let (callee, caller) = (dealer.join("main", None), dealer.join("main", None));
+        let (callee, caller) = (
+            dealer.join("main", None, "10.0.0.1"),
+            dealer.join("main", None, "10.0.0.1"),
+        );
         let Message::Registered { registration, .. } = register(&mut dealer, callee, 1, "peer.b")
         else {
             panic!("not registered")
@@ -640,22 +731,36 @@ mod tests {
     #[test]
     fn realms_do_not_see_each_other() {
         let mut dealer = dealer(&["a", "b"]);
-        let (in_a, in_b) = (dealer.join("a", None), dealer.join("b", None));
+        let (in_a, in_b) = (
+            dealer.join("a", None, "10.0.0.1"),
+            dealer.join("b", None, "10.0.0.1"),
+        );
         register(&mut dealer, in_a, 1, "peer");
         // The same name registers fine in the other realm...
         assert!(matches!(
             register(&mut dealer, in_b, 1, "peer"),
             Message::Registered { .. }
         ));
-        // ...and a call from b reaches b's callee, not a's.
-        let out = call(&mut dealer, in_b, 2, "peer");
+        // ...and a call from another session of b reaches b's callee as
+        // an invocation, not a's (nor an error back to the caller).
+        let caller = dealer.join("b", None, "10.0.0.1");
+        let out = call(&mut dealer, caller, 2, "peer");
+        assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(out[0].0, in_b);
+        assert!(
+            matches!(out[0].1, Message::Invocation { .. }),
+            "{:?}",
+            out[0].1
+        );
     }
 
     #[test]
     fn duplicate_registration_is_refused_and_a_leaver_frees_its_names() {
         let mut dealer = dealer(&["main"]);
-        let (first, second) = (dealer.join("main", None), dealer.join("main", None));
+        let (first, second) = (
+            dealer.join("main", None, "10.0.0.1"),
+            dealer.join("main", None, "10.0.0.1"),
+        );
         register(&mut dealer, first, 1, "id");
         let Message::Error { error, .. } = register(&mut dealer, second, 1, "id") else {
             panic!()
@@ -672,7 +777,10 @@ mod tests {
     #[test]
     fn unregister_frees_the_name_and_only_the_owner_may_do_it() {
         let mut dealer = dealer(&["main"]);
-        let (owner, other) = (dealer.join("main", None), dealer.join("main", None));
+        let (owner, other) = (
+            dealer.join("main", None, "10.0.0.1"),
+            dealer.join("main", None, "10.0.0.1"),
+        );
         let Message::Registered { registration, .. } = register(&mut dealer, owner, 1, "id") else {
             panic!()
         };
@@ -693,7 +801,7 @@ mod tests {
     #[test]
     fn a_session_may_register_only_so_many_procedures() {
         let mut dealer = dealer(&["main"]);
-        let session = dealer.join("main", None);
+        let session = dealer.join("main", None, "10.0.0.1");
         register(&mut dealer, session, 1, "a");
         register(&mut dealer, session, 2, "b");
         let Message::Error { error, .. } = register(&mut dealer, session, 3, "c") else {
@@ -705,7 +813,10 @@ mod tests {
     #[test]
     fn a_caller_may_have_only_so_many_calls_in_flight() {
         let mut dealer = dealer(&["main"]);
-        let (callee, caller) = (dealer.join("main", None), dealer.join("main", None));
+        let (callee, caller) = (
+            dealer.join("main", None, "10.0.0.1"),
+            dealer.join("main", None, "10.0.0.1"),
+        );
         register(&mut dealer, callee, 1, "p");
         for request in 1..=3 {
             assert!(matches!(
@@ -721,9 +832,11 @@ mod tests {
     #[test]
     fn a_flooded_callee_is_protected_and_stays_registered() {
         let mut dealer = dealer(&["main"]);
-        let callee = dealer.join("main", None);
+        let callee = dealer.join("main", None, "10.0.0.1");
         register(&mut dealer, callee, 1, "p");
-        let floods: Vec<u64> = (0..3).map(|_| dealer.join("main", None)).collect();
+        let floods: Vec<u64> = (0..3)
+            .map(|_| dealer.join("main", None, "10.0.0.1"))
+            .collect();
         let mut refused = 0;
         for (i, flood) in floods.iter().enumerate() {
             for request in 1..=2 {
@@ -737,7 +850,7 @@ mod tests {
         assert_eq!(refused, 6 - LIMITS.max_invocations);
         assert_eq!(dealer.sessions[&callee].invocations.len(), 4);
         // The callee still owns its name.
-        let other = dealer.join("main", None);
+        let other = dealer.join("main", None, "10.0.0.1");
         let Message::Error { error, .. } = register(&mut dealer, other, 1, "p") else {
             panic!()
         };
@@ -747,7 +860,10 @@ mod tests {
     #[test]
     fn a_refused_invocation_fails_the_call_only() {
         let mut dealer = dealer(&["main"]);
-        let (callee, caller) = (dealer.join("main", None), dealer.join("main", None));
+        let (callee, caller) = (
+            dealer.join("main", None, "10.0.0.1"),
+            dealer.join("main", None, "10.0.0.1"),
+        );
         register(&mut dealer, callee, 1, "p");
         let out = call(&mut dealer, caller, 7, "p");
         let Cause::Invocation(invocation) = out[0].2 else {
@@ -763,7 +879,10 @@ mod tests {
     #[test]
     fn a_reused_call_request_id_is_a_protocol_violation() {
         let mut dealer = dealer(&["main"]);
-        let (callee, caller) = (dealer.join("main", None), dealer.join("main", None));
+        let (callee, caller) = (
+            dealer.join("main", None, "10.0.0.1"),
+            dealer.join("main", None, "10.0.0.1"),
+        );
         register(&mut dealer, callee, 1, "p");
         call(&mut dealer, caller, 9, "p");
         let second = Message::Call {
@@ -781,7 +900,10 @@ mod tests {
     #[test]
     fn cancel_answers_the_caller_and_interrupts_the_callee() {
         let mut dealer = dealer(&["main"]);
-        let (callee, caller) = (dealer.join("main", None), dealer.join("main", None));
+        let (callee, caller) = (
+            dealer.join("main", None, "10.0.0.1"),
+            dealer.join("main", None, "10.0.0.1"),
+        );
         register(&mut dealer, callee, 1, "p");
         call(&mut dealer, caller, 9, "p");
         let out = dealer
@@ -805,7 +927,10 @@ mod tests {
     #[test]
     fn a_leaving_callee_fails_its_calls_and_a_leaving_caller_interrupts_them() {
         let mut dealer = dealer(&["main"]);
-        let (callee, caller) = (dealer.join("main", None), dealer.join("main", None));
+        let (callee, caller) = (
+            dealer.join("main", None, "10.0.0.1"),
+            dealer.join("main", None, "10.0.0.1"),
+        );
         register(&mut dealer, callee, 1, "p");
         register(&mut dealer, caller, 1, "q");
         call(&mut dealer, caller, 1, "p");
@@ -826,7 +951,7 @@ mod tests {
     fn an_authenticated_session_may_register_only_its_own_id() {
         let mut dealer = dealer(&["main"]);
         let key = crate::secure::NodeKey::generate().public();
-        let session = dealer.join("main", Some(key));
+        let session = dealer.join("main", Some(key), "10.0.0.1");
         let Message::Error { error, .. } = register(&mut dealer, session, 1, "someone.else") else {
             panic!()
         };
@@ -840,9 +965,69 @@ mod tests {
     }
 
     #[test]
+    fn an_authenticated_caller_may_offer_only_as_itself() {
+        let mut dealer = dealer(&["main"]);
+        let callee = dealer.join("main", None, "10.0.0.1");
+        register(&mut dealer, callee, 1, "p");
+        let key = crate::secure::NodeKey::generate().public();
+        let caller = dealer.join("main", Some(key), "10.0.0.2");
+        // `call` sends "a" as the first argument: not the caller's ID.
+        let out = call(&mut dealer, caller, 1, "p");
+        assert_eq!(error_uri(&out), uri::NOT_AUTHORIZED);
+        let own = dealer.handle(
+            caller,
+            Message::Call {
+                request: 2,
+                options: Map::new(),
+                procedure: "p".into(),
+                args: vec![json!(key.to_string()), json!("sdp")],
+                kwargs: Map::new(),
+            },
+        );
+        assert!(
+            matches!(&own.unwrap()[..], [(to, Message::Invocation { .. }, _)] if *to == callee)
+        );
+    }
+
+    #[test]
+    fn a_callee_queue_full_of_one_address_makes_room_for_another() {
+        let mut dealer = dealer(&["main"]);
+        let callee = dealer.join("main", None, "10.0.0.1");
+        register(&mut dealer, callee, 1, "p");
+        let flood = dealer.join("main", None, "10.0.0.66");
+        let more = dealer.join("main", None, "10.0.0.66");
+        for (session, request) in [(flood, 1), (flood, 2), (more, 1), (more, 2)] {
+            assert!(matches!(
+                &call(&mut dealer, session, request, "p")[..],
+                [(_, Message::Invocation { .. }, _)]
+            ));
+        }
+        // The flood's next call is refused: its address holds the most.
+        let out = call(&mut dealer, more, 3, "p");
+        assert_eq!(error_uri(&out), uri::CALLEE_BUSY);
+        // An honest caller from elsewhere gets in: the flood's oldest call
+        // fails (the callee is interrupted), the honest one is invoked.
+        let honest = dealer.join("main", None, "10.0.0.7");
+        let out = call(&mut dealer, honest, 1, "p");
+        let kinds: Vec<(u64, &str)> = out.iter().map(|(to, m, _)| (*to, kind_of(m))).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (flood, "this ERROR"),
+                (callee, "INTERRUPT"),
+                (callee, "INVOCATION")
+            ]
+        );
+        assert!(
+            matches!(&out[0].1, Message::Error { request: 1, error, .. } if error == uri::CALLEE_BUSY)
+        );
+        assert_eq!(dealer.sessions[&callee].invocations.len(), 4);
+    }
+
+    #[test]
     fn clients_may_not_send_router_messages() {
         let mut dealer = dealer(&["main"]);
-        let session = dealer.join("main", None);
+        let session = dealer.join("main", None, "10.0.0.1");
         assert!(dealer
             .handle(
                 session,

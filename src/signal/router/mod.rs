@@ -17,11 +17,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use babble_net_actors::signaling::tls;
+use babble_net_core::places::Places;
+use babble_net_core::signaling::tls;
+use babble_net_core::source::address_of;
 use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use dealer::{Dealer, DealerLimits};
@@ -45,8 +46,18 @@ pub struct RouterConfig {
     /// challenge), and let each register only its own ID. Go Babble nodes
     /// cannot authenticate: leave it off for networks with Go nodes.
     pub require_auth: bool,
-    /// Most sessions at once; more connections are closed at once.
+    /// Most sessions at once. A connection beyond it is still let in: the
+    /// address holding the most sessions (IPv4; IPv6 by /64) loses the one
+    /// least recently used by a completed message.
     pub max_sessions: usize,
+    /// Most sessions from one address (IPv4; IPv6 by /64); beyond it that
+    /// address's own least recently used session is closed for the
+    /// newcomer.
+    pub max_sessions_per_address: usize,
+    /// A joined session that has registered nothing within this is closed
+    /// (a node registers its ID as soon as it joins).
+    #[serde(with = "humantime_serde")]
+    pub register_timeout: Duration,
     /// Largest WebSocket message accepted, in bytes.
     pub max_message_size: usize,
     /// Time to finish the TLS, WebSocket and HELLO handshakes.
@@ -90,6 +101,8 @@ impl Default for RouterConfig {
             insecure: false,
             require_auth: false,
             max_sessions: 1024,
+            max_sessions_per_address: 64,
+            register_timeout: Duration::from_secs(30),
             max_message_size: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
@@ -142,6 +155,7 @@ impl RouterConfig {
             ("idle-timeout", self.idle_timeout),
             ("call-timeout", self.call_timeout),
             ("write-timeout", self.write_timeout),
+            ("register-timeout", self.register_timeout),
         ] {
             if value.is_zero() || value > MAX_TIMEOUT {
                 return fail(&format!("{name} must be between 1ms and {MAX_TIMEOUT:?}"));
@@ -149,6 +163,7 @@ impl RouterConfig {
         }
         for (name, value) in [
             ("max-sessions", self.max_sessions),
+            ("max-sessions-per-address", self.max_sessions_per_address),
             ("max-registrations", self.max_registrations),
             ("max-calls", self.max_calls),
             ("max-invocations", self.max_invocations),
@@ -274,7 +289,10 @@ async fn accept_loop(
     tls: Option<tokio_rustls::TlsAcceptor>,
     stopped: tokio::sync::watch::Sender<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.max_sessions));
+    let places = Arc::new(Mutex::new(Places::new(
+        shared.config.max_sessions,
+        shared.config.max_sessions_per_address,
+    )));
     let mut pause = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -293,17 +311,31 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            warn!(shared.log, "too many sessions, refusing a connection"; "remote" => %remote);
-            drop(tcp);
+        // Never refused: at a cap, the heaviest address makes room
+        // (babble_net_core::places).
+        let address = address_of(&remote.to_string());
+        let admission = places.lock().expect("places lock").admit(
+            &address,
+            std::time::Instant::now(),
+            CancellationToken::new(),
+        );
+        let Some((id, kick, activity)) = admission.slot else {
             continue;
         };
+        if let Some(cap) = admission.shed {
+            info!(shared.log, "closed a session for a newcomer"; "cap" => ?cap, "address" => &address);
+            metrics::counter!("babble_net_signal_sessions_evicted_total").increment(1);
+        }
         let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        let tls = tls.clone();
+        let (shared, tls, places) = (shared.clone(), tls.clone(), places.clone());
+        let place = session::Place {
+            address,
+            kick,
+            activity,
+        };
         tokio::spawn(async move {
-            session::serve(shared, tcp, remote, tls).await;
-            drop(slot);
+            session::serve(shared, tcp, remote, tls, place).await;
+            places.lock().expect("places lock").release(id);
         });
     }
     drop(listener);

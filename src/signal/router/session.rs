@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use babble_net_actors::identity::PeerKey;
-use babble_net_actors::signaling::wamp::{uri, Message, SUBPROTOCOL};
-use babble_net_actors::stream::BoxConnection;
+use babble_net_core::identity::PeerKey;
+use babble_net_core::places::Activity;
+use babble_net_core::signaling::wamp::{uri, Message, SUBPROTOCOL};
+use babble_net_core::stream::BoxConnection;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Map};
 use slog::{debug, info, warn, Logger};
@@ -136,12 +137,23 @@ pub(super) fn dispatch(shared: &Shared, outbox: Outbox) {
 
 type Ws = WebSocketStream<BoxConnection>;
 
+/// A connection's place under the router's session caps.
+pub(super) struct Place {
+    /// Its network address.
+    pub(super) address: String,
+    /// Cancelled when it is evicted for a newcomer.
+    pub(super) kick: CancellationToken,
+    /// Where it says when it last completed a message.
+    pub(super) activity: Arc<Activity>,
+}
+
 /// Serves one connection to its end; everything is logged, nothing returned.
 pub(super) async fn serve(
     shared: Arc<Shared>,
     tcp: TcpStream,
     remote: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    place: Place,
 ) {
     let log = shared.log.new(slog::o!("remote" => remote.to_string()));
     let handshake_timeout = shared.config.handshake_timeout;
@@ -153,7 +165,13 @@ pub(super) async fn serve(
         };
         Ok::<_, String>((ws, realm, authid))
     };
-    let opened = tokio::time::timeout(handshake_timeout, handshake).await;
+    let opened = tokio::select! {
+        opened = tokio::time::timeout(handshake_timeout, handshake) => opened,
+        _ = place.kick.cancelled() => {
+            info!(log, "connection closed for a newcomer during its handshake");
+            return;
+        }
+    };
     let (mut ws, realm, authid) = match opened {
         Ok(Ok(opened)) => opened,
         Ok(Err(why)) => {
@@ -182,7 +200,7 @@ pub(super) async fn serve(
         .dealer
         .lock()
         .expect("dealer lock")
-        .join(&realm, authid);
+        .join(&realm, authid, &place.address);
     let queue = shared.sessions.open(session);
     let log = log.new(slog::o!("session" => session, "realm" => realm.clone()));
     let welcome = Message::Welcome {
@@ -194,7 +212,7 @@ pub(super) async fn serve(
         .is_ok()
     {
         debug!(log, "session joined");
-        let ended = run(&shared, session, ws, queue, &log).await;
+        let ended = run(&shared, session, ws, queue, &place, &log).await;
         debug!(log, "session ended"; "why" => ended);
     }
     shared.sessions.remove(session);
@@ -344,7 +362,7 @@ async fn authenticate(
         abort(ws, uri::AUTHENTICATION_FAILED, why, timeout).await;
         return Err(why.into());
     };
-    let challenge = babble_net_actors::signaling::wamp::random_challenge();
+    let challenge = babble_net_core::signaling::wamp::random_challenge();
     let extra = [("challenge".to_owned(), json!(hex::encode(challenge)))]
         .into_iter()
         .collect();
@@ -390,10 +408,15 @@ async fn run(
     session: u64,
     mut ws: Ws,
     mut queue: QueueReader,
+    place: &Place,
     log: &Logger,
 ) -> String {
     let idle_timeout = shared.config.idle_timeout;
     let write_timeout = shared.config.write_timeout;
+    // One timer for the session, not one per message.
+    let register_by = tokio::time::sleep(shared.config.register_timeout);
+    tokio::pin!(register_by);
+    let mut registered = false;
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval(idle_timeout / 3);
     ping.tick().await;
@@ -437,7 +460,12 @@ async fn run(
                 };
                 let handled = shared.dealer.lock().expect("dealer lock").handle(session, message);
                 match handled {
-                    Ok(outbox) => dispatch(shared, outbox),
+                    Ok(outbox) => {
+                        // A message handled is the session's use of its
+                        // place (pings are not).
+                        place.activity.completed(std::time::Instant::now());
+                        dispatch(shared, outbox);
+                    }
                     Err(why) => {
                         warn!(log, "aborting session"; "why" => &why);
                         abort(&mut ws, uri::PROTOCOL_VIOLATION, &why, write_timeout).await;
@@ -459,6 +487,20 @@ async fn run(
             }
             _ = queue.kick.cancelled() => {
                 return "not reading its answers".into();
+            }
+            _ = place.kick.cancelled() => {
+                let goodbye = Message::Goodbye { details: Map::new(), reason: uri::CLOSE_NORMAL.into() };
+                if send(&mut ws, frame_of(&goodbye), write_timeout).await.is_ok() {
+                    close(&mut ws, write_timeout).await;
+                }
+                return "closed for a newcomer".into();
+            }
+            _ = &mut register_by, if !registered => {
+                registered = shared.dealer.lock().expect("dealer lock").has_registered(session);
+                if !registered {
+                    close(&mut ws, write_timeout).await;
+                    return format!("registered nothing within {:?}", shared.config.register_timeout);
+                }
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > idle_timeout {

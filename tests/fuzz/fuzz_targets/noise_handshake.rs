@@ -3,8 +3,8 @@
 //! must be refused with an error or accepted, never panic.
 #![no_main]
 
-use babble_net_actors::identity::NodeKey;
-use babble_net_actors::secure::{Acceptance, Handshake};
+use babble_net_core::identity::NodeKey;
+use babble_net_core::secure::handshake::{Acceptance, Handshake};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

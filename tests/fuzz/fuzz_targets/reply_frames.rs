@@ -2,8 +2,8 @@
 //! anywhere, must decode or fail with an error, without panicking.
 #![no_main]
 
-use babble_net_actors::codec::ClientCodec;
-use babble_net_actors::wire::RpcType;
+use babble_net_core::codec::ClientCodec;
+use babble_net_core::wire::RpcType;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;

@@ -3,7 +3,7 @@
 //! re-encodes.
 #![no_main]
 
-use babble_net_actors::codec::{encode_request, ServerCodec};
+use babble_net_core::codec::{encode_request, ServerCodec};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;

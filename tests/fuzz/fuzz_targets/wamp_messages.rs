@@ -3,8 +3,8 @@
 //! open, must never panic it.
 #![no_main]
 
-use babble_net_actors::signaling::wamp::Message;
-use babble_net_actors::signaling::{SignalClient, SignalSettings};
+use babble_net_core::signaling::wamp::Message;
+use babble_net_core::signaling::{SignalClient, SignalSettings};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Map;
 use tokio::time::Instant;

@@ -1,6 +1,7 @@
 //! The byte streams a network transport runs on.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -17,6 +18,32 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Connection for T {}
 /// travel through the same actors.
 pub type BoxConnection = Box<dyn Connection>;
 
+/// An inbound connection, as a layer accepts it.
+pub struct Inbound {
+    /// The connection.
+    pub connection: BoxConnection,
+    /// A name for the remote end, for logs and [`crate::rpc::Rpc::from`]:
+    /// its socket address (TCP), its peer ID (WebRTC).
+    pub remote: String,
+    /// Where the connection comes from on the network, when `remote` does
+    /// not say it (a WebRTC link's remote address, as ICE verified it).
+    /// With `remote`, it makes the connection's source for the caps and
+    /// fair service (see [`crate::source`]).
+    pub address: Option<SocketAddr>,
+}
+
+impl Inbound {
+    /// `connection` from `remote`, a name that says where it comes from
+    /// (a socket address) or is its own source.
+    pub fn new(connection: BoxConnection, remote: String) -> Inbound {
+        Inbound {
+            connection,
+            remote,
+            address: None,
+        }
+    }
+}
+
 /// An accepted connection, ready to serve.
 pub struct Upgraded {
     /// The connection (decrypted, on a secure layer).
@@ -31,10 +58,23 @@ pub struct Upgraded {
 /// TCP and WebRTC implement it, and `NetworkTransport` runs on either.
 pub trait StreamLayer: Send + Sync + 'static {
     /// Waits for the next inbound connection; returns it with a name for
-    /// the remote end (for logs). Errors are retried by the caller after a
-    /// pause, so a transient one (out of file descriptors) must not be
-    /// permanent. After [`close`](StreamLayer::close) it fails for good.
+    /// the remote end (its socket address, or a peer ID). Errors are
+    /// retried by the caller after a pause, so a transient one (out of
+    /// file descriptors) must not be permanent. After
+    /// [`close`](StreamLayer::close) it fails for good.
     fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, String)>>;
+
+    /// [`accept`](StreamLayer::accept), with the network address the
+    /// connection comes from when its name does not say it (see
+    /// [`Inbound::address`]): what the Listener calls. By default the
+    /// name alone; a layer whose names are not addresses (WebRTC) says
+    /// where the connection comes from.
+    fn accept_inbound(&self) -> BoxFuture<'_, io::Result<Inbound>> {
+        Box::pin(async move {
+            let (connection, remote) = self.accept().await?;
+            Ok(Inbound::new(connection, remote))
+        })
+    }
 
     /// Completes an accepted connection before its first request is read:
     /// a secure layer runs its handshake here, in the connection's own

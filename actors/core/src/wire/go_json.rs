@@ -94,6 +94,57 @@ impl Formatter for GoFormatter {
         };
         writer.write_all(short)
     }
+
+    /// A Go `[]byte` is a base64 string. Base64 never needs escaping, so
+    /// it is written straight out, without the per-byte escape scan every
+    /// other string goes through (the fields of this crate's wire types
+    /// reach here only inside [`to_writer`], see [`bytes`]).
+    fn write_byte_array<W>(&mut self, writer: &mut W, value: &[u8]) -> io::Result<()>
+    where
+        W: ?Sized + io::Write,
+    {
+        fn write_in<const INPUT: usize, const TEXT: usize, W: ?Sized + io::Write>(
+            writer: &mut W,
+            value: &[u8],
+        ) -> io::Result<()> {
+            let mut text = [0u8; TEXT];
+            for chunk in value.chunks(INPUT) {
+                let encoded =
+                    base64_simd::STANDARD.encode(chunk, base64_simd::Out::from_slice(&mut text));
+                writer.write_all(encoded)?;
+            }
+            Ok(())
+        }
+        writer.write_all(b"\"")?;
+        // A buffer the size of the text for short values (transactions are
+        // often a few hundred bytes), so no time goes to clearing it.
+        match value.len() {
+            0..=192 => write_in::<192, 256, W>(writer, value)?,
+            _ => write_in::<3072, 4096, W>(writer, value)?,
+        }
+        writer.write_all(b"\"")
+    }
+}
+
+thread_local! {
+    /// Set while [`to_writer`] runs on this thread: its serializer writes
+    /// `serialize_bytes` as base64 (see `GoFormatter::write_byte_array`).
+    static GO_BYTES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks [`to_writer`] as running until dropped (also when unwinding).
+struct GoBytes(bool);
+
+impl GoBytes {
+    fn enter() -> GoBytes {
+        GoBytes(GO_BYTES.replace(true))
+    }
+}
+
+impl Drop for GoBytes {
+    fn drop(&mut self) {
+        GO_BYTES.set(self.0);
+    }
 }
 
 /// Where the next byte that may need a Go-only escape is: `<`, `>`, `&`, or
@@ -106,7 +157,25 @@ fn find_go_escape(bytes: &[u8]) -> Option<usize> {
     const SHORT: usize = 32;
     let special = |b: &u8| matches!(b, b'<' | b'>' | b'&' | 0xE2 | 0xEF);
     if bytes.len() <= SHORT {
-        return bytes.iter().position(special);
+        // Eight bytes at a time while they are plain ASCII with none of
+        // `<`, `>`, `&` (keys and hex are); the first word that may hold
+        // one is looked at byte by byte.
+        const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+        const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+        let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+        let mut at = 0;
+        while at + 8 <= bytes.len() {
+            let word = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+            let flagged = (word & HIGHS)
+                | zero_in(word ^ u64::from_ne_bytes([b'<'; 8]))
+                | zero_in(word ^ u64::from_ne_bytes([b'>'; 8]))
+                | zero_in(word ^ u64::from_ne_bytes([b'&'; 8]));
+            if flagged != 0 {
+                break;
+            }
+            at += 8;
+        }
+        return bytes[at..].iter().position(special).map(|found| at + found);
     }
     let html = memchr::memchr3(b'<', b'>', b'&', bytes);
     if bytes.is_ascii() {
@@ -122,6 +191,7 @@ pub fn to_writer<W: io::Write, T: ?Sized + Serialize>(
     value: &T,
 ) -> serde_json::Result<()> {
     let mut serializer = serde_json::Serializer::with_formatter(writer, GoFormatter);
+    let _go_bytes = GoBytes::enter();
     value.serialize(&mut serializer)
 }
 
@@ -141,8 +211,14 @@ const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::n
         .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireCanonical),
 );
 
-fn decode_base64<E: serde::de::Error>(text: &str) -> Result<Vec<u8>, E> {
+fn decode_base64<E: serde::de::Error>(text: &[u8]) -> Result<Vec<u8>, E> {
     use base64::Engine;
+    // The SIMD decoder takes canonical base64 only; what it refuses (stray
+    // bits in the last character, or nothing valid at all) is left to the
+    // tolerant one, which has Go's rules and gives the error.
+    if let Ok(bytes) = base64_simd::STANDARD.decode_to_vec(text) {
+        return Ok(bytes);
+    }
     BASE64
         .decode(text)
         .map_err(|err| E::custom(format_args!("invalid base64 in a []byte field: {err}")))
@@ -165,10 +241,16 @@ pub mod bytes {
     use serde::Serializer;
     use std::fmt;
 
-    /// Serializes a Go `[]byte`.
+    /// Serializes a Go `[]byte`: as a base64 string for any serializer;
+    /// inside [`to_writer`](super::to_writer), whose formatter writes
+    /// bytes as base64 without escaping them, through `serialize_bytes`.
+    /// (A `Serialize` impl that serialized into another serializer from
+    /// inside `to_writer` would get bytes there as they are: none of this
+    /// crate's does.)
     pub fn serialize<S: Serializer>(value: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match value {
             None => s.serialize_none(),
+            Some(bytes) if super::GO_BYTES.get() => s.serialize_bytes(bytes),
             Some(bytes) => s.collect_str(&super::Base64Text(bytes)),
         }
     }
@@ -196,11 +278,19 @@ pub mod bytes {
         }
 
         fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_str(self)
+            // serde_json hands a string's raw bytes to `visit_bytes` without
+            // checking them for UTF-8 first (base64 is ASCII: anything else
+            // fails to decode anyway). An array is refused (`visit_seq` is
+            // not implemented), as Go refuses it for a `[]byte`.
+            d.deserialize_bytes(self)
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, text: &[u8]) -> Result<Self::Value, E> {
+            super::decode_base64(text).map(Some)
         }
 
         fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
-            super::decode_base64(text).map(Some)
+            super::decode_base64(text.as_bytes()).map(Some)
         }
     }
 }
@@ -333,6 +423,110 @@ mod tests {
         assert_eq!(go("x\u{2028}y\u{2029}"), r#""x\u2028y\u2029""#);
         assert_eq!(go("\u{2027}é😀/"), "\"\u{2027}é😀/\"");
         assert_eq!(go("bad:\u{fffd}"), r#""bad:\ufffd""#);
+    }
+
+    #[test]
+    fn writes_bytes_as_base64_with_or_without_to_writer() {
+        #[derive(serde::Serialize)]
+        struct Bytes {
+            #[serde(serialize_with = "bytes::serialize")]
+            a: Option<Vec<u8>>,
+            #[serde(serialize_with = "bytes::serialize")]
+            b: Option<Vec<u8>>,
+            #[serde(serialize_with = "bytes::serialize")]
+            c: Option<Vec<u8>>,
+        }
+        let value = Bytes {
+            a: Some((0..=255).cycle().take(7000).collect()),
+            b: Some(Vec::new()),
+            c: None,
+        };
+        let go = to_vec(&value).unwrap();
+        let plain = serde_json::to_vec(&value).unwrap();
+        assert_eq!(go, plain);
+        assert!(go.starts_with(b"{\"a\":\"AAECAwQF"));
+        assert!(go.ends_with(b"\",\"b\":\"\",\"c\":null}"));
+        // Outside `to_writer`, bytes go through the escaping path again.
+        assert!(!GO_BYTES.get());
+    }
+
+    #[test]
+    fn reads_bytes_as_go_does() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Bytes {
+            #[serde(deserialize_with = "bytes::deserialize")]
+            a: Option<Vec<u8>>,
+        }
+        let read = |json: &str| serde_json::from_str::<Bytes>(json).map(|b| b.a);
+        assert_eq!(read(r#"{"a":"AQID"}"#).unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(read(r#"{"a":"\u0041QID"}"#).unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(read(r#"{"a":""}"#).unwrap(), Some(vec![]));
+        assert_eq!(read(r#"{"a":null}"#).unwrap(), None);
+        // Stray bits in the last character are tolerated, as by Go.
+        assert_eq!(read(r#"{"a":"AQJ="}"#).unwrap(), Some(vec![1, 2]));
+        for refused in [
+            r#"{"a":[1,2]}"#,
+            r#"{"a":"AQI"}"#,
+            r#"{"a":"A QID"}"#,
+            r#"{"a":1}"#,
+        ] {
+            assert!(read(refused).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn the_fast_base64_decoder_agrees_with_go_rules() {
+        use base64::Engine;
+        // Texts near valid base64: encodings of random bytes with one
+        // character changed, cut short or padded differently.
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=- \\";
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 40) as usize;
+            let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let mut text = BASE64.encode(&data).into_bytes();
+            match next() % 4 {
+                0 if !text.is_empty() => {
+                    let at = (next() as usize) % text.len();
+                    text[at] = alphabet[(next() as usize) % alphabet.len()];
+                }
+                1 if !text.is_empty() => text.truncate((next() as usize) % text.len()),
+                2 => text.push(b'='),
+                _ => {}
+            }
+            let fast = decode_base64::<serde_json::Error>(&text).ok();
+            let tolerant = BASE64.decode(&text).ok();
+            assert_eq!(fast, tolerant, "{:?}", String::from_utf8_lossy(&text));
+        }
+    }
+
+    #[test]
+    fn finds_every_go_escape_at_every_offset() {
+        let specials: [&[u8]; 7] = [
+            b"<",
+            b">",
+            b"&",
+            "\u{2028}".as_bytes(),
+            "\u{2029}".as_bytes(),
+            "\u{fffd}".as_bytes(),
+            "é".as_bytes(),
+        ];
+        for len in 0..48 {
+            for at in 0..len {
+                for special in specials {
+                    let mut bytes = vec![b'a'; len + special.len()];
+                    bytes[at..at + special.len()].copy_from_slice(special);
+                    let expected = (special != "é".as_bytes()).then_some(at);
+                    assert_eq!(find_go_escape(&bytes), expected, "{len} {at} {special:?}");
+                }
+            }
+        }
     }
 
     #[test]

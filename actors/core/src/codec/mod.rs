@@ -18,8 +18,8 @@ mod server;
 
 use std::io;
 
-pub use client::{encode_request, ClientCodec};
-pub use server::ServerCodec;
+pub use client::{encode_request, ClientCodec, RawReply};
+pub use server::{reply_capacity, write_reply, RawRequest, ServerCodec};
 
 use crate::wire::Response;
 

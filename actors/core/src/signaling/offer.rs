@@ -2,9 +2,7 @@
 
 use std::fmt;
 
-use actix::Addr;
-
-use super::{AnswerOffer, Signaling};
+use tokio::sync::oneshot;
 
 /// An SDP offer from another peer, to be answered exactly once.
 ///
@@ -15,33 +13,29 @@ pub struct Offer {
     pub from: String,
     /// The offer, as SDP JSON (`{"type":"offer","sdp":"..."}`).
     pub sdp: String,
-    reply: Option<OfferReply>,
-}
-
-/// Where an answer goes: the session and request it answers.
-struct OfferReply {
-    actor: Addr<Signaling>,
-    session: u64,
-    request: u64,
+    /// Whether `from`'s key was checked to have signed this offer
+    /// (signaling with a key takes signed offers only); otherwise `from`
+    /// is only what the sender claims.
+    pub signed: bool,
+    reply: Option<oneshot::Sender<Result<String, String>>>,
 }
 
 impl Offer {
-    pub(super) fn new(
+    /// An offer from `from`; its answer goes to the returned receiver (an
+    /// error if the offer is dropped unanswered).
+    pub fn new(
         from: String,
         sdp: String,
-        actor: Addr<Signaling>,
-        session: u64,
-        request: u64,
-    ) -> Offer {
-        Offer {
+        signed: bool,
+    ) -> (Offer, oneshot::Receiver<Result<String, String>>) {
+        let (reply, answer) = oneshot::channel();
+        let offer = Offer {
             from,
             sdp,
-            reply: Some(OfferReply {
-                actor,
-                session,
-                request,
-            }),
-        }
+            signed,
+            reply: Some(reply),
+        };
+        (offer, answer)
     }
 
     /// Answers with an SDP answer (`Ok`, as SDP JSON) or an error message.
@@ -52,11 +46,7 @@ impl Offer {
     fn send(&mut self, result: Result<String, String>) {
         if let Some(reply) = self.reply.take() {
             // The session may be gone; then the router tells the caller.
-            reply.actor.do_send(AnswerOffer {
-                session: reply.session,
-                request: reply.request,
-                result,
-            });
+            let _ = reply.send(result);
         }
     }
 }

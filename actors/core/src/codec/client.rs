@@ -1,4 +1,4 @@
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 use super::scanner::{ValueScanner, MAX_BLANK};
@@ -15,6 +15,9 @@ pub fn encode_request(command: &Command, dst: &mut BytesMut) -> Result<(), Codec
         what: "request",
         source,
     };
+    // One allocation for the whole frame, not a doubling per growth.
+    let hint = command.size_hint();
+    dst.reserve(hint.saturating_add(hint / 8));
     dst.put_u8(command.rpc_type() as u8);
     let mut writer = dst.writer();
     match command {
@@ -74,11 +77,10 @@ impl Default for ClientCodec {
     }
 }
 
-impl Decoder for ClientCodec {
-    type Item = Reply;
-    type Error = CodecError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, CodecError> {
+impl ClientCodec {
+    /// Cuts the next whole reply from `src` without parsing it (see
+    /// [`RawReply`]); `None` while more bytes are needed.
+    pub fn decode_raw(&mut self, src: &mut BytesMut) -> Result<Option<RawReply>, CodecError> {
         let Some(rpc_type) = self.expecting else {
             // The newline ending the last reply may arrive late; anything
             // else is a reply nobody asked for.
@@ -116,22 +118,68 @@ impl Decoder for ClientCodec {
         check_size(end, self.max_frame_size)?;
         self.expecting = None;
         self.state = ReplyState::Error(ValueScanner::starting_at(0));
-        let frame = src.split_to(end);
-        let error =
-            serde_json::from_slice(&frame[..error_end]).map_err(|source| CodecError::Json {
-                what: "reply error",
-                source,
-            })?;
-        let response = decode_response(rpc_type, &frame[error_end..])?;
-        Ok(Some(Reply { error, response }))
+        Ok(Some(RawReply {
+            rpc_type,
+            frame: src.split_to(end).freeze(),
+            error_end,
+        }))
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, CodecError> {
-        match self.decode(src)? {
+    /// [`decode_raw`](Self::decode_raw) at the end of the stream: bytes
+    /// of an unfinished reply are an error.
+    pub fn decode_raw_eof(&mut self, src: &mut BytesMut) -> Result<Option<RawReply>, CodecError> {
+        match self.decode_raw(src)? {
             Some(reply) => Ok(Some(reply)),
             None if src.iter().all(u8::is_ascii_whitespace) => Ok(None),
             None => Err(CodecError::Truncated),
         }
+    }
+}
+
+impl Decoder for ClientCodec {
+    type Item = Reply;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, CodecError> {
+        self.decode_raw(src)?.map(RawReply::decode).transpose()
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, CodecError> {
+        self.decode_raw_eof(src)?.map(RawReply::decode).transpose()
+    }
+}
+
+/// A whole reply frame, cut from the stream but not parsed yet: parsing is
+/// the costly part, and a large frame's can run on another thread.
+#[derive(Debug)]
+pub struct RawReply {
+    rpc_type: RpcType,
+    frame: Bytes,
+    /// Where the error string ends and the response begins.
+    error_end: usize,
+}
+
+impl RawReply {
+    /// Bytes of the frame.
+    pub fn len(&self) -> usize {
+        self.frame.len()
+    }
+
+    /// Whether the frame has no bytes (never, for a cut frame).
+    pub fn is_empty(&self) -> bool {
+        self.frame.is_empty()
+    }
+
+    /// Parses the frame.
+    pub fn decode(self) -> Result<Reply, CodecError> {
+        let error = serde_json::from_slice(&self.frame[..self.error_end]).map_err(|source| {
+            CodecError::Json {
+                what: "reply error",
+                source,
+            }
+        })?;
+        let response = decode_response(self.rpc_type, &self.frame[self.error_end..])?;
+        Ok(Reply { error, response })
     }
 }
 

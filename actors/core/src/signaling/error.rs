@@ -6,9 +6,20 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SignalError {
-    /// The router could not be reached or the WebSocket/TLS handshake failed.
+    /// The router could not be reached or the WebSocket handshake failed.
     #[error("cannot reach the signaling server: {0}")]
     Connect(String),
+    /// The TLS handshake with the router failed; `failure` says how, so a
+    /// wrong name or an expired certificate can be told apart in code.
+    #[error("TLS handshake with {host} failed: {detail}")]
+    Tls {
+        /// The host name the certificate was checked against.
+        host: String,
+        /// The kind of failure.
+        failure: TlsFailure,
+        /// What the TLS library reported.
+        detail: String,
+    },
     /// No session with the router could be opened within the connect
     /// timeout (the client keeps trying in the background).
     #[error("no session with the signaling server {address} within {after:?}: {why}")]
@@ -67,6 +78,47 @@ pub enum SignalError {
     /// The router broke the protocol.
     #[error("signaling protocol error: {0}")]
     Protocol(String),
+}
+
+/// How a TLS handshake with the signaling server failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The certificate does not name the host dialled.
+    NotValidForName,
+    /// The certificate has expired (or is not valid yet).
+    Expired,
+    /// The certificate does not chain to a trusted authority: its issuer
+    /// is unknown, or a signature in the chain does not verify (a pinned
+    /// certificate that is not the server's).
+    Untrusted,
+    /// Another certificate problem (bad signature, revoked, ...).
+    BadCertificate,
+    /// Not a certificate problem: the connection failed during the
+    /// handshake or the peer broke the TLS protocol.
+    Other,
+}
+
+impl TlsFailure {
+    /// Classifies what the TLS connector reported.
+    pub fn of(error: &std::io::Error) -> TlsFailure {
+        use rustls::CertificateError as C;
+        let Some(rustls::Error::InvalidCertificate(cert)) = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
+            return TlsFailure::Other;
+        };
+        match cert {
+            C::NotValidForName | C::NotValidForNameContext { .. } => TlsFailure::NotValidForName,
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => TlsFailure::Expired,
+            C::UnknownIssuer | C::BadSignature => TlsFailure::Untrusted,
+            _ => TlsFailure::BadCertificate,
+        }
+    }
 }
 
 fn detail(message: &str) -> String {

@@ -150,10 +150,30 @@ impl ValueScanner {
 /// are short keys), then a SIMD search (base64 payloads can be megabytes).
 #[inline]
 fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
-    const SHORT: usize = 24;
-    let head = &bytes[..bytes.len().min(SHORT)];
-    if let Some(found) = head.iter().position(|b| *b == b'"' || *b == b'\\') {
-        return Some(found);
+    const SHORT: usize = 32;
+    // Eight bytes at a time: a byte equal to `"` or `\\` turns into a zero
+    // byte after the XOR, and `(x - 0x01..) & !x & 0x80..` flags the first
+    // zero byte exactly (a borrow can only flag bytes above it).
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
+    let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let head = bytes.len().min(SHORT);
+    let mut at = 0;
+    while at + 8 <= head {
+        let word = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let found = zero_in(word ^ QUOTES) | zero_in(word ^ BACKSLASHES);
+        if found != 0 {
+            return Some(at + found.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    if let Some(found) = bytes[at..head]
+        .iter()
+        .position(|b| *b == b'"' || *b == b'\\')
+    {
+        return Some(at + found);
     }
     if bytes.len() <= SHORT {
         return None;
@@ -215,6 +235,25 @@ mod tests {
         let mut scanner = ValueScanner::starting_at(0);
         assert_eq!(scanner.scan(&[b' '; MAX_BLANK]).unwrap(), None);
         assert!(scanner.scan(&[b' '; MAX_BLANK + 1]).is_err());
+    }
+
+    #[test]
+    fn finds_the_first_quote_or_backslash_at_every_offset() {
+        for len in 0..80 {
+            for at in 0..len {
+                for special in [b'"', b'\\'] {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = special;
+                    // A later special byte must not hide the first one.
+                    if at + 1 < len {
+                        bytes[len - 1] = b'"';
+                    }
+                    assert_eq!(find_quote_or_backslash(&bytes), Some(at), "{len} {at}");
+                }
+            }
+            assert_eq!(find_quote_or_backslash(&vec![0x80 | b'"'; len]), None);
+            assert_eq!(find_quote_or_backslash(&vec![b'a'; len]), None);
+        }
     }
 
     #[test]

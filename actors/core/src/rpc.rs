@@ -20,8 +20,8 @@ use crate::wire::{Command, Response, RpcType};
 /// instead of waiting for its timeout.
 ///
 /// ```
-/// # use babble_net_actors::rpc::Rpc;
-/// # use babble_net_actors::wire::{Command, Response, SyncResponse};
+/// # use babble_net_core::rpc::Rpc;
+/// # use babble_net_core::wire::{Command, Response, SyncResponse};
 /// fn handle(rpc: Rpc) {
 ///     match &rpc.command {
 ///         Command::Sync(request) => {
@@ -43,6 +43,7 @@ pub struct Rpc {
     responder: Responder,
 }
 
+#[cfg(feature = "actix")]
 impl actix::Message for Rpc {
     type Result = ();
 }

@@ -1,48 +1,4 @@
-//! Authenticated, encrypted connections between nodes: the libp2p Noise
-//! handshake keyed to each node's Babble key, as a [`StreamLayer`] that
-//! wraps any other (TCP, WebRTC, your own).
-//!
-//! The dialler checks that the node it reaches holds the key it expects
-//! for that address; the listener accepts only its peers' keys (or any
-//! key that proves itself, if told so); every incoming [`Rpc`](crate::Rpc)
-//! carries its sender's verified key in `peer_key`. Inside the channel the
-//! bytes are Go Babble's frames, unchanged. Go Babble speaks plaintext
-//! only, so a network is secure or plaintext as a whole.
-//!
-//! ```
-//! use std::sync::Arc;
-//! use babble_net::secure::{NodeKey, SecureStreamLayer};
-//! use babble_net::stream::{StreamLayer, TcpStreamLayer};
-//! use babble_net::{logging, Config, NetworkTransport, Response, SyncRequest, SyncResponse, Transport};
-//! use futures::StreamExt;
-//!
-//! # actix_rt::System::new().block_on(async {
-//! let (alice_key, bob_key) = (NodeKey::generate(), NodeKey::generate());
-//! let alice_public = alice_key.public();
-//! let secure = |tcp: TcpStreamLayer, key: &NodeKey, peer: (String, _)| {
-//!     let layer = SecureStreamLayer::new(Arc::new(tcp), key.clone(), [peer], false);
-//!     NetworkTransport::new(Arc::new(layer), &Config::default(), logging::discard())
-//! };
-//!
-//! // Bob accepts Alice only, and learns who called.
-//! let bob_tcp = TcpStreamLayer::bind("127.0.0.1:0", None).unwrap();
-//! let bob_addr = bob_tcp.advertise_addr();
-//! let bob = secure(bob_tcp, &bob_key, ("alice".into(), alice_public));
-//! bob.listen().unwrap();
-//! let mut rpcs = bob.consumer();
-//! actix_rt::spawn(async move {
-//!     while let Some(rpc) = rpcs.next().await {
-//!         assert_eq!(rpc.peer_key, Some(alice_public));
-//!         rpc.respond(Ok(Response::Sync(SyncResponse::default())));
-//!     }
-//! });
-//!
-//! // Alice expects Bob's key at Bob's address.
-//! let alice_tcp = TcpStreamLayer::bind("127.0.0.1:0", None).unwrap();
-//! let alice = secure(alice_tcp, &alice_key, (bob_addr.clone(), bob_key.public()));
-//! alice.sync(&bob_addr, SyncRequest::default()).await.unwrap();
-//! # });
-//! ```
+//! The secure channel as a [`StreamLayer`] over any other.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -50,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use babble_net_actors::secure::stream;
-use babble_net_actors::stream::{BoxConnection, StreamLayer, Upgraded};
+use babble_net_core::stream::{BoxConnection, Inbound, StreamLayer, Upgraded};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-pub use babble_net_actors::identity::{KeyError, NodeKey, PeerKey};
-pub use babble_net_actors::secure::{Acceptance, HandshakeError};
+use babble_net_core::identity::{NodeKey, PeerKey};
+use babble_net_core::secure::{Acceptance, HandshakeError};
 
-/// See the [module docs](self).
+/// See the [module docs](crate::secure).
 pub struct SecureStreamLayer {
     inner: Arc<dyn StreamLayer>,
     key: NodeKey,
@@ -119,6 +75,10 @@ impl StreamLayer for SecureStreamLayer {
         self.inner.accept()
     }
 
+    fn accept_inbound(&self) -> BoxFuture<'_, io::Result<Inbound>> {
+        self.inner.accept_inbound()
+    }
+
     fn upgrade(
         &self,
         connection: BoxConnection,
@@ -127,11 +87,22 @@ impl StreamLayer for SecureStreamLayer {
     ) -> BoxFuture<'static, io::Result<Upgraded>> {
         let inner = self.inner.upgrade(connection, remote, timeout);
         let (key, accept) = (self.key.clone(), self.accept.clone());
+        // A remote named by a key (a WebRTC peer's ID, the offer's `from`)
+        // must be the key the handshake proves: nobody takes another
+        // key's places under its name.
+        let named = PeerKey::parse(remote).ok();
+        let remote = remote.to_owned();
         async move {
             let upgraded = inner.await?;
             let (secured, peer_key) = stream::accept(upgraded.connection, &key, accept, timeout)
                 .await
                 .map_err(HandshakeError::into_io)?;
+            if named.is_some_and(|named| named != peer_key) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("the peer named {remote} proved another key, {peer_key}"),
+                ));
+            }
             Ok(Upgraded {
                 connection: Box::new(secured),
                 peer_key: Some(peer_key),
@@ -170,20 +141,4 @@ impl StreamLayer for SecureStreamLayer {
     fn close(&self) {
         self.inner.close()
     }
-}
-
-/// `layer` as it is, or secured as `config` says (`secure`, `key-file`,
-/// the peers, `accept-any-key`).
-pub(crate) fn wrap_if_secure(
-    layer: Arc<dyn StreamLayer>,
-    config: &crate::Config,
-) -> Result<Arc<dyn StreamLayer>, crate::TransportError> {
-    if !config.secure {
-        return Ok(layer);
-    }
-    let key = config.node_key()?;
-    let peers = config.peer_key_map()?;
-    let secured = SecureStreamLayer::new(layer, key, peers, config.accept_any_key)
-        .with_handshake_timeout(config.handshake_timeout);
-    Ok(Arc::new(secured))
 }

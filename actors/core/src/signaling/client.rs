@@ -20,8 +20,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::error::SignalError;
+use super::replay::ReplayWindow;
 use super::settings::SignalSettings;
-use super::signed::{self, Sdp, SeenSignatures};
+use super::signed::{self, Sdp};
 use super::wamp::{code, uri, Message};
 
 /// Where the answer to an offer of ours goes.
@@ -47,6 +48,9 @@ pub enum Action {
         from: String,
         /// The offer, as SDP JSON.
         sdp: String,
+        /// Whether `from`'s key was checked to have signed it (the client
+        /// has a key, so it takes signed offers only).
+        signed: bool,
     },
     /// Drop the connection (if any) and open a new one after `after`.
     Reconnect {
@@ -59,7 +63,7 @@ pub enum Action {
 
 /// Where the connection to the router stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Link {
+enum RouterState {
     /// No connection; the driver is (re)connecting.
     Down,
     /// Connected, HELLO sent, waiting for WELCOME until `deadline`.
@@ -95,7 +99,7 @@ struct QueuedOffer {
 /// See the [module docs](self).
 pub struct SignalClient {
     settings: SignalSettings,
-    link: Link,
+    link: RouterState,
     listening: bool,
     registration: Registration,
     listeners: Vec<(Instant, ListenSender)>,
@@ -111,7 +115,7 @@ pub struct SignalClient {
     closed: bool,
     actions: VecDeque<Action>,
     /// Signatures of offers and answers seen lately (replays are refused).
-    seen: SeenSignatures,
+    seen: ReplayWindow,
     /// The wall clock at `started`, in Unix milliseconds, for signed SDP.
     wall_at_start: u64,
     started: Instant,
@@ -123,7 +127,7 @@ impl SignalClient {
         let pause = settings.reconnect_min;
         SignalClient {
             settings,
-            link: Link::Down,
+            link: RouterState::Down,
             listening: false,
             registration: Registration::None,
             listeners: Vec::new(),
@@ -137,7 +141,7 @@ impl SignalClient {
             last_error: None,
             closed: false,
             actions: VecDeque::new(),
-            seen: SeenSignatures::default(),
+            seen: ReplayWindow::default(),
             wall_at_start: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -158,7 +162,7 @@ impl SignalClient {
     /// The router's session ID, while a session is open.
     pub fn session(&self) -> Option<u64> {
         match self.link {
-            Link::Up { session, .. } => Some(session),
+            RouterState::Up { session, .. } => Some(session),
             _ => None,
         }
     }
@@ -189,9 +193,9 @@ impl SignalClient {
             consider(queued.deadline);
         }
         match self.link {
-            Link::Down => {}
-            Link::Joining { deadline } => consider(deadline),
-            Link::Up { .. } => {
+            RouterState::Down => {}
+            RouterState::Joining { deadline } => consider(deadline),
+            RouterState::Up { .. } => {
                 let keepalive = self.settings.keepalive;
                 consider((self.last_ping + keepalive).min(self.last_heard + keepalive * 3));
             }
@@ -204,7 +208,7 @@ impl SignalClient {
         if self.closed {
             return;
         }
-        self.link = Link::Joining {
+        self.link = RouterState::Joining {
             deadline: now + self.settings.connect_timeout,
         };
         self.last_heard = now;
@@ -233,7 +237,7 @@ impl SignalClient {
 
     /// The connection broke (read error, closed, write timeout).
     pub fn disconnected(&mut self, why: &str) {
-        if self.link != Link::Down {
+        if self.link != RouterState::Down {
             self.reconnect(why);
         }
     }
@@ -280,7 +284,7 @@ impl SignalClient {
             deadline: now + timeout,
             reply,
         };
-        if matches!(self.link, Link::Up { .. }) {
+        if matches!(self.link, RouterState::Up { .. }) {
             self.call(queued, now);
         } else if self.queued.len() < self.settings.max_queued_offers {
             self.queued.push_back(queued);
@@ -307,6 +311,8 @@ impl SignalClient {
                     let now_ms = self.wall_ms(Instant::now());
                     let id = &self.settings.id;
                     args.push(signed::sign(key, Sdp::Answer, id, &caller, &answer, now_ms));
+                    // A peer we link with: its offers stay remembered.
+                    self.seen.protect(&caller, now_ms);
                 }
                 args.insert(0, Value::String(answer));
                 Message::Yield {
@@ -328,13 +334,13 @@ impl SignalClient {
             return;
         }
         self.closed = true;
-        if matches!(self.link, Link::Up { .. }) {
+        if matches!(self.link, RouterState::Up { .. }) {
             self.actions.push_back(Action::Send(Message::Goodbye {
                 details: Map::new(),
                 reason: uri::CLOSE_NORMAL.into(),
             }));
         }
-        self.link = Link::Down;
+        self.link = RouterState::Down;
         for (_, call) in self.calls.drain() {
             let _ = call.reply.send(Err(SignalError::Closed));
         }
@@ -393,7 +399,7 @@ impl SignalClient {
             }));
         }
         match self.link {
-            Link::Joining { deadline } if deadline <= now => {
+            RouterState::Joining { deadline } if deadline <= now => {
                 let error = SignalError::Connect(format!(
                     "no WELCOME within {:?}",
                     self.settings.connect_timeout
@@ -401,7 +407,7 @@ impl SignalClient {
                 self.last_error = Some(error.clone());
                 self.reconnect(&error.to_string());
             }
-            Link::Up { .. } => {
+            RouterState::Up { .. } => {
                 let limit = self.settings.keepalive * 3;
                 if now.duration_since(self.last_heard) >= limit {
                     self.reconnect(&format!("nothing from the router for {limit:?}"));
@@ -420,10 +426,10 @@ impl SignalClient {
         if self.closed {
             return;
         }
-        if let Link::Joining { .. } = self.link {
+        if let RouterState::Joining { .. } = self.link {
             return self.joining(message, now);
         }
-        let Link::Up { session, .. } = self.link else {
+        let RouterState::Up { session, .. } = self.link else {
             return;
         };
         match message {
@@ -465,6 +471,11 @@ impl SignalClient {
                     let answer = answer.and_then(|answer| {
                         self.check_signed(Sdp::Answer, &call.target, &answer, args.get(1), now)
                             .map_err(SignalError::Unauthenticated)?;
+                        if self.settings.key.is_some() {
+                            // A peer we link with: its answers stay remembered.
+                            let now_ms = self.wall_ms(now);
+                            self.seen.protect(&call.target, now_ms);
+                        }
                         Ok(answer)
                     });
                     let _ = call.reply.send(answer);
@@ -509,7 +520,7 @@ impl SignalClient {
 
     /// The driver read something that is not a WAMP message.
     pub fn malformed(&mut self, why: &str) {
-        if matches!(self.link, Link::Up { .. }) {
+        if matches!(self.link, RouterState::Up { .. }) {
             self.actions.push_back(Action::Send(Message::Abort {
                 details: Map::new(),
                 reason: uri::PROTOCOL_VIOLATION.into(),
@@ -521,7 +532,7 @@ impl SignalClient {
     fn joining(&mut self, message: Message, now: Instant) {
         match message {
             Message::Welcome { session, .. } => {
-                self.link = Link::Up {
+                self.link = RouterState::Up {
                     session,
                     next_request: 1,
                 };
@@ -572,7 +583,7 @@ impl SignalClient {
 
     fn next_request(&mut self) -> Option<u64> {
         match &mut self.link {
-            Link::Up { next_request, .. } => {
+            RouterState::Up { next_request, .. } => {
                 let request = *next_request;
                 *next_request += 1;
                 Some(request)
@@ -664,11 +675,17 @@ impl SignalClient {
             return;
         };
         let sdp = text_of(&sdp);
-        if let Err(why) = self.check_signed(Sdp::Offer, &from, &sdp, signature.as_ref(), now) {
-            self.actions
-                .push_back(Action::Send(processing_error(request, why)));
-            return;
-        }
+        // The signature is checked first, the caps next, and only an offer
+        // within them is remembered against replays: offers refused by a
+        // cap cannot fill the replay window.
+        let digest = match self.verify_signed(Sdp::Offer, &from, &sdp, signature.as_ref(), now) {
+            Ok(digest) => digest,
+            Err(why) => {
+                self.actions
+                    .push_back(Action::Send(processing_error(request, why)));
+                return;
+            }
+        };
         let from_caller = self.answering_per_caller.get(&from).copied().unwrap_or(0);
         let refusal = if self.answering.contains_key(&request) {
             Some("an offer with this request ID is being answered")
@@ -684,6 +701,11 @@ impl SignalClient {
                 .push_back(Action::Send(processing_error(request, why.to_owned())));
             return;
         }
+        if let Err(why) = self.first_time(digest, &from, now) {
+            self.actions
+                .push_back(Action::Send(processing_error(request, why)));
+            return;
+        }
         *self.answering_per_caller.entry(from.clone()).or_default() += 1;
         self.answering.insert(request, from.clone());
         self.actions.push_back(Action::Offer {
@@ -691,6 +713,7 @@ impl SignalClient {
             request,
             from,
             sdp,
+            signed: self.settings.key.is_some(),
         });
     }
 
@@ -704,17 +727,49 @@ impl SignalClient {
         argument: Option<&Value>,
         now: Instant,
     ) -> Result<(), String> {
+        let digest = self.verify_signed(kind, signer, sdp, argument, now)?;
+        self.first_time(digest, signer, now)
+    }
+
+    /// With a key, checks the signature of SDP that `signer` sent us and
+    /// returns the digest of what was signed; without one, nothing to
+    /// check (`None`).
+    fn verify_signed(
+        &self,
+        kind: Sdp,
+        signer: &str,
+        sdp: &str,
+        argument: Option<&Value>,
+        now: Instant,
+    ) -> Result<Option<signed::SignedDigest>, String> {
         if self.settings.key.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let now_ms = self.wall_ms(now);
         let max_age = self.settings.max_offer_age;
         let id = &self.settings.id;
-        let sig = signed::verify(kind, signer, id, sdp, argument, now_ms, max_age)?;
-        if !self.seen.first_time(sig, now_ms, max_age) {
-            return Err("a replayed signature".into());
+        signed::verify(kind, signer, id, sdp, argument, now_ms, max_age).map(Some)
+    }
+
+    /// Remembers a verified offer or answer; an error if it was seen
+    /// before.
+    fn first_time(
+        &mut self,
+        digest: Option<signed::SignedDigest>,
+        signer: &str,
+        now: Instant,
+    ) -> Result<(), String> {
+        let Some(digest) = digest else {
+            return Ok(());
+        };
+        let now_ms = self.wall_ms(now);
+        match self
+            .seen
+            .first_time(digest, signer, now_ms, self.settings.max_offer_age)
+        {
+            true => Ok(()),
+            false => Err("a replayed offer or answer".into()),
         }
-        Ok(())
     }
 
     fn release_caller(&mut self, caller: &str) {
@@ -741,7 +796,7 @@ impl SignalClient {
     /// The session is over: calls in flight fail (the router forgot them),
     /// offers being answered are forgotten; queued offers wait on.
     fn reconnect_after(&mut self, why: &str, after: Duration) {
-        self.link = Link::Down;
+        self.link = RouterState::Down;
         self.registration = Registration::None;
         for (_, call) in self.calls.drain() {
             let _ = call.reply.send(Err(SignalError::Disconnected));

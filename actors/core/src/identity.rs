@@ -152,7 +152,13 @@ impl PeerKey {
     /// SHA-256(`message`).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         match Signature::from_der(signature) {
-            Ok(signature) => self.verifying().verify(message, &signature).is_ok(),
+            // A high-S signature is as valid (Go's crypto/ecdsa and most
+            // signers do not normalise): normalised, then verified. What
+            // must recognise a signature again keys on the signed content.
+            Ok(signature) => {
+                let signature = signature.normalize_s().unwrap_or(signature);
+                self.verifying().verify(message, &signature).is_ok()
+            }
             Err(_) => false,
         }
     }

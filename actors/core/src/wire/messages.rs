@@ -185,6 +185,39 @@ impl Command {
             Command::Join(_) => RpcType::Join,
         }
     }
+
+    /// About how many bytes the request's frame takes, found without
+    /// encoding it (used to decide where to encode it: a large frame's
+    /// encoding moves off the caller's thread). Counts what dominates:
+    /// the events and their transactions.
+    pub fn size_hint(&self) -> usize {
+        const SMALL: usize = 256;
+        match self {
+            Command::EagerSync(request) => SMALL + events_size_hint(request.events.as_deref()),
+            Command::Sync(request) => SMALL + request.known.as_ref().map_or(0, |k| k.len() * 24),
+            Command::FastForward(_) | Command::Join(_) => SMALL,
+        }
+    }
+}
+
+/// About how many bytes `events` take as JSON.
+fn events_size_hint(events: Option<&[super::WireEvent]>) -> usize {
+    /// The fields of an event other than its transactions and signature.
+    const EVENT: usize = 192;
+    events.unwrap_or_default().iter().fold(0, |total, event| {
+        let body = &event.body;
+        let transactions: usize = body
+            .transactions
+            .iter()
+            .flatten()
+            .map(|tx| tx.as_ref().map_or(0, Vec::len).div_ceil(3) * 4 + 3)
+            .sum();
+        let others = body.internal_transactions.as_ref().map_or(0, Vec::len)
+            + body.block_signatures.as_ref().map_or(0, Vec::len);
+        total
+            .saturating_add(EVENT + event.signature.len() + transactions)
+            .saturating_add(others.saturating_mul(EVENT))
+    })
 }
 
 /// The answer to a [`Command`]; its variant must match the command's.
@@ -211,6 +244,50 @@ impl Response {
             Response::EagerSync(_) => RpcType::EagerSync,
             Response::FastForward(_) => RpcType::FastForward,
             Response::Join(_) => RpcType::Join,
+        }
+    }
+
+    /// About how many bytes the response's frame takes, found without
+    /// encoding it (see [`Command::size_hint`]).
+    pub fn size_hint(&self) -> usize {
+        const SMALL: usize = 256;
+        match self {
+            Response::Sync(response) => {
+                SMALL
+                    + events_size_hint(response.events.as_deref())
+                    + response.known.as_ref().map_or(0, |k| k.len() * 24)
+            }
+            Response::EagerSync(_) => SMALL,
+            Response::FastForward(response) => {
+                // The snapshot and the block's transactions as base64, and
+                // a generous share for each event, root and peer of the
+                // frame (each is a few hundred bytes of keys and hashes).
+                let base64 = |len: usize| len.div_ceil(3) * 4;
+                let transactions: usize = (response.block.body.transactions.iter().flatten())
+                    .map(|tx| base64(tx.as_ref().map_or(0, Vec::len)) + 3)
+                    .sum();
+                let frame = &response.frame;
+                let parts = frame.events.as_ref().map_or(0, Vec::len)
+                    + frame.roots.as_ref().map_or(0, |roots| roots.len())
+                    + frame.peers.as_ref().map_or(0, Vec::len)
+                    + frame
+                        .peer_sets
+                        .iter()
+                        .flatten()
+                        .map(|(_, set)| set.as_ref().map_or(1, Vec::len))
+                        .sum::<usize>();
+                (4 * SMALL)
+                    .saturating_add(base64(response.snapshot.as_ref().map_or(0, Vec::len)))
+                    .saturating_add(transactions)
+                    .saturating_add(parts.saturating_mul(4 * SMALL))
+            }
+            Response::Join(response) => {
+                SMALL
+                    + response
+                        .peers
+                        .as_ref()
+                        .map_or(0, |peers| peers.len() * SMALL)
+            }
         }
     }
 

@@ -10,11 +10,16 @@
 //! DTLS fingerprint, so nobody in between can stand in for either end. A
 //! node rejects SDP that is unsigned, signed by another key, older than
 //! its offer timeout (or as far in the future), or seen before.
+//!
+//! "Seen before" is decided on the signed content, never on the
+//! signature: an ECDSA signature has two valid encodings (low and high S),
+//! and hex has two cases, so the same offer can be sent again with other
+//! signature bytes.
 
-use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use crate::identity::{NodeKey, PeerKey};
 
@@ -50,9 +55,14 @@ pub fn sign(key: &NodeKey, kind: Sdp, signer: &str, other: &str, sdp: &str, now_
     json!({ "ts": now_ms, "sig": hex::encode(signature) })
 }
 
+/// What was signed, as a digest: the identity of an offer or answer for
+/// replay protection.
+pub type SignedDigest = [u8; 32];
+
 /// Checks the `{"ts", "sig"}` argument of `sdp`, sent by `signer` to
 /// `other`: signed by `signer`'s key (the ID is the key), within `max_age`
-/// of `now_ms`. Returns the signature, to check it was not seen before.
+/// of `now_ms`. Returns the digest of what was signed, to check it was not
+/// seen before.
 pub fn verify(
     kind: Sdp,
     signer: &str,
@@ -61,7 +71,7 @@ pub fn verify(
     argument: Option<&Value>,
     now_ms: u64,
     max_age: Duration,
-) -> Result<String, String> {
+) -> Result<SignedDigest, String> {
     let argument = argument.ok_or_else(|| format!("unsigned {}", kind.name()))?;
     let ts = argument
         .get("ts")
@@ -80,42 +90,11 @@ pub fn verify(
     }
     let key = PeerKey::parse(signer).map_err(|_| format!("{signer} is not a public key"))?;
     let signature = hex::decode(sig).map_err(|_| "the signature is not hex".to_owned())?;
-    if !key.verify(&signed_bytes(kind, signer, other, sdp, ts), &signature) {
+    let signed = signed_bytes(kind, signer, other, sdp, ts);
+    if !key.verify(&signed, &signature) {
         return Err(format!("the {} is not signed by {signer}", kind.name()));
     }
-    Ok(sig.to_owned())
-}
-
-/// Signatures seen within the freshness window, to refuse replays;
-/// bounded.
-#[derive(Debug, Default)]
-pub struct SeenSignatures {
-    order: VecDeque<(u64, String)>,
-    set: HashSet<String>,
-}
-
-/// Signatures remembered at most.
-const MAX_SEEN: usize = 8192;
-
-impl SeenSignatures {
-    /// Records `sig` at `now_ms`; false if it was seen before, or if the
-    /// window holds too many to tell.
-    pub fn first_time(&mut self, sig: String, now_ms: u64, max_age: Duration) -> bool {
-        let horizon = now_ms.saturating_sub(2 * max_age.as_millis() as u64);
-        while let Some((at, _)) = self.order.front() {
-            if *at >= horizon {
-                break;
-            }
-            let (_, old) = self.order.pop_front().expect("front exists");
-            self.set.remove(&old);
-        }
-        if self.set.contains(&sig) || self.set.len() >= MAX_SEEN {
-            return false;
-        }
-        self.set.insert(sig.clone());
-        self.order.push_back((now_ms, sig));
-        true
-    }
+    Ok(Sha256::digest(&signed).into())
 }
 
 #[cfg(test)]
@@ -178,13 +157,28 @@ mod tests {
     }
 
     #[test]
-    fn a_replayed_signature_is_seen() {
-        let mut seen = SeenSignatures::default();
-        assert!(seen.first_time("a".into(), 1000, AGE));
-        assert!(!seen.first_time("a".into(), 2000, AGE));
-        assert!(seen.first_time("b".into(), 2000, AGE));
-        // Long after, the window has moved on (and a stale signature is
-        // refused by its timestamp anyway).
-        assert!(seen.first_time("a".into(), 100_000, AGE));
+    fn the_same_offer_with_its_signature_re_encoded_is_a_replay() {
+        let key = NodeKey::generate();
+        let me = key.public().to_string();
+        let arg = sign(&key, Sdp::Offer, &me, "bob", "{sdp}", 1_000_000);
+        let first = verify(Sdp::Offer, &me, "bob", "{sdp}", Some(&arg), 1_000_100, AGE).unwrap();
+        // The same signature as upper-case hex, and as its high-S twin (as
+        // a signer that does not normalise would have made it): both
+        // verify, and both are the same offer.
+        let sig = arg["sig"].as_str().unwrap();
+        let upper = json!({ "ts": arg["ts"], "sig": sig.to_uppercase() });
+        let der = hex::decode(sig).unwrap();
+        let low = k256::ecdsa::Signature::from_der(&der).unwrap();
+        let (r, s) = low.split_scalars();
+        let high = k256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+        assert!(high.normalize_s().is_some(), "the twin is high-S");
+        let high = json!({ "ts": arg["ts"], "sig": hex::encode(high.to_der().as_bytes()) });
+        let mut seen = super::super::replay::ReplayWindow::default();
+        assert!(seen.first_time(first, &me, 1_000_100, AGE));
+        for twin in [upper, high] {
+            let digest =
+                verify(Sdp::Offer, &me, "bob", "{sdp}", Some(&twin), 1_000_200, AGE).unwrap();
+            assert!(!seen.first_time(digest, &me, 1_000_200, AGE));
+        }
     }
 }

@@ -1,4 +1,4 @@
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::scanner::{ValueScanner, MAX_BLANK};
@@ -8,8 +8,8 @@ use crate::wire::{bounded, go_json, Command, Response, RpcType};
 /// Server side of a connection: decodes requests, encodes replies.
 ///
 /// ```
-/// use babble_net_actors::codec::ServerCodec;
-/// use babble_net_actors::wire::{Command, SyncRequest};
+/// use babble_net_core::codec::ServerCodec;
+/// use babble_net_core::wire::{Command, SyncRequest};
 /// use bytes::BytesMut;
 /// use tokio_util::codec::Decoder;
 ///
@@ -49,11 +49,10 @@ impl Default for ServerCodec {
     }
 }
 
-impl Decoder for ServerCodec {
-    type Item = Command;
-    type Error = CodecError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Command>, CodecError> {
+impl ServerCodec {
+    /// Cuts the next whole request from `src` without parsing it (see
+    /// [`RawRequest`]); `None` while more bytes are needed.
+    pub fn decode_raw(&mut self, src: &mut BytesMut) -> Result<Option<RawRequest>, CodecError> {
         if self.current.is_none() {
             // The newline that ends the previous request (or any other
             // whitespace) may come late; no type byte is whitespace.
@@ -80,16 +79,66 @@ impl Decoder for ServerCodec {
         };
         check_size(end, self.max_frame_size)?;
         self.current = None;
-        let frame = src.split_to(end);
-        decode_command(rpc_type, &frame[1..]).map(Some)
+        Ok(Some(RawRequest {
+            rpc_type,
+            frame: src.split_to(end).freeze(),
+        }))
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Command>, CodecError> {
-        match self.decode(src)? {
-            Some(command) => Ok(Some(command)),
+    /// [`decode_raw`](Self::decode_raw) at the end of the stream: bytes
+    /// of an unfinished request are an error.
+    pub fn decode_raw_eof(&mut self, src: &mut BytesMut) -> Result<Option<RawRequest>, CodecError> {
+        match self.decode_raw(src)? {
+            Some(request) => Ok(Some(request)),
             None if self.current.is_some() || !src.is_empty() => Err(CodecError::Truncated),
             None => Ok(None),
         }
+    }
+}
+
+impl Decoder for ServerCodec {
+    type Item = Command;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Command>, CodecError> {
+        self.decode_raw(src)?.map(RawRequest::decode).transpose()
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Command>, CodecError> {
+        self.decode_raw_eof(src)?
+            .map(RawRequest::decode)
+            .transpose()
+    }
+}
+
+/// A whole request frame, cut from the stream but not parsed yet: parsing
+/// is the costly part, and a large frame's can run on another thread.
+#[derive(Debug)]
+pub struct RawRequest {
+    rpc_type: RpcType,
+    /// The type byte, the JSON and what ends it.
+    frame: Bytes,
+}
+
+impl RawRequest {
+    /// Bytes of the frame.
+    pub fn len(&self) -> usize {
+        self.frame.len()
+    }
+
+    /// Whether the frame has no bytes (never, for a cut frame).
+    pub fn is_empty(&self) -> bool {
+        self.frame.is_empty()
+    }
+
+    /// The RPC type named by the frame's first byte.
+    pub fn rpc_type(&self) -> RpcType {
+        self.rpc_type
+    }
+
+    /// Parses the frame.
+    pub fn decode(self) -> Result<Command, CodecError> {
+        decode_command(self.rpc_type, &self.frame[1..])
     }
 }
 
@@ -124,8 +173,27 @@ impl Encoder<Reply> for ServerCodec {
     }
 }
 
+/// The buffer the encoder reserves for `reply`: its estimated size with an
+/// eighth to spare, so that the frame takes one allocation (a budget for
+/// encoded replies is charged this much before encoding).
+pub fn reply_capacity(reply: &Reply) -> usize {
+    let hint = reply.response.as_ref().map_or(0, Response::size_hint);
+    hint.saturating_add(hint / 8)
+        .saturating_add(reply.error.len())
+        .saturating_add(8)
+}
+
 /// Writes `reply` in Go's form: error string, newline, response, newline.
 pub(crate) fn encode_reply(reply: &Reply, dst: &mut BytesMut) -> Result<(), CodecError> {
+    // One allocation for the whole frame, not a doubling per growth.
+    dst.reserve(reply_capacity(reply));
+    write_reply(reply, dst)
+}
+
+/// Writes `reply` as [`ServerCodec`] encodes it, into what `dst` has
+/// room for (it grows if that is not enough): for a caller that reserved
+/// [`reply_capacity`] already.
+pub fn write_reply(reply: &Reply, dst: &mut BytesMut) -> Result<(), CodecError> {
     let json_error = |source| CodecError::Json {
         what: "reply",
         source,

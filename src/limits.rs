@@ -1,0 +1,143 @@
+//! Every limit and deadline a transport runs with, built from a
+//! [`Config`] in one place.
+//!
+//! A transport is made of parts that each take their own settings: the
+//! per-peer connection pools ([`PoolSettings`]), the Listener
+//! ([`ListenerLimits`]), the WebRTC layer (`RtcLimits`, `IceOptions`) and
+//! the signaling client ([`SignalSettings`]). Each is built here from the
+//! configuration, so that one key means one thing and a reader finds
+//! every use of it below. [`Config::call_bound`] adds up the same values.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use babble_net_actors::listener::ListenerLimits;
+use babble_net_actors::peer_pool::PoolSettings;
+use slog::{warn, Logger};
+
+#[cfg(feature = "signal")]
+use babble_net_core::signaling::SignalSettings;
+
+use crate::Config;
+
+/// The connection pools' settings: `max-pool` connections kept per peer,
+/// idle ones closed after half of `idle-timeout` (before the peer's
+/// Listener closes them), replies up to `max-reply-size`, at most
+/// `max-dials-per-peer` dials at once, transfers above
+/// `min-transfer-rate`, frames above `large-frame` handled on the I/O
+/// threads.
+pub fn pool(config: &Config, transport: &'static str) -> PoolSettings {
+    PoolSettings {
+        max_pool: config.max_pool,
+        max_idle: config.idle_timeout / 2,
+        max_reply_size: config.max_reply_size,
+        max_dials: config.max_dials_per_peer,
+        min_rate: config.min_transfer_rate,
+        large_frame: config.large_frame,
+        transport,
+    }
+}
+
+/// The Listener's limits: `max-inbound` and `max-inbound-per-ip`
+/// connections, `idle-timeout`, requests and replies within `timeout`
+/// plus their size at `min-transfer-rate`, requests up to
+/// `max-request-size`, the inbound and outbound buffer budgets, the
+/// secure handshake within `handshake-timeout`, frames above
+/// `large-frame` handled on the I/O threads.
+pub fn listener(config: &Config, transport: &'static str) -> ListenerLimits {
+    ListenerLimits {
+        max_inbound: config.max_inbound,
+        max_inbound_per_ip: config.max_inbound_per_ip,
+        idle_timeout: config.idle_timeout,
+        timeout: config.timeout,
+        min_rate: config.min_transfer_rate,
+        max_request_size: config.max_request_size,
+        buffer_budget: config.inbound_buffer_budget,
+        outbound_budget: config.outbound_buffer_budget,
+        handshake_timeout: config.handshake_timeout,
+        large_frame: config.large_frame,
+        transport,
+    }
+}
+
+/// The WebRTC layer's limits: `webrtc-connect-timeout` to connect,
+/// `webrtc-max-peers`, `webrtc-max-channels`, failed connections pruned
+/// every 5 s, peer connections driven on the `io-threads`.
+#[cfg(feature = "webrtc")]
+pub fn rtc(config: &Config) -> crate::rtc::RtcLimits {
+    crate::rtc::RtcLimits {
+        connect_timeout: config.webrtc_connect_deadline(),
+        max_peers: config.webrtc_max_peers,
+        max_channels: config.webrtc_max_channels,
+        prune_interval: std::time::Duration::from_secs(5),
+        io_threads: config.io_threads,
+    }
+}
+
+/// The ICE servers of the configuration (`ice-addr`, `ice-username`,
+/// `ice-password`), if any.
+#[cfg(feature = "webrtc")]
+pub fn ice(config: &Config) -> crate::rtc::IceOptions {
+    let servers = config
+        .ice_addr
+        .iter()
+        .map(|addr| crate::rtc::IceServer {
+            urls: vec![addr.clone()],
+            username: config.ice_username.clone().unwrap_or_default(),
+            credential: config.ice_password.clone().unwrap_or_default(),
+        })
+        .collect();
+    crate::rtc::IceOptions {
+        servers,
+        ..crate::rtc::IceOptions::default()
+    }
+}
+
+/// The signaling client's settings for `id` (`signal-addr`,
+/// `signal-realm`), connecting within `signal-connect-timeout` and taking
+/// signed offers no older than `offer-timeout`; `tls` and `key` as the
+/// caller made them from the configuration. Other limits are
+/// [`SignalSettings::new`]'s.
+#[cfg(feature = "signal")]
+pub fn signal(
+    config: &Config,
+    id: String,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    key: Option<crate::secure::NodeKey>,
+) -> SignalSettings {
+    SignalSettings {
+        tls,
+        connect_timeout: config.signal_connect_deadline(),
+        max_offer_age: config.offer_deadline(),
+        key,
+        ..SignalSettings::new(&config.signal_addr, &config.signal_realm, id)
+    }
+}
+
+/// Logs, once per process, which keys take `join-timeout`'s value (see
+/// [`Config::join_timeout_carried_over`]).
+pub fn warn_carried_over(config: &Config, log: &Logger) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let keys = config.join_timeout_carried_over();
+    if keys.is_empty() || WARNED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    warn!(log, "join-timeout also sets keys the configuration leaves unset, as before they existed; \
+        set them to keep join-timeout for Join alone";
+        "join_timeout" => ?config.join_timeout, "keys" => keys.join(", "));
+}
+
+#[cfg(feature = "webrtc")]
+impl crate::rtc::RtcLimits {
+    /// The limits of `config`: see [`rtc()`].
+    pub fn from_config(config: &Config) -> crate::rtc::RtcLimits {
+        rtc(config)
+    }
+}
+
+#[cfg(feature = "webrtc")]
+impl crate::rtc::IceOptions {
+    /// The ICE servers of `config`: see [`ice`].
+    pub fn from_config(config: &Config) -> crate::rtc::IceOptions {
+        ice(config)
+    }
+}

@@ -1,0 +1,109 @@
+//! The answering side of the WebRTC layer: every offer answered on its
+//! own task, in a place held for it (see [`super::inbound`]), the data
+//! channels its peer opens handed to the Listener.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use babble_net_actors::io_arbiters::IoArbiters;
+use slog::{debug, warn, Logger};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::channel::ChannelStream;
+use super::engine::{self, Engine};
+use super::inbound::{InboundLinks, Place};
+use crate::signal::Offer;
+
+/// A data channel a peer opened: the stream, the offer's `from`, and the
+/// peer's address on the link.
+pub(super) type Accepted = (ChannelStream, String, Option<SocketAddr>);
+
+/// What answering an offer needs.
+pub(super) struct Answering {
+    /// How long making an answer may take (ICE gathering included).
+    pub(super) connect_timeout: Duration,
+    pub(super) engine: Arc<Engine>,
+    pub(super) inbound: Arc<Mutex<InboundLinks>>,
+    pub(super) accepted: mpsc::Sender<Accepted>,
+    pub(super) max_channels: usize,
+    pub(super) log: Logger,
+}
+
+/// Answers every offer on its own task, on the I/O thread of its caller,
+/// until shut down. The signal bounds how many offers are being answered
+/// at once.
+pub(super) async fn answer_offers(
+    mut offers: crate::signal::Offers,
+    answering: Arc<Answering>,
+    io: Arc<IoArbiters>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let offer = tokio::select! {
+            offer = offers.recv() => match offer {
+                Some(offer) => offer,
+                None => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let answering = answering.clone();
+        let thread = io.for_key(&offer.from);
+        thread.spawn(async move { answering.answer(offer).await });
+    }
+}
+
+impl Answering {
+    async fn answer(&self, offer: Offer) {
+        let (from, signed) = (offer.from.clone(), offer.signed);
+        let Some(place) = Place::hold(&self.inbound, &from) else {
+            return offer.answer(Err("the WebRTC layer is closed".into()));
+        };
+        // Dropped unless added below, the new connection closes.
+        let peer = match self.engine.peer().await {
+            Ok(link) => link,
+            Err(err) => {
+                return offer.answer(Err(format!("cannot create a peer connection: {err}")))
+            }
+        };
+        let (accepted, remote) = (self.accepted.clone(), from.clone());
+        let connect_timeout = self.connect_timeout;
+        let activity = place.activity();
+        let answering = peer.answer(
+            &offer.sdp,
+            self.max_channels,
+            activity,
+            move |stream, address| {
+                let accepted = accepted.clone();
+                let remote = remote.clone();
+                tokio::spawn(async move {
+                    // A full queue waits, within a deadline: the Listener takes
+                    // channels as it can. A channel given up on is closed.
+                    let queued = accepted.send((stream, remote, address));
+                    let _ = tokio::time::timeout(connect_timeout, queued).await;
+                });
+            },
+        );
+        let answered = tokio::time::timeout(self.connect_timeout, answering)
+            .await
+            .unwrap_or_else(|_| {
+                Err(engine::Error::Other(
+                    "no answer within the connect timeout (ICE gathering did not finish)".into(),
+                ))
+            });
+        match answered {
+            Ok(answer) => {
+                debug!(self.log, "answered an offer"; "peer" => &from);
+                // Held before the answer leaves: once the peer has it, the
+                // connection is counted.
+                place.fill(from, signed, peer, self.connect_timeout);
+                offer.answer(Ok(answer));
+            }
+            Err(err) => {
+                warn!(self.log, "refusing a bad offer"; "peer" => &from, "error" => %err);
+                offer.answer(Err(err.to_string()));
+            }
+        }
+    }
+}
