@@ -103,9 +103,25 @@ pub struct Config {
     /// A secure node accepts any key that proves itself, not only its
     /// peers' (for nodes that join a running network).
     pub accept_any_key: bool,
-    /// Time a secure handshake may take.
+    /// Time a secure handshake (Noise, or QUIC's TLS) may take.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Use the QUIC transport ([`crate::NetworkTransport::quic`]): UDP on
+    /// `listen`, TLS keyed to `key-file`, the peers' keys as for `secure`.
+    /// Rust nodes only: Go Babble has no QUIC. Off by default.
+    pub quic: bool,
+    /// QUIC: calls (streams) one peer connection may have open at once;
+    /// more wait in the caller's QUIC stack.
+    pub quic_max_streams: u32,
+    /// QUIC: inbound connections at once; at the cap a newcomer evicts the
+    /// least recently used connection of the source holding the most.
+    pub quic_max_connections: usize,
+    /// QUIC: inbound connections from one source address at once.
+    pub quic_max_connections_per_source: usize,
+    /// QUIC: handshakes in progress beyond which a newcomer must prove its
+    /// address with a Retry; beyond four times this, newcomers are
+    /// refused.
+    pub quic_max_handshakes: usize,
     /// WebRTC: peer connections other peers may hold to this node; at the
     /// cap a newcomer evicts the least recently used connection of the
     /// source (the peer's address on it) holding the most.
@@ -199,6 +215,11 @@ impl Default for Config {
             peer_keys: BTreeMap::new(),
             accept_any_key: false,
             handshake_timeout: Duration::from_secs(5),
+            quic: false,
+            quic_max_streams: 64,
+            quic_max_connections: 256,
+            quic_max_connections_per_source: 8,
+            quic_max_handshakes: 64,
             webrtc_max_peers: 256,
             webrtc_max_channels: 64,
             min_transfer_rate: 64 * 1024,
@@ -299,6 +320,22 @@ impl Config {
         }
         if self.webrtc_max_peers == 0 || self.webrtc_max_channels == 0 {
             return fail("webrtc-max-peers and webrtc-max-channels must be at least 1");
+        }
+        if self.quic && self.key_file.is_none() {
+            return fail("quic needs a key-file (the node's private key)");
+        }
+        if self.quic && (self.webrtc || self.secure) {
+            return fail("quic is a transport of its own: it cannot be combined with webrtc or secure (QUIC is always encrypted)");
+        }
+        if self.quic_max_streams == 0
+            || self.quic_max_connections == 0
+            || self.quic_max_connections_per_source == 0
+            || self.quic_max_handshakes == 0
+        {
+            return fail("quic-max-streams, quic-max-connections, quic-max-connections-per-source and quic-max-handshakes must be at least 1");
+        }
+        if self.quic && !cfg!(feature = "quic") {
+            return fail("quic = true needs the feature `quic` (babble-net was built without it)");
         }
         if self.webrtc && !cfg!(feature = "webrtc") {
             return fail(

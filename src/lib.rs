@@ -16,6 +16,9 @@
 //! * [`NetworkTransport::webrtc`]: WebRTC data channels (feature `webrtc`,
 //!   on by default), peers meeting through a signaling server
 //!   ([`signal`]).
+//! * [`NetworkTransport::quic`]: QUIC between Rust nodes (feature `quic`,
+//!   on by default): one connection per peer, a stream per call, each
+//!   side proving its node key in TLS ([`quic`]).
 //!
 //! Every failure is one [`TransportError`]; ask it what happened with its
 //! predicates ([`is_timeout`](TransportError::is_timeout),
@@ -66,6 +69,8 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 mod network;
+#[cfg(feature = "quic")]
+pub mod quic;
 #[cfg(feature = "webrtc")]
 pub mod rtc;
 pub mod secure;

@@ -4,7 +4,8 @@
 //! A transport is made of parts that each take their own settings: the
 //! per-peer connection pools ([`PoolSettings`]), the Listener
 //! ([`ListenerLimits`]), the WebRTC layer (`RtcLimits`, `IceOptions`) and
-//! the signaling client ([`SignalSettings`]). Each is built here from the
+//! the signaling client ([`SignalSettings`]), the QUIC layer
+//! (`QuicLimits`). Each is built here from the
 //! configuration, so that one key means one thing and a reader finds
 //! every use of it below. [`Config::call_bound`] adds up the same values.
 
@@ -34,6 +35,32 @@ pub fn pool(config: &Config, transport: &'static str) -> PoolSettings {
         min_rate: config.min_transfer_rate,
         large_frame: config.large_frame,
         transport,
+    }
+}
+
+/// The QUIC layer's limits: `quic-max-streams` calls at once per
+/// connection, `quic-max-connections` inbound connections (at most
+/// `quic-max-connections-per-source` from one address), Retry beyond
+/// `quic-max-handshakes` handshakes in progress, each within
+/// `handshake-timeout`, connections closed after `idle-timeout` without a
+/// packet. What peers may send towards this node before it reads
+/// (QUIC's flow-control window, per inbound connection) is
+/// `inbound-buffer-budget / quic-max-connections`, between 64 KiB and
+/// 16 MiB, so that every inbound connection together stays within the
+/// budget; replies to this node's calls get a 16 MiB window.
+#[cfg(feature = "quic")]
+pub fn quic(config: &Config) -> crate::quic::QuicLimits {
+    const KIB: u64 = 1024;
+    let share = config.inbound_buffer_budget as u64 / config.quic_max_connections.max(1) as u64;
+    crate::quic::QuicLimits {
+        max_streams: config.quic_max_streams,
+        max_connections: config.quic_max_connections,
+        max_connections_per_source: config.quic_max_connections_per_source,
+        max_handshakes: config.quic_max_handshakes,
+        handshake_timeout: config.handshake_timeout,
+        idle_timeout: config.idle_timeout,
+        receive_window: share.clamp(64 * KIB, 16 * 1024 * KIB),
+        reply_window: 16 * 1024 * KIB,
     }
 }
 

@@ -33,3 +33,22 @@ pub fn serve_prometheus(addr: std::net::SocketAddr) -> Result<(), String> {
         .install()
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
 }
+
+/// The QUIC listener turned a handshake or connection away, or asked for
+/// a Retry: `reason` is `retry`, `handshakes`, `handshake`, `timeout`,
+/// `certificate` or `not_a_peer` (docs/METRICS.md).
+#[cfg(feature = "quic")]
+pub(crate) fn quic_refused(reason: &'static str) {
+    metrics::counter!("babble_net_quic_refused_total", "reason" => reason).increment(1);
+}
+
+/// A QUIC connection was evicted for a newcomer at a connection cap.
+#[cfg(feature = "quic")]
+pub(crate) fn quic_shed(reason: babble_net_core::places::Shed) {
+    let reason = match reason {
+        babble_net_core::places::Shed::Cap => "cap",
+        babble_net_core::places::Shed::SourceCap => "per_ip",
+    };
+    metrics::counter!("babble_net_inbound_shed_total", "transport" => "quic_connection", "reason" => reason)
+        .increment(1);
+}

@@ -19,7 +19,7 @@ use crate::endpoint::Endpoint;
 use crate::transport::reply_to_result;
 use crate::{Command, Config, Response, Rpc, Transport, TransportError};
 
-/// A transport over a network [`StreamLayer`] (TCP or WebRTC).
+/// A transport over a network [`StreamLayer`] (TCP, WebRTC or QUIC).
 ///
 /// Outgoing calls go to the PeerPool actor of their target, which reuses
 /// or dials connections; incoming connections are served by the Listener
@@ -139,6 +139,53 @@ impl NetworkTransport {
         let layer = crate::rtc::WebRtcStreamLayer::start(signal, ice, limits, log.clone()).await?;
         let layer = crate::secure::wrap_if_secure(Arc::new(layer), config)?;
         Ok(NetworkTransport::new(layer, config, log))
+    }
+
+    /// A QUIC transport bound to `config.bind_addr` (UDP), advertising
+    /// `config.advertise` (or the bound address), keyed to `key-file`,
+    /// expecting the peers of `peers-file` and `peer-keys` at their
+    /// addresses and accepting only their keys (unless `accept-any-key`).
+    /// See [`crate::quic`] and docs/QUIC.md; the limits are
+    /// [`crate::limits::quic`]'s. `config.quic` need not be set.
+    ///
+    /// ```
+    /// use babble_net::{logging, secure::NodeKey, Config, NetworkTransport, Transport};
+    ///
+    /// # actix_rt::System::new().block_on(async {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let key_file = dir.path().join("priv_key");
+    /// NodeKey::generate().save(&key_file).unwrap();
+    /// let config = Config {
+    ///     bind_addr: "127.0.0.1:0".into(),
+    ///     key_file: Some(key_file),
+    ///     quic: true,
+    ///     ..Config::default()
+    /// };
+    /// let transport = NetworkTransport::quic(&config, logging::discard()).unwrap();
+    /// transport.listen().unwrap();
+    /// assert_ne!(transport.local_addr(), "127.0.0.1:0");
+    /// transport.close().await.unwrap();
+    /// # });
+    /// ```
+    #[cfg(feature = "quic")]
+    pub fn quic(config: &Config, log: Logger) -> Result<NetworkTransport, TransportError> {
+        config.validate()?;
+        let key = config.node_key()?;
+        let keys = crate::quic::QuicKeys {
+            key,
+            peers: config.peer_key_map()?.into_iter().collect(),
+            accept_any_key: config.accept_any_key,
+        };
+        let log = log.new(o!("transport" => "quic"));
+        let layer = crate::quic::QuicStreamLayer::bind(
+            &config.bind_addr,
+            config.advertise.as_deref(),
+            keys,
+            crate::limits::quic(config),
+            config.io_threads,
+            log.clone(),
+        )?;
+        Ok(NetworkTransport::new(Arc::new(layer), config, log))
     }
 
     /// Counts of the connections to `peer`: idle ones, dials, restarts.

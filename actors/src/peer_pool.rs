@@ -18,6 +18,14 @@
 //!    newest first, closes those idle longer than `max_idle`, and counts
 //!    dials and restarts.
 //!
+//! A layer that gives each call a connection of its own (QUIC streams,
+//! see [`StreamLayer::one_call_per_connection`]) has no pool: each call
+//! opens its stream (the layer keeps one QUIC connection per peer),
+//! finishes its side after the request, and closes the stream after the
+//! reply. Such a call is retried once, whatever its type (Join too), only
+//! when the layer says the peer never received the request
+//! ([`NotDelivered`]).
+//!
 //! Deadlines: a call fails when no byte moves for the timeout (a large
 //! reply that keeps flowing is not cut short), and in any case once the
 //! exchange has taken the timeout plus its bytes at `min_rate`, so a peer
@@ -44,6 +52,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use futures::StreamExt;
 use slog::{debug, warn, Logger};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +62,7 @@ use crate::deadline::DeadlineStream;
 use crate::error::TransportError;
 use crate::io_arbiters::IoArbiters;
 use crate::secure::HandshakeError;
-use crate::stream::{BoxConnection, StreamLayer};
+use crate::stream::{BoxConnection, NotDelivered, StreamLayer};
 use crate::wire::RpcType;
 
 /// A connection to a peer: replies are cut from the stream by the codec
@@ -165,6 +174,8 @@ struct PeerInfo {
     max_reply_size: usize,
     min_rate: u64,
     large_frame: usize,
+    /// Each call has a connection of its own (see the module docs).
+    one_call: bool,
     io: Arc<IoArbiters>,
     log: Logger,
 }
@@ -290,6 +301,7 @@ impl PeerPools {
             max_reply_size: self.settings.max_reply_size,
             min_rate: self.settings.min_rate,
             large_frame: self.settings.large_frame,
+            one_call: self.layer.one_call_per_connection(),
             io: self.io.clone(),
             log: self.log.new(slog::o!("peer" => target.to_owned())),
         });
@@ -446,6 +458,9 @@ async fn exchange_call(
     issued: Instant,
 ) -> Result<Reply, TransportError> {
     let PoolHandle { pool, peer, .. } = handle;
+    if peer.one_call {
+        return call_on_own_connection(&peer, &pool, &call).await;
+    }
     let (lease, reused) = checkout(&peer, &pool, &call, issued, false).await?;
     match exchange(lease, &call).await {
         Ok(reply) => Ok(reply),
@@ -458,6 +473,31 @@ async fn exchange_call(
                 .map_err(|failure| failed(&peer, failure, call.timeout))
         }
         Err(failure) => Err(failed(&peer, failure, call.timeout)),
+    }
+}
+
+/// One call on a connection of its own (see the module docs): opened,
+/// used once, closed; made again once if the peer never received it.
+async fn call_on_own_connection(
+    peer: &PeerInfo,
+    pool: &Addr<PeerPool>,
+    call: &Call,
+) -> Result<Reply, TransportError> {
+    let open = || async {
+        let opened = dial(peer, pool, call.timeout).await;
+        crate::metrics::dialled(peer.transport, opened.is_ok());
+        opened
+    };
+    match exchange(open().await?, call).await {
+        Ok(reply) => Ok(reply),
+        Err(failure) if failure.not_delivered => {
+            debug!(peer.log, "the peer never received the request, sending it again";
+                "rpc" => %call.rpc_type, "error" => %failure.error);
+            exchange(open().await?, call)
+                .await
+                .map_err(|failure| failed(peer, failure, call.timeout))
+        }
+        Err(failure) => Err(failed(peer, failure, call.timeout)),
     }
 }
 
@@ -534,7 +574,9 @@ async fn dial(
         },
         READ_BUFFER,
     );
-    Ok(Lease::of(framed, pool, peer))
+    let mut lease = Lease::of(framed, pool, peer);
+    lease.reusable = !peer.one_call;
+    Ok(lease)
 }
 
 /// How one attempt ended badly.
@@ -542,6 +584,19 @@ struct Failure {
     error: CodecError,
     /// Nothing of the reply had arrived: the connection may just be stale.
     before_reply: bool,
+    /// The layer says the peer never received the request.
+    not_delivered: bool,
+}
+
+impl Failure {
+    fn new(error: CodecError, before_reply: bool) -> Failure {
+        let not_delivered = matches!(&error, CodecError::Io(e) if NotDelivered::is(e));
+        Failure {
+            error,
+            before_reply,
+            not_delivered,
+        }
+    }
 }
 
 /// Writes the request and reads the reply on the leased connection. The
@@ -552,10 +607,7 @@ async fn exchange(mut lease: Lease, call: &Call) -> Result<Reply, Failure> {
         .get_mut()
         .restart_with_rate(call.timeout, lease.min_rate);
     framed.decoder_mut().codec.expect(call.rpc_type);
-    let before_reply = |error: CodecError| Failure {
-        error,
-        before_reply: true,
-    };
+    let before_reply = |error: CodecError| Failure::new(error, true);
     // A write that fails leaves the lease cut short: the connection is
     // closed, and the pool hears of it only if the retry fails too.
     // One write for the whole frame; see `encode_request`. Streams may
@@ -564,6 +616,14 @@ async fn exchange(mut lease: Lease, call: &Call) -> Result<Reply, Failure> {
     crate::deadline::write_frame(framed.get_mut(), &call.frame)
         .await
         .map_err(|e| before_reply(e.into()))?;
+    if !lease.reusable {
+        // The request is the stream's last byte (not a hang-up).
+        framed
+            .get_mut()
+            .shutdown()
+            .await
+            .map_err(|e| before_reply(e.into()))?;
+    }
     crate::spin::expect_io();
     let transport = lease.transport;
     crate::metrics::bytes(transport, "out", call.frame.len());
@@ -601,20 +661,14 @@ async fn exchange(mut lease: Lease, call: &Call) -> Result<Reply, Failure> {
             };
             parsed.map_err(|error| {
                 lease.outcome = Outcome::Failed { peer_gone: false };
-                Failure {
-                    error,
-                    before_reply: false,
-                }
+                Failure::new(error, false)
             })
         }
         Some(Err(error)) => {
             let stale = matches!(&error, CodecError::Io(e) if is_stale(e));
             // Only a peer that went away empties the pool (module docs).
             lease.outcome = Outcome::Failed { peer_gone: stale };
-            Err(Failure {
-                error,
-                before_reply: nothing_after && stale,
-            })
+            Err(Failure::new(error, nothing_after && stale))
         }
         None => {
             lease.outcome = Outcome::Failed { peer_gone: true };
@@ -622,10 +676,7 @@ async fn exchange(mut lease: Lease, call: &Call) -> Result<Reply, Failure> {
                 io::ErrorKind::UnexpectedEof,
                 "the peer closed the connection without answering",
             );
-            Err(Failure {
-                error: eof.into(),
-                before_reply: nothing_after,
-            })
+            Err(Failure::new(eof.into(), nothing_after))
         }
     }
 }
@@ -674,6 +725,9 @@ struct Lease {
     io: Arc<IoArbiters>,
     transport: &'static str,
     outcome: Outcome,
+    /// The connection may carry another call (not a connection of one
+    /// call).
+    reusable: bool,
 }
 
 impl Lease {
@@ -686,6 +740,7 @@ impl Lease {
             io: peer.io.clone(),
             transport: peer.transport,
             outcome: Outcome::Cut,
+            reusable: true,
         }
     }
 }
@@ -693,7 +748,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         match (self.outcome, self.framed.take()) {
-            (Outcome::Clean, Some(framed)) => self.pool.do_send(GiveBack(framed)),
+            (Outcome::Clean, Some(framed)) if self.reusable => self.pool.do_send(GiveBack(framed)),
             (Outcome::Failed { peer_gone: true }, _) => self.pool.do_send(PeerGone),
             // Failed on this connection only, or cut short: the connection
             // is closed, the pool keeps the others.

@@ -215,6 +215,7 @@ impl StreamLayer for WebRtcStreamLayer {
                         connection: Box::new(stream),
                         remote: from,
                         address,
+                        peer_key: None,
                     }),
                     None => Err(closed()),
                 },

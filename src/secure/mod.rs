@@ -52,7 +52,6 @@ use std::sync::Arc;
 use babble_net_core::stream::StreamLayer;
 
 pub use babble_net_core::identity::{KeyError, NodeKey, PeerKey};
-#[cfg(feature = "secure")]
 pub use babble_net_core::secure::Acceptance;
 pub use babble_net_core::secure::HandshakeError;
 #[cfg(feature = "secure")]

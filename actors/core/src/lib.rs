@@ -12,6 +12,8 @@
 //!   `secure`) and its errors;
 //! * `signaling` (feature `signaling`): the WAMP messages, signed offers
 //!   and the node's signaling session as a state machine;
+//! * `quic` (feature `quic`): the QUIC transport's certificate
+//!   extension, binding a TLS certificate to a node key;
 //! * [`source`] and [`places`]: who a connection comes from, and who
 //!   keeps a place at a cap;
 //! * [`stream`]: what a transport needs of the byte streams below it (the
@@ -28,6 +30,8 @@ pub mod codec;
 pub mod error;
 pub mod identity;
 pub mod places;
+#[cfg(feature = "quic")]
+pub mod quic;
 pub mod rpc;
 pub mod secure;
 #[cfg(feature = "signaling")]

@@ -30,6 +30,10 @@ pub struct Inbound {
     /// With `remote`, it makes the connection's source for the caps and
     /// fair service (see [`crate::source`]).
     pub address: Option<SocketAddr>,
+    /// The peer's key, when the layer verified it while accepting (QUIC
+    /// checks it in the TLS handshake of the connection a stream belongs
+    /// to). A key from [`StreamLayer::upgrade`] takes precedence.
+    pub peer_key: Option<PeerKey>,
 }
 
 impl Inbound {
@@ -40,6 +44,7 @@ impl Inbound {
             connection,
             remote,
             address: None,
+            peer_key: None,
         }
     }
 }
@@ -104,6 +109,17 @@ pub trait StreamLayer: Send + Sync + 'static {
     /// The address this layer is bound to.
     fn local_addr(&self) -> String;
 
+    /// Whether each call has a connection of its own (QUIC: a connection
+    /// here is one stream of a QUIC connection). On such a layer the
+    /// caller finishes its side after the request (which is not a
+    /// hang-up), the callee finishes after the reply, the connection is
+    /// never reused, and a call whose request never reached the peer
+    /// ([`NotDelivered`]) is retried once, whatever its type. By default
+    /// `false`: connections carry one call after another and are pooled.
+    fn one_call_per_connection(&self) -> bool {
+        false
+    }
+
     /// The `transport` label of the metrics of a transport on this layer
     /// (`tcp`, `webrtc`; `custom` unless the layer says).
     fn transport(&self) -> &'static str {
@@ -116,4 +132,27 @@ pub trait StreamLayer: Send + Sync + 'static {
     /// Stops accepting and releases the listening resources (the port, the
     /// signaling session). Idempotent.
     fn close(&self);
+}
+
+/// Carried by the I/O error of a call whose request the peer never
+/// received (its connection was lost before acknowledging a byte of it):
+/// the call can be made again on a new connection, even a Join.
+#[derive(Debug)]
+pub struct NotDelivered;
+
+impl std::fmt::Display for NotDelivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the connection was lost before the peer received the request")
+    }
+}
+
+impl std::error::Error for NotDelivered {}
+
+impl NotDelivered {
+    /// Whether `error` carries [`NotDelivered`].
+    pub fn is(error: &io::Error) -> bool {
+        error
+            .get_ref()
+            .is_some_and(|inner| inner.is::<NotDelivered>())
+    }
 }

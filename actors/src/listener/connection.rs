@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::future::BoxFuture;
 use slog::{debug, Logger};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +58,11 @@ pub(super) struct Context {
     pub(super) remote: String,
     /// Where the connection comes from, when `remote` does not say it.
     pub(super) address: Option<std::net::SocketAddr>,
+    /// The peer's key, when the layer verified it while accepting.
+    pub(super) peer_key: Option<crate::identity::PeerKey>,
+    /// The connection carries one call (a QUIC stream, see
+    /// [`crate::stream::StreamLayer::one_call_per_connection`]).
+    pub(super) one_call: bool,
     pub(super) activity: Arc<Activity>,
     /// Cancelled when the connection is shed or the Listener stops.
     pub(super) kick: CancellationToken,
@@ -98,7 +103,7 @@ pub(super) async fn serve(
         upgraded = upgrading => upgraded?,
         _ = cx.kick.cancelled() => return Ok(Ended::Kicked),
     };
-    let peer_key = upgraded.peer_key;
+    let peer_key = upgraded.peer_key.or(cx.peer_key);
     let source = Source::of(&cx.remote, cx.address, peer_key.as_ref());
     let mut stream = DeadlineStream::new(upgraded.connection);
     let mut buf = BytesMut::new();
@@ -111,7 +116,14 @@ pub(super) async fn serve(
     let kicked = cx.kick.cancelled();
     tokio::pin!(kicked);
     loop {
-        let idle_until = Instant::now() + cx.limits.idle_timeout;
+        // A connection of one call is that call: its request is due
+        // within the timeout of its opening, as a request is from its
+        // first byte.
+        let idle_until = Instant::now()
+            + match cx.one_call {
+                true => cx.limits.timeout,
+                false => cx.limits.idle_timeout,
+            };
         let raw = tokio::select! {
             biased;
             read = read_request(&mut stream, &mut buf, &mut codec, &mut reserved, idle_until, &cx) => match read? {
@@ -149,7 +161,7 @@ pub(super) async fn serve(
         let reply: Reply = tokio::select! {
             biased;
             reply = answered => reply,
-            gone = caller_gone(&mut stream, &mut buf) => {
+            gone = caller_gone(&mut stream, &mut buf, cx.one_call) => {
                 gone?;
                 debug!(cx.log, "the caller hung up before the answer"; "rpc" => %rpc_type);
                 return Ok(Ended::Abandoned);
@@ -204,6 +216,17 @@ pub(super) async fn serve(
             return Ok(Ended::Kicked);
         }
         cx.activity.completed(std::time::Instant::now());
+        if cx.one_call {
+            // The reply is the stream's last byte: finishing is how the
+            // caller knows it is whole.
+            let finished = tokio::select! {
+                biased;
+                _ = &mut kicked => return Ok(Ended::Kicked),
+                finished = stream.shutdown() => finished,
+            };
+            finished?;
+            return Ok(Ended::Closed);
+        }
     }
 }
 
@@ -314,14 +337,23 @@ fn is_reset(error: &std::io::Error) -> bool {
 
 /// Resolves when the caller closes the connection (or breaks the
 /// protocol) while its request is being answered; stays pending otherwise.
+/// On a connection of `one_call`, the caller finishing its side after the
+/// request is not a hang-up: the layer reports one end of stream for it,
+/// and a second one when the caller stops reading (gives up).
 async fn caller_gone(
     stream: &mut DeadlineStream<BoxConnection>,
     buf: &mut BytesMut,
+    one_call: bool,
 ) -> Result<(), CodecError> {
     let limit = buf.len() + MAX_WHILE_SERVING;
+    let mut finished = false;
     loop {
         buf.reserve(64);
         if stream.read_buf(buf).await? == 0 {
+            if one_call && !finished {
+                finished = true;
+                continue;
+            }
             return Ok(());
         }
         if buf.len() > limit {

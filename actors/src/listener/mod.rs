@@ -300,6 +300,8 @@ impl Handler<Accepted> for Listener {
         let cx = connection::Context {
             remote: accepted.remote,
             address: accepted.address,
+            peer_key: accepted.peer_key,
+            one_call: self.layer.one_call_per_connection(),
             activity,
             kick,
             queue: self.queue.clone(),

@@ -10,12 +10,10 @@
 //! key it expected for its target; the responder, that the initiator is
 //! one it accepts.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-
 use prost::Message;
 
 use super::payload::{NoiseHandshakePayload, PublicKey, SECP256K1};
+pub use super::Acceptance;
 use super::HandshakeError;
 use crate::identity::{NodeKey, PeerKey};
 
@@ -26,15 +24,6 @@ const STATIC_KEY_DOMAIN: &[u8] = b"noise-libp2p-static-key:";
 /// Largest handshake message accepted: the real ones are a few hundred
 /// bytes.
 pub const MAX_HANDSHAKE_MESSAGE: usize = 4096;
-
-/// Which initiators a responder accepts.
-#[derive(Clone, Debug)]
-pub enum Acceptance {
-    /// Any key that proves it holds its private key.
-    AnyKey,
-    /// Only these keys (the node's peer set).
-    Only(Arc<HashSet<PeerKey>>),
-}
 
 /// A node's half of a handshake.
 pub struct Handshake {
@@ -215,6 +204,8 @@ fn signed_static(static_public: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     /// Runs a handshake between two state machines.

@@ -9,8 +9,8 @@
 
 #[cfg(feature = "secure")]
 pub mod handshake;
-#[cfg(feature = "secure")]
-mod payload;
+#[cfg(any(feature = "secure", feature = "quic"))]
+pub(crate) mod payload;
 
 use std::io;
 use std::time::Duration;
@@ -18,7 +18,27 @@ use std::time::Duration;
 use crate::identity::PeerKey;
 
 #[cfg(feature = "secure")]
-pub use handshake::{Acceptance, Handshake};
+pub use handshake::Handshake;
+
+/// Which peers' keys a listener accepts (the secure channel's responder,
+/// the QUIC listener).
+#[derive(Clone, Debug)]
+pub enum Acceptance {
+    /// Any key that proves it holds its private key.
+    AnyKey,
+    /// Only these keys (the node's peer set).
+    Only(std::sync::Arc<std::collections::HashSet<PeerKey>>),
+}
+
+impl Acceptance {
+    /// Whether `key` is accepted.
+    pub fn accepts(&self, key: &PeerKey) -> bool {
+        match self {
+            Acceptance::AnyKey => true,
+            Acceptance::Only(keys) => keys.contains(key),
+        }
+    }
+}
 
 /// Why a secure handshake failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

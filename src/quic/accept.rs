@@ -1,0 +1,213 @@
+//! The listening side of QUIC: which handshakes are taken, which
+//! connections stay, and their streams handed to the Listener.
+//!
+//! * While more than `max_handshakes` handshakes are in progress, a new
+//!   one from an address that has not proved it receives packets is sent
+//!   a stateless Retry (spoofed sources never get further); beyond four
+//!   times that, new ones are refused.
+//! * A handshake must finish within `handshake_timeout`; its certificate
+//!   must prove a node key (see [`super::tls`]), one of the peer set
+//!   unless any key is accepted.
+//! * Connections are places under `max_connections`, at most
+//!   `max_connections_per_source` per source address, with the rule of
+//!   every other cap ([`babble_net_core::places`]): a newcomer evicts the
+//!   least recently used connection of the source holding the most.
+//! * Each stream a peer opens (at most `max_streams` at once per
+//!   connection, QUIC's own flow control) reaches the Listener as an
+//!   inbound connection carrying the verified key; while the Listener's
+//!   hand-off is full, no more streams are taken.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use babble_net_core::identity::PeerKey;
+use babble_net_core::places::{Activity, Places};
+use babble_net_core::secure::Acceptance;
+use babble_net_core::source::source_address;
+use babble_net_core::stream::Inbound;
+use quinn::{Connection, Endpoint, Incoming};
+use slog::{debug, warn, Logger};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::stream::QuicStream;
+use super::{tls, Closed, QuicLimits};
+
+/// What the accepting side shares between its tasks.
+pub(super) struct Acceptor {
+    pub(super) endpoint: Endpoint,
+    pub(super) limits: QuicLimits,
+    pub(super) accept: Acceptance,
+    /// Where streams go to the Listener.
+    pub(super) streams: mpsc::Sender<Inbound>,
+    pub(super) shutdown: CancellationToken,
+    pub(super) log: Logger,
+    handshakes: AtomicUsize,
+    places: Mutex<Places>,
+}
+
+impl Acceptor {
+    pub(super) fn new(
+        endpoint: Endpoint,
+        limits: QuicLimits,
+        accept: Acceptance,
+        streams: mpsc::Sender<Inbound>,
+        shutdown: CancellationToken,
+        log: Logger,
+    ) -> Acceptor {
+        let places = Places::new(limits.max_connections, limits.max_connections_per_source);
+        Acceptor {
+            endpoint,
+            limits,
+            accept,
+            streams,
+            shutdown,
+            log,
+            handshakes: AtomicUsize::new(0),
+            places: Mutex::new(places),
+        }
+    }
+
+    /// Inbound connections held now.
+    pub(super) fn connections(&self) -> usize {
+        self.places.lock().expect("places lock").held()
+    }
+}
+
+/// Takes handshakes until the endpoint or the transport closes; runs on
+/// the QUIC runtime, as does every task it starts.
+pub(super) async fn accept_loop(acceptor: Arc<Acceptor>) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = acceptor.endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => return,
+            },
+            _ = acceptor.shutdown.cancelled() => return,
+        };
+        let busy = acceptor.handshakes.load(Ordering::Relaxed);
+        let max = acceptor.limits.max_handshakes;
+        if busy >= max && !incoming.remote_address_validated() && incoming.may_retry() {
+            crate::metrics::quic_refused("retry");
+            let _ = incoming.retry();
+            continue;
+        }
+        if busy >= max.saturating_mul(4) {
+            crate::metrics::quic_refused("handshakes");
+            debug!(acceptor.log, "refusing a QUIC handshake: too many in progress";
+                "remote" => %incoming.remote_address());
+            incoming.refuse();
+            continue;
+        }
+        acceptor.handshakes.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(handshake(acceptor.clone(), incoming));
+    }
+}
+
+/// Counts a handshake in progress until dropped.
+struct Handshaking(Arc<Acceptor>);
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn handshake(acceptor: Arc<Acceptor>, incoming: Incoming) {
+    let handshaking = Handshaking(acceptor.clone());
+    let remote = incoming.remote_address();
+    let log = acceptor.log.new(slog::o!("peer" => remote.to_string()));
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(err) => return debug!(log, "QUIC handshake failed"; "error" => %err),
+    };
+    let timeout = acceptor.limits.handshake_timeout;
+    let connection = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(err)) => {
+            // A certificate refused by the checks fails here, in TLS.
+            crate::metrics::quic_refused("handshake");
+            return warn!(log, "QUIC handshake failed"; "error" => %err);
+        }
+        Err(_) => {
+            crate::metrics::quic_refused("timeout");
+            return debug!(log, "no QUIC handshake within the handshake timeout"; "timeout" => ?timeout);
+        }
+    };
+    drop(handshaking);
+    let key = match tls::peer_key(&connection) {
+        Ok(key) => key,
+        Err(err) => {
+            crate::metrics::quic_refused("certificate");
+            Closed::Certificate.close(&connection);
+            return warn!(log, "refusing a QUIC peer"; "error" => %err);
+        }
+    };
+    if let Acceptance::Only(keys) = &acceptor.accept {
+        if !keys.contains(&key) {
+            crate::metrics::quic_refused("not_a_peer");
+            Closed::NotAPeer.close(&connection);
+            return warn!(log, "refusing a QUIC peer: not one of this node's peers"; "key" => %key);
+        }
+    }
+    let source = source_address("", Some(remote));
+    let kick = acceptor.shutdown.child_token();
+    let admission =
+        acceptor
+            .places
+            .lock()
+            .expect("places lock")
+            .admit(&source, Instant::now(), kick);
+    let Some((id, kick, activity)) = admission.slot else {
+        Closed::Shed.close(&connection);
+        return;
+    };
+    if let Some(reason) = admission.shed {
+        crate::metrics::quic_shed(reason);
+        debug!(log, "shed a QUIC connection for a newcomer"; "source" => &source);
+    }
+    debug!(log, "QUIC connection accepted"; "key" => %key);
+    serve_streams(&acceptor, &connection, remote, key, &kick, &activity).await;
+    acceptor.places.lock().expect("places lock").release(id);
+}
+
+/// Hands the connection's streams to the Listener until it closes or is
+/// evicted.
+async fn serve_streams(
+    acceptor: &Acceptor,
+    connection: &Connection,
+    remote: SocketAddr,
+    key: PeerKey,
+    kick: &CancellationToken,
+    activity: &Activity,
+) {
+    let name = remote.to_string();
+    loop {
+        let (send, recv) = tokio::select! {
+            biased;
+            _ = kick.cancelled() => return Closed::Shed.close(connection),
+            stream = connection.accept_bi() => match stream {
+                Ok(stream) => stream,
+                Err(_) => return,
+            },
+        };
+        activity.completed(Instant::now());
+        let inbound = Inbound {
+            connection: Box::new(QuicStream::callee(send, recv)),
+            remote: name.clone(),
+            address: Some(remote),
+            peer_key: Some(key),
+        };
+        tokio::select! {
+            biased;
+            _ = kick.cancelled() => return Closed::Shed.close(connection),
+            sent = acceptor.streams.send(inbound) => {
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

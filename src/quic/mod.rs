@@ -1,0 +1,359 @@
+//! QUIC as a [`StreamLayer`]: one QUIC connection per peer, one
+//! bidirectional stream per call, each side keyed to its node key
+//! (docs/QUIC.md).
+//!
+//! * TLS 1.3 with ALPN `babble/1`; both sides present a self-signed
+//!   certificate made per process, carrying the libp2p key extension
+//!   ([`babble_net_core::quic`]) signed by the node's Babble key. The
+//!   client sends the server name `babble`. 0-RTT is off.
+//! * The dialler refuses a responder whose key is not the one configured
+//!   for the address ([`HandshakeError::WrongKey`]); the listener refuses
+//!   keys outside the peer set unless any key is accepted; every incoming
+//!   [`Rpc`](crate::Rpc) carries the verified key in `peer_key`.
+//! * On a stream the caller writes one Go request frame and finishes; the
+//!   callee writes the Go reply and finishes. Every TCP limit and deadline
+//!   of the Listener and the call applies per stream.
+//! * The endpoint and its connections are driven on an I/O thread
+//!   ([`runtime`]); the node's thread only reads and writes stream bytes.
+//!
+//! The limits ([`QuicLimits`]) and what a node sees when each is hit are
+//! in docs/QUIC.md.
+
+mod accept;
+mod dial;
+mod runtime;
+mod stream;
+mod tls;
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use babble_net_actors::io_arbiters::IoArbiters;
+use babble_net_core::identity::{NodeKey, PeerKey};
+use babble_net_core::secure::{Acceptance, HandshakeError};
+use babble_net_core::stream::{BoxConnection, Inbound, StreamLayer};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
+use slog::Logger;
+use tokio::sync::{mpsc, Mutex as AsyncMutex};
+use tokio_util::sync::CancellationToken;
+
+use crate::TransportError;
+
+/// The limits of a QUIC layer (from [`crate::Config`], see
+/// [`crate::limits::quic`]).
+#[derive(Clone, Debug)]
+pub struct QuicLimits {
+    /// Streams (calls) a peer may have open at once on one connection
+    /// (`quic-max-streams`); more wait in the peer's QUIC stack.
+    pub max_streams: u32,
+    /// Inbound connections at once (`quic-max-connections`).
+    pub max_connections: usize,
+    /// Inbound connections from one source address at once
+    /// (`quic-max-connections-per-source`).
+    pub max_connections_per_source: usize,
+    /// Handshakes in progress beyond which a newcomer must prove its
+    /// address with a Retry (`quic-max-handshakes`); beyond four times
+    /// this, newcomers are refused.
+    pub max_handshakes: usize,
+    /// Time a handshake may take (`handshake-timeout`).
+    pub handshake_timeout: Duration,
+    /// A connection with no packet for this long is closed
+    /// (`idle-timeout`).
+    pub idle_timeout: Duration,
+    /// Bytes an inbound connection may have in flight towards this node,
+    /// per stream and in all (QUIC flow control): at most
+    /// `max_connections` times this is buffered for all of them
+    /// (`inbound-buffer-budget / quic-max-connections`).
+    pub receive_window: u64,
+    /// The same, for the replies of the peers this node dials.
+    pub reply_window: u64,
+}
+
+/// Who a QUIC node is and whom it expects.
+#[derive(Clone, Debug)]
+pub struct QuicKeys {
+    /// This node's key (its certificate's extension is signed with it).
+    pub key: NodeKey,
+    /// The key each peer address must prove; the listener accepts only
+    /// these keys unless `accept_any_key`. An address that is itself a
+    /// key (`PubKeyHex`) needs no entry.
+    pub peers: HashMap<String, PeerKey>,
+    /// Accept callers with any key that proves itself.
+    pub accept_any_key: bool,
+}
+
+/// How this node closes a QUIC connection (the application error code an
+/// independent peer sees).
+#[derive(Clone, Copy, Debug)]
+enum Closed {
+    /// The transport is closing.
+    Closing = 0,
+    /// The peer's certificate does not prove a node key.
+    Certificate = 2,
+    /// The peer proved a key outside this node's peer set.
+    NotAPeer = 3,
+    /// The responder proved another key than the one expected.
+    WrongKey = 4,
+    /// Evicted for a newcomer at a connection cap.
+    Shed = 5,
+}
+
+impl Closed {
+    fn close(self, connection: &quinn::Connection) {
+        let reason: &[u8] = match self {
+            Closed::Closing => b"closing",
+            Closed::Certificate => b"certificate refused",
+            Closed::NotAPeer => b"not a peer",
+            Closed::WrongKey => b"not the expected key",
+            Closed::Shed => b"shed for a newcomer",
+        };
+        connection.close(VarInt::from_u32(self as u32), reason);
+    }
+
+    /// What the peer closing with `code` says about this node's call,
+    /// when it refused it.
+    fn refusal(code: VarInt) -> Option<&'static str> {
+        match code.into_inner() {
+            2 => Some("the peer refused this node's certificate"),
+            3 => Some("the peer refused this node's key: not one of its peers"),
+            4 => Some("the peer found another key than it expected at this node's address"),
+            _ => None,
+        }
+    }
+}
+
+/// See the [module docs](self).
+pub struct QuicStreamLayer {
+    endpoint: Endpoint,
+    local: SocketAddr,
+    advertise: String,
+    dialer: Arc<dial::Dialer>,
+    acceptor: Arc<accept::Acceptor>,
+    /// Streams accepted, for the Listener.
+    streams: AsyncMutex<mpsc::Receiver<Inbound>>,
+    shutdown: CancellationToken,
+    /// The I/O threads the endpoint runs on, kept while it does.
+    _io: Arc<IoArbiters>,
+}
+
+/// Streams accepted and not yet taken by the Listener.
+const ACCEPTED_STREAMS: usize = 64;
+
+impl QuicStreamLayer {
+    /// Binds a UDP socket to `bind_addr` and starts accepting QUIC
+    /// connections; `advertise` as for TCP
+    /// ([`crate::stream::TcpStreamLayer::bind`]); `keys` say who this
+    /// node is and whom it expects. The endpoint and its connections are
+    /// driven on one of the `io_threads` I/O threads shared by the
+    /// transports of the actix system (on this thread when 0). Must be
+    /// called inside an actix system.
+    pub fn bind(
+        bind_addr: &str,
+        advertise: Option<&str>,
+        keys: QuicKeys,
+        limits: QuicLimits,
+        io_threads: usize,
+        log: Logger,
+    ) -> Result<QuicStreamLayer, TransportError> {
+        let io = IoArbiters::shared(io_threads);
+        let config_error = TransportError::Config;
+        let socket = UdpSocket::bind(bind_addr)
+            .map_err(|err| config_error(format!("cannot bind {bind_addr} (UDP): {err}")))?;
+        let local = socket
+            .local_addr()
+            .map_err(|err| config_error(format!("cannot bind {bind_addr} (UDP): {err}")))?;
+        let advertise = advertised(local, advertise)?;
+        let identity = tls::Identity::new(&keys.key)?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(&identity)?));
+        server.transport_config(Arc::new(transport(&limits, Side::Accepting)?));
+        let mut client = quinn::ClientConfig::new(Arc::new(tls::client_crypto(&identity)?));
+        client.transport_config(Arc::new(transport(&limits, Side::Dialling)?));
+        let runtime = Arc::new(
+            runtime::IoRuntime::on(&io, &advertise)
+                .map_err(|err| config_error(format!("cannot start QUIC: {err}")))?,
+        );
+        let socket = quinn::Runtime::wrap_udp_socket(&*runtime, socket)
+            .map_err(|err| config_error(format!("cannot listen on {bind_addr} (UDP): {err}")))?;
+        let endpoint = Endpoint::new_with_abstract_socket(
+            EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime.clone(),
+        )
+        .map_err(|err| config_error(format!("cannot start QUIC on {bind_addr}: {err}")))?;
+        let accept = match keys.accept_any_key {
+            true => Acceptance::AnyKey,
+            false => Acceptance::Only(Arc::new(
+                keys.peers.values().copied().collect::<HashSet<_>>(),
+            )),
+        };
+        let expected = keys.peers;
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(ACCEPTED_STREAMS);
+        let log = log.new(slog::o!("quic" => local.to_string()));
+        let acceptor = Arc::new(accept::Acceptor::new(
+            endpoint.clone(),
+            limits.clone(),
+            accept,
+            tx,
+            shutdown.clone(),
+            log.clone(),
+        ));
+        runtime.spawn(accept::accept_loop(acceptor.clone()));
+        let dialer = Arc::new(dial::Dialer::new(
+            endpoint.clone(),
+            client,
+            expected,
+            limits,
+            log,
+        ));
+        Ok(QuicStreamLayer {
+            endpoint,
+            local,
+            advertise,
+            dialer,
+            acceptor,
+            streams: AsyncMutex::new(rx),
+            shutdown,
+            _io: io,
+        })
+    }
+
+    /// Inbound QUIC connections held now (each carries any number of
+    /// calls).
+    pub fn inbound_connections(&self) -> usize {
+        self.acceptor.connections()
+    }
+
+    /// QUIC connections this node dialled and keeps open now.
+    pub fn outbound_connections(&self) -> usize {
+        self.dialer.open()
+    }
+}
+
+/// The address to advertise for a socket bound to `local`.
+fn advertised(local: SocketAddr, advertise: Option<&str>) -> Result<String, TransportError> {
+    let config_error = TransportError::Config;
+    match advertise {
+        Some(addr) => {
+            let resolved = addr
+                .to_socket_addrs()
+                .map_err(|err| config_error(format!("advertise address {addr}: {err}")))?
+                .next()
+                .ok_or_else(|| {
+                    config_error(format!("advertise address {addr} does not resolve"))
+                })?;
+            if resolved.ip().is_unspecified() {
+                return Err(config_error(format!(
+                    "advertise address {addr} is not advertisable"
+                )));
+            }
+            Ok(addr.to_owned())
+        }
+        None if local.ip().is_unspecified() => Err(config_error(format!(
+            "bind address {local} is not advertisable; set an advertise address"
+        ))),
+        None => Ok(local.to_string()),
+    }
+}
+
+/// Which connections a transport configuration is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Connections peers dial to this node: they carry requests in.
+    Accepting,
+    /// Connections this node dials: they carry replies in, and no peer
+    /// opens streams on them.
+    Dialling,
+}
+
+fn transport(limits: &QuicLimits, side: Side) -> Result<TransportConfig, TransportError> {
+    let mut config = TransportConfig::default();
+    let idle = IdleTimeout::try_from(limits.idle_timeout)
+        .map_err(|_| TransportError::Config("idle-timeout is too long for QUIC".into()))?;
+    config.max_idle_timeout(Some(idle));
+    config.max_concurrent_uni_streams(VarInt::from_u32(0));
+    let (streams, window) = match side {
+        Side::Accepting => (limits.max_streams, limits.receive_window),
+        Side::Dialling => (0, limits.reply_window),
+    };
+    config.max_concurrent_bidi_streams(VarInt::from_u32(streams));
+    let window = VarInt::from_u64(window).unwrap_or(VarInt::MAX);
+    config.stream_receive_window(window);
+    config.receive_window(window);
+    Ok(config)
+}
+
+impl StreamLayer for QuicStreamLayer {
+    fn transport(&self) -> &'static str {
+        "quic"
+    }
+
+    fn one_call_per_connection(&self) -> bool {
+        true
+    }
+
+    fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, String)>> {
+        async move {
+            let inbound = self.accept_inbound().await?;
+            Ok((inbound.connection, inbound.remote))
+        }
+        .boxed()
+    }
+
+    fn accept_inbound(&self) -> BoxFuture<'_, io::Result<Inbound>> {
+        async move {
+            let closed = || io::Error::new(io::ErrorKind::NotConnected, "the QUIC layer is closed");
+            let mut streams = self.streams.lock().await;
+            tokio::select! {
+                next = streams.recv() => next.ok_or_else(closed),
+                _ = self.shutdown.cancelled() => Err(closed()),
+            }
+        }
+        .boxed()
+    }
+
+    fn dial(
+        &self,
+        address: &str,
+        timeout: Duration,
+    ) -> BoxFuture<'static, io::Result<BoxConnection>> {
+        let dialer = self.dialer.clone();
+        let address = address.to_owned();
+        async move {
+            let stream = dialer.open_stream(&address, timeout).await?;
+            Ok(Box::new(stream) as BoxConnection)
+        }
+        .boxed()
+    }
+
+    fn local_addr(&self) -> String {
+        self.local.to_string()
+    }
+
+    fn advertise_addr(&self) -> String {
+        self.advertise.clone()
+    }
+
+    fn close(&self) {
+        self.shutdown.cancel();
+        self.endpoint
+            .close(VarInt::from_u32(Closed::Closing as u32), b"closing");
+    }
+}
+
+impl Drop for QuicStreamLayer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A handshake error as the I/O error a dial fails with.
+fn refused(error: HandshakeError) -> io::Error {
+    error.into_io()
+}

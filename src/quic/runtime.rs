@@ -1,0 +1,72 @@
+//! Where QUIC's own work runs: the endpoint's and every connection's
+//! driver (packets in and out, timers, loss recovery, crypto) on one of
+//! the transport's I/O threads, whichever thread makes the calls. The
+//! node's thread only reads and writes stream bytes, so a burst of
+//! packets never stalls it, and a slow node thread never delays
+//! acknowledgements.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use babble_net_actors::io_arbiters::IoArbiters;
+use quinn::{AsyncTimer, AsyncUdpSocket, Runtime, TokioRuntime};
+use tokio::runtime::Handle;
+
+/// A quinn runtime that runs everything on one tokio runtime (an I/O
+/// arbiter's), from whichever thread quinn is called.
+#[derive(Debug)]
+pub(super) struct IoRuntime {
+    handle: Handle,
+}
+
+impl IoRuntime {
+    /// On the I/O arbiter for `key` (on this thread's own runtime when
+    /// the transport has no I/O threads). Must be called inside a tokio
+    /// runtime.
+    pub(super) fn on(io: &IoArbiters, key: &str) -> io::Result<IoRuntime> {
+        if io.is_empty() {
+            return Ok(IoRuntime {
+                handle: Handle::current(),
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sent = io.for_key(key).spawn_fn(move || {
+            let _ = tx.send(Handle::current());
+        });
+        // Another thread answers at once: this wait is only for its
+        // message to arrive.
+        let handle = match sent {
+            true => rx.recv_timeout(Duration::from_secs(5)).ok(),
+            false => None,
+        };
+        handle
+            .map(|handle| IoRuntime { handle })
+            .ok_or_else(|| io::Error::other("the I/O threads have stopped"))
+    }
+
+    /// Runs `future` on the runtime.
+    pub(super) fn spawn<F: Future<Output = ()> + Send + 'static>(&self, future: F) {
+        self.handle.spawn(future);
+    }
+}
+
+impl Runtime for IoRuntime {
+    fn new_timer(&self, at: Instant) -> Pin<Box<dyn AsyncTimer>> {
+        let _inside = self.handle.enter();
+        TokioRuntime.new_timer(at)
+    }
+
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        self.handle.spawn(future);
+    }
+
+    fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        // Registered with the I/O runtime's reactor, where the drivers
+        // poll it.
+        let _inside = self.handle.enter();
+        TokioRuntime.wrap_udp_socket(socket)
+    }
+}
