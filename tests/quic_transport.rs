@@ -7,8 +7,9 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use babble_net::secure::{NodeKey, PeerKey};
+use babble_net::secure::{HandshakeError, NodeKey, PeerKey};
 use babble_net::*;
 use common::suite::{self, Pair};
 
@@ -75,3 +76,170 @@ async fn pair(config: Config) -> Pair {
 }
 
 transport_suite!(pair);
+
+#[actix_rt::test]
+async fn a_node_refuses_a_responder_with_another_key_and_a_caller_outside_its_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob, mallory) = (
+        NodeKey::generate(),
+        NodeKey::generate(),
+        NodeKey::generate(),
+    );
+    // Mallory answers where Alice expects Bob.
+    let mallory_node = quic_node(&quic_config(
+        &Config::default(),
+        dir.path(),
+        &mallory,
+        &[("alice".into(), alice.public())],
+    ));
+    let mut mallory_rpcs = suite::hold(&mallory_node);
+    let address = mallory_node.advertise_addr();
+    let alice_node = quic_node(&quic_config(
+        &Config::default(),
+        dir.path(),
+        &alice,
+        &[(address.clone(), bob.public())],
+    ));
+    let err = alice_node
+        .sync(&address, SyncRequest::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_handshake(), "{err}");
+    assert!(
+        matches!(&err, TransportError::Handshake { source: HandshakeError::WrongKey { expected, got }, .. }
+            if *expected == bob.public() && *got == mallory.public()),
+        "{err:?}"
+    );
+
+    // Bob serves only Alice; Mallory, expecting Bob's real key, is refused
+    // after the handshake and Bob never sees a request.
+    let bob_node = quic_node(&quic_config(
+        &Config::default(),
+        dir.path(),
+        &bob,
+        &[("alice".into(), alice.public())],
+    ));
+    let mut bob_rpcs = suite::hold(&bob_node);
+    let bob_addr = bob_node.advertise_addr();
+    let outsider = quic_node(&quic_config(
+        &Config::default(),
+        dir.path(),
+        &NodeKey::generate(),
+        &[(bob_addr.clone(), bob.public())],
+    ));
+    let err = outsider
+        .sync(&bob_addr, SyncRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        !err.is_timeout(),
+        "refused at once, not left to time out: {err}"
+    );
+    assert!(
+        err.to_string().contains("not one of its peers"),
+        "the outsider is told why: {err}"
+    );
+    assert!(bob_rpcs.try_recv().is_err());
+    assert!(mallory_rpcs.try_recv().is_err());
+
+    // Alice, who expects Bob's key at Bob's address, is served and her
+    // key is the RPC's.
+    let alice_to_bob = quic_node(&quic_config(
+        &Config::default(),
+        dir.path(),
+        &alice,
+        &[(bob_addr.clone(), bob.public())],
+    ));
+    let call = actix_rt::spawn({
+        let alice_to_bob = alice_to_bob.clone();
+        let bob_addr = bob_addr.clone();
+        async move { alice_to_bob.sync(&bob_addr, SyncRequest::default()).await }
+    });
+    let rpc = bob_rpcs.recv().await.unwrap();
+    assert_eq!(rpc.peer_key, Some(alice.public()));
+    rpc.respond(Ok(Response::Sync(SyncResponse::default())));
+    call.await.unwrap().unwrap();
+}
+
+#[actix_rt::test]
+async fn a_caller_that_gives_up_abandons_its_request_on_the_callee() {
+    let pair = pair(Config::default()).await;
+    let mut held = suite::hold(&*pair.server);
+    let client = pair.client.clone();
+    let target = pair.target.clone();
+    let call = actix_rt::spawn(async move { client.sync(&target, SyncRequest::default()).await });
+    let mut rpc = held.recv().await.unwrap();
+    assert!(
+        !rpc.is_abandoned(),
+        "finishing the request is not a hang-up"
+    );
+    call.abort();
+    tokio::time::timeout(Duration::from_secs(5), rpc.abandoned())
+        .await
+        .expect("the node sees the caller leave");
+}
+
+/// Runs a QUIC node of `config` on an actix system of its own, in a
+/// thread, answering with the vectors, until told to crash: its runtime
+/// goes first, so that no packet says goodbye, then the node.
+fn node_in_own_system(
+    config: Config,
+) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (ready, is_ready) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let system = actix_rt::System::new();
+        let node = system.block_on(async move {
+            // No I/O threads: QUIC runs on this system's own thread.
+            let node = quic_node(&Config {
+                io_threads: 0,
+                ..config
+            });
+            suite::serve(&node, suite::vector_answer);
+            ready.send(()).unwrap();
+            actix_rt::task::spawn_blocking(move || stopped.recv())
+                .await
+                .unwrap()
+                .ok();
+            node
+        });
+        drop(system);
+        drop(node);
+    });
+    is_ready.recv().unwrap();
+    (stop, thread)
+}
+
+#[actix_rt::test]
+async fn a_call_to_a_peer_that_crashed_and_came_back_is_sent_again_even_a_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_key, server_key) = (NodeKey::generate(), NodeKey::generate());
+    let (client_addr, target) = (free_udp_addr(), free_udp_addr());
+    let server_config = Config {
+        bind_addr: target.clone(),
+        ..quic_config(
+            &Config::default(),
+            dir.path(),
+            &server_key,
+            &[(client_addr.clone(), client_key.public())],
+        )
+    };
+    let client = quic_node(&Config {
+        bind_addr: client_addr.clone(),
+        ..quic_config(
+            &Config::default(),
+            dir.path(),
+            &client_key,
+            &[(target.clone(), server_key.public())],
+        )
+    });
+    let (crash, thread) = node_in_own_system(server_config.clone());
+    client.sync(&target, SyncRequest::default()).await.unwrap();
+    crash.send(()).unwrap();
+    thread.join().unwrap();
+    // The same node, back at its address: the client's connection is to
+    // the old process, whose successor resets it at the first packet.
+    let (_crash, _thread) = node_in_own_system(server_config);
+    let joined = client.join(&target, JoinRequest::default()).await;
+    assert!(joined.is_ok(), "{joined:?}");
+}

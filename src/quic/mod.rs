@@ -180,7 +180,7 @@ impl QuicStreamLayer {
         let socket = quinn::Runtime::wrap_udp_socket(&*runtime, socket)
             .map_err(|err| config_error(format!("cannot listen on {bind_addr} (UDP): {err}")))?;
         let endpoint = Endpoint::new_with_abstract_socket(
-            EndpointConfig::default(),
+            endpoint_config(&keys.key),
             Some(server),
             socket,
             runtime.clone(),
@@ -234,6 +234,28 @@ impl QuicStreamLayer {
     pub fn outbound_connections(&self) -> usize {
         self.dialer.open()
     }
+}
+
+/// The endpoint's keys for stateless resets and connection IDs, derived
+/// from the node key: a node that restarted (crashed, or was killed)
+/// recognises the connection IDs the old process handed out and makes the
+/// resets it promised. A peer still holding a connection to the old
+/// process then learns at its next packet that the connection is gone
+/// (and sends its call again on a new one), not at the idle timeout.
+fn endpoint_config(key: &NodeKey) -> EndpointConfig {
+    let derive = |domain: &[u8]| {
+        ring::digest::digest(
+            &ring::digest::SHA256,
+            &[domain, key.to_hex().as_bytes()].concat(),
+        )
+    };
+    let reset = derive(b"babble/1 QUIC stateless reset key:");
+    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
+    let ids = derive(b"babble/1 QUIC connection ID key:");
+    let ids = u64::from_le_bytes(ids.as_ref()[..8].try_into().expect("a digest has 32 bytes"));
+    let mut config = EndpointConfig::new(Arc::new(reset));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(ids)));
+    config
 }
 
 /// The address to advertise for a socket bound to `local`.
