@@ -77,6 +77,14 @@ async fn pair(config: Config) -> Pair {
 
 transport_suite!(pair);
 
+/// `future`'s output, or a failure after 10 s: a test waits for events,
+/// never for ever.
+async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .expect("the awaited event happened within 10 s")
+}
+
 #[actix_rt::test]
 async fn a_node_refuses_a_responder_with_another_key_and_a_caller_outside_its_peers() {
     let dir = tempfile::tempdir().unwrap();
@@ -155,7 +163,7 @@ async fn a_node_refuses_a_responder_with_another_key_and_a_caller_outside_its_pe
         let bob_addr = bob_addr.clone();
         async move { alice_to_bob.sync(&bob_addr, SyncRequest::default()).await }
     });
-    let rpc = bob_rpcs.recv().await.unwrap();
+    let rpc = within(bob_rpcs.recv()).await.unwrap();
     assert_eq!(rpc.peer_key, Some(alice.public()));
     rpc.respond(Ok(Response::Sync(SyncResponse::default())));
     call.await.unwrap().unwrap();
@@ -168,7 +176,9 @@ async fn a_caller_that_gives_up_abandons_its_request_on_the_callee() {
     let client = pair.client.clone();
     let target = pair.target.clone();
     let call = actix_rt::spawn(async move { client.sync(&target, SyncRequest::default()).await });
-    let mut rpc = held.recv().await.unwrap();
+    let mut rpc = within(held.recv())
+        .await
+        .expect("the request reaches the node, not abandoned on the way");
     assert!(
         !rpc.is_abandoned(),
         "finishing the request is not a hang-up"
@@ -242,4 +252,142 @@ async fn a_call_to_a_peer_that_crashed_and_came_back_is_sent_again_even_a_join()
     let (_crash, _thread) = node_in_own_system(server_config);
     let joined = client.join(&target, JoinRequest::default()).await;
     assert!(joined.is_ok(), "{joined:?}");
+}
+
+/// Runs the independent QUIC peer (aioquic) with `args`; its last line.
+fn quic_peer(python: &std::path::Path, args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/quic_peer.py");
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The interop virtualenv's Python, when it has aioquic.
+fn aioquic_python() -> Option<std::path::PathBuf> {
+    let python = common::interop::venv_tool("python")?;
+    let has_modules = std::process::Command::new(&python)
+        .args(["-c", "import aioquic, cryptography, coincurve"])
+        .status()
+        .is_ok_and(|s| s.success());
+    common::interop::available_or_skip(
+        has_modules,
+        "aioquic, cryptography and coincurve (run scripts/interop-setup.sh)",
+    )
+    .then_some(python)
+}
+
+#[actix_rt::test]
+async fn an_independent_quic_implementation_calls_a_node_and_is_called_by_one() {
+    let Some(python) = aioquic_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (node_key, python_key) = (NodeKey::generate(), NodeKey::generate());
+    // aioquic dials the node, which accepts only its key.
+    let node = quic_node(&quic_config(
+        &Config::default(),
+        dir.path(),
+        &node_key,
+        &[("python".into(), python_key.public())],
+    ));
+    let mut rpcs = suite::hold(&node);
+    let node_addr = node.advertise_addr();
+    let run = |args: Vec<String>| {
+        let python = python.clone();
+        actix_rt::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            quic_peer(&python, &args)
+        })
+    };
+    let call_args = |extra: &[&str]| {
+        let mut args: Vec<String> = vec![
+            "call".into(),
+            "--connect".into(),
+            node_addr.clone(),
+            "--key".into(),
+            python_key.to_hex(),
+            "--expect".into(),
+            node_key.public().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let caller = run(call_args(&[]));
+    let rpc = within(rpcs.recv()).await.unwrap();
+    assert_eq!(rpc.peer_key, Some(python_key.public()));
+    let babble_net::Command::Sync(request) = &rpc.command else {
+        panic!("{:?}", rpc.command)
+    };
+    assert_eq!(request.from_id, 42);
+    rpc.respond(Ok(Response::Sync(SyncResponse {
+        from_id: 43,
+        ..SyncResponse::default()
+    })));
+    assert_eq!(caller.await.unwrap(), "OK FromID 43");
+
+    // Certificates that prove nothing, or another key, are refused: the
+    // node never takes a request from them.
+    let outsider = NodeKey::generate().to_hex();
+    for extra in [
+        vec!["--forge"],
+        vec!["--no-extension"],
+        vec!["--other-key", outsider.as_str()],
+    ] {
+        let last = run(call_args(&extra)).await.unwrap();
+        assert!(last.starts_with("ERROR"), "{extra:?} was answered: {last}");
+    }
+    assert!(rpcs.try_recv().is_err());
+
+    // The node dials aioquic, expecting its key, once it listens.
+    let python_addr = free_udp_addr();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/quic_peer.py");
+    let mut server = std::process::Command::new(&python)
+        .args([
+            script,
+            "serve",
+            "--listen",
+            &python_addr,
+            "--key",
+            &python_key.to_hex(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stdout.take().unwrap()));
+    let (lines, first) = actix_rt::task::spawn_blocking(move || {
+        let first = lines.next();
+        (lines, first)
+    })
+    .await
+    .unwrap();
+    let first = first.expect("the script prints a line").unwrap();
+    assert!(first.starts_with("listening"), "{first}");
+    let caller = quic_node(&quic_config(
+        &Config::default(),
+        dir.path(),
+        &node_key,
+        &[(python_addr.clone(), python_key.public())],
+    ));
+    let request = SyncRequest {
+        from_id: 7,
+        ..Default::default()
+    };
+    let answer = caller.sync(&python_addr, request).await.unwrap();
+    assert_eq!(answer.from_id, 8);
+    let last = actix_rt::task::spawn_blocking(move || {
+        let last = lines.map_while(Result::ok).last();
+        let _ = server.wait();
+        last
+    })
+    .await
+    .unwrap();
+    assert_eq!(last, Some(format!("OK caller {}", node_key.public())));
 }
