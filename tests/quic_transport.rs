@@ -391,3 +391,24 @@ async fn an_independent_quic_implementation_calls_a_node_and_is_called_by_one() 
     .unwrap();
     assert_eq!(last, Some(format!("OK caller {}", node_key.public())));
 }
+
+#[actix_rt::test]
+async fn close_lets_the_port_go_while_the_transport_is_still_held() {
+    let pair = pair(Config::default()).await;
+    pair.client
+        .sync(&pair.target, SyncRequest::default())
+        .await
+        .ok();
+    let addr = pair.target.clone();
+    pair.server.close().await.unwrap();
+    // Another socket can take the address, as after TCP's close.
+    let started = std::time::Instant::now();
+    while std::net::UdpSocket::bind(&addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{addr} is still bound"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(pair);
+}

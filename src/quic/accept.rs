@@ -187,7 +187,7 @@ async fn serve_streams(
     loop {
         let (send, recv) = tokio::select! {
             biased;
-            _ = kick.cancelled() => return Closed::Shed.close(connection),
+            _ = kick.cancelled() => return evicted(acceptor, connection),
             stream = connection.accept_bi() => match stream {
                 Ok(stream) => stream,
                 Err(_) => return,
@@ -202,12 +202,21 @@ async fn serve_streams(
         };
         tokio::select! {
             biased;
-            _ = kick.cancelled() => return Closed::Shed.close(connection),
+            _ = kick.cancelled() => return evicted(acceptor, connection),
             sent = acceptor.streams.send(inbound) => {
                 if sent.is_err() {
                     return;
                 }
             }
         }
+    }
+}
+
+/// Closes a connection whose place was taken: for a newcomer, or because
+/// the node is closing.
+fn evicted(acceptor: &Acceptor, connection: &Connection) {
+    match acceptor.shutdown.is_cancelled() {
+        true => Closed::Closing.close(connection),
+        false => Closed::Shed.close(connection),
     }
 }

@@ -65,6 +65,12 @@ impl Dialer {
             .count()
     }
 
+    /// Lets go of every connection (the layer is closing): each holds the
+    /// endpoint's socket while a handle to it lives.
+    pub(super) fn forget_all(&self) {
+        self.connections.lock().expect("connections lock").clear();
+    }
+
     /// The key expected at `address`: configured, or the address itself
     /// when it is a key.
     fn expected_at(&self, address: &str) -> Result<PeerKey, HandshakeError> {

@@ -137,9 +137,15 @@ pub struct QuicStreamLayer {
     /// Streams accepted, for the Listener.
     streams: AsyncMutex<mpsc::Receiver<Inbound>>,
     shutdown: CancellationToken,
+    /// Where the endpoint runs.
+    runtime: Arc<runtime::IoRuntime>,
     /// The I/O threads the endpoint runs on, kept while it does.
     _io: Arc<IoArbiters>,
 }
+
+/// How long a closing endpoint waits for its peers to hear of it before
+/// it lets its port go.
+const CLOSE_LINGER: Duration = Duration::from_millis(200);
 
 /// Streams accepted and not yet taken by the Listener.
 const ACCEPTED_STREAMS: usize = 64;
@@ -220,6 +226,7 @@ impl QuicStreamLayer {
             acceptor,
             streams: AsyncMutex::new(rx),
             shutdown,
+            runtime,
             _io: io,
         })
     }
@@ -363,9 +370,28 @@ impl StreamLayer for QuicStreamLayer {
     }
 
     fn close(&self) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
         self.shutdown.cancel();
         self.endpoint
             .close(VarInt::from_u32(Closed::Closing as u32), b"closing");
+        self.dialer.forget_all();
+        // The port goes free now, as TCP's does, even while clones of the
+        // transport live on: once the peers were told (or after a
+        // moment), the endpoint moves to a throwaway socket.
+        let endpoint = self.endpoint.clone();
+        let unspecified = SocketAddr::new(self.local.ip(), 0);
+        self.runtime.spawn(async move {
+            let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
+            // quinn keeps the previous socket until traffic arrives on
+            // the new one: a second move lets the listening one go.
+            for _ in 0..2 {
+                if let Ok(throwaway) = UdpSocket::bind(unspecified) {
+                    let _ = endpoint.rebind(throwaway);
+                }
+            }
+        });
     }
 }
 

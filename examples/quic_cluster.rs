@@ -1,0 +1,304 @@
+//! Toy gossip nodes over QUIC.
+//!
+//! All nodes in one process, on 127.0.0.1 ephemeral UDP ports, each with
+//! a key of its own and every other node's address and key, with one node
+//! killed and restarted (same address, same key) half-way through to show
+//! the others recover:
+//! ```text
+//! cargo run --example quic_cluster -- --nodes 4 --secs 3
+//! ```
+//! Large clusters work too (each node knows `--fanout` peers, the gossip
+//! period grows with the cluster, nodes run on one thread per core):
+//! ```text
+//! cargo run --release --example quic_cluster -- --nodes 64 --secs 10
+//! ```
+//! One node per process takes a node file as `tcp_cluster` does, with
+//! `quic = true`, a `key-file` and the peers' keys in its `[transport]`
+//! section (`--node-config`). Prints progress once a second, then one JSON
+//! line with the totals and the process's peak memory, as `tcp_cluster`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use babble_net::quic::{QuicKeys, QuicStreamLayer};
+use babble_net::secure::{NodeKey, PeerKey};
+use babble_net::{limits, logging, Config, NetworkTransport, Transport};
+use clap::Parser;
+use common::{Gossip, GossipArgs, NodeThreads, Start, Stats, StopNode, ToyNode};
+use serde::Deserialize;
+
+#[derive(Parser)]
+#[command(about = "Runs toy gossip nodes over QUIC")]
+struct Args {
+    /// Number of nodes in this process (at least 3); the last one joins late.
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 3)]
+    secs: u64,
+    /// Run one node described by this file instead (a node file as for
+    /// tcp_cluster, whose [transport] has quic = true and a key-file).
+    #[arg(long)]
+    node_config: Option<PathBuf>,
+    #[command(flatten)]
+    gossip: GossipArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (docs/METRICS.md).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Log level (error, warn, info, debug, trace).
+    #[arg(long, default_value = "warn")]
+    log_level: String,
+}
+
+/// A node's file: its place in the cluster and its transport settings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    node: NodeSection,
+    #[serde(default)]
+    transport: Config,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSection {
+    id: u32,
+    #[serde(default)]
+    peers: Vec<String>,
+    sponsor: Option<String>,
+}
+
+fn fail(message: String) -> ! {
+    eprintln!("{message}");
+    std::process::exit(2)
+}
+
+#[actix_rt::main]
+async fn main() {
+    let args = Args::parse();
+    let level = logging::parse_level(&args.log_level)
+        .unwrap_or_else(|| fail(format!("unknown --log-level {}", args.log_level)));
+    let log = logging::terminal(level);
+    common::serve_metrics(args.metrics_addr);
+    match &args.node_config {
+        Some(path) => run_one_node(&args, path, log).await,
+        None => run_cluster(&args, log).await,
+    }
+}
+
+async fn run_one_node(args: &Args, path: &PathBuf, log: slog::Logger) {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|err| fail(format!("cannot read {}: {err}", path.display())));
+    let file: NodeFile =
+        toml::from_str(&text).unwrap_or_else(|err| fail(format!("{}: {err}", path.display())));
+    let transport = NetworkTransport::quic(&file.transport, log.clone())
+        .unwrap_or_else(|err| fail(err.to_string()));
+    transport
+        .listen()
+        .unwrap_or_else(|err| fail(err.to_string()));
+    println!(
+        "node {} listening on {} (QUIC)",
+        file.node.id,
+        transport.local_addr()
+    );
+    let start = match file.node.sponsor {
+        Some(sponsor) => Start::Newcomer { sponsor },
+        None => Start::Member {
+            peers: file.node.peers,
+        },
+    };
+    let stats = Arc::new(Stats::default());
+    let node = ToyNode::new(
+        file.node.id,
+        Arc::new(transport.clone()),
+        start,
+        stats.clone(),
+        args.gossip.gossip(1),
+        log,
+    )
+    .start();
+    node.do_send(common::Begin);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .unwrap_or_else(|err| fail(format!("cannot watch SIGTERM: {err}")));
+    tokio::select! {
+        _ = common::report_every_second(&stats, args.secs, |_| {}) => {}
+        _ = terminate.recv() => println!("terminated"),
+    }
+    stats.finished.store(true, Ordering::Relaxed);
+    let _ = node.send(StopNode).await;
+    let _ = transport.close().await;
+    println!("{}", stats.summary("quic", 1, &[]));
+}
+
+/// The nodes' keys and addresses: every node expects each other's key at
+/// its address.
+struct Network {
+    keys: Vec<NodeKey>,
+    peers: Vec<(String, PeerKey)>,
+    config: Config,
+    log: slog::Logger,
+}
+
+impl Network {
+    /// Node `index`'s transport on `addr`: binding again may wait for the
+    /// port a killed node held to be let go.
+    async fn transport(&self, index: usize, addr: &str) -> NetworkTransport {
+        let keys = QuicKeys {
+            key: self.keys[index].clone(),
+            peers: self.peers.iter().cloned().collect(),
+            accept_any_key: false,
+        };
+        let mut tries = 0;
+        let layer = loop {
+            let bound = QuicStreamLayer::bind(
+                addr,
+                None,
+                keys.clone(),
+                limits::quic(&self.config),
+                self.config.io_threads,
+                self.log.clone(),
+            );
+            match bound {
+                Ok(layer) => break layer,
+                Err(err) if tries < 50 => {
+                    tries += 1;
+                    if tries == 1 {
+                        println!("waiting for {addr}: {err}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => fail(err.to_string()),
+            }
+        };
+        let transport = NetworkTransport::new(Arc::new(layer), &self.config, self.log.clone());
+        transport
+            .listen()
+            .unwrap_or_else(|err| fail(err.to_string()));
+        transport
+    }
+}
+
+/// A loopback address whose UDP port was free a moment ago.
+fn free_address() -> String {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| fail(e.to_string()));
+    socket
+        .local_addr()
+        .unwrap_or_else(|e| fail(e.to_string()))
+        .to_string()
+}
+
+async fn run_cluster(args: &Args, log: slog::Logger) {
+    if args.nodes < 3 {
+        fail("--nodes must be at least 3".into());
+    }
+    let stats = Arc::new(Stats::default());
+    let gossip: Gossip = args.gossip.gossip(args.nodes);
+    let threads = NodeThreads::per_core();
+    println!(
+        "{} nodes, {} peers each, a gossip round every {:?}",
+        args.nodes,
+        args.gossip.fanout.min(args.nodes - 2),
+        gossip.period
+    );
+    let addrs: Vec<String> = (0..args.nodes).map(|_| free_address()).collect();
+    let keys: Vec<NodeKey> = (0..args.nodes).map(|_| NodeKey::generate()).collect();
+    let peers = addrs
+        .iter()
+        .cloned()
+        .zip(keys.iter().map(NodeKey::public))
+        .collect();
+    let network = Network {
+        keys,
+        peers,
+        config: Config::default(),
+        log: log.clone(),
+    };
+    let founders = args.nodes - 1;
+    let peers_of = |me: usize| -> Vec<String> {
+        common::peers_of(me, founders, args.gossip.fanout)
+            .into_iter()
+            .map(|p| addrs[p].clone())
+            .collect()
+    };
+    let start_node = |id: usize, transport: NetworkTransport, start: Start| {
+        let node = ToyNode::new(
+            id as u32,
+            Arc::new(transport.clone()),
+            start,
+            stats.clone(),
+            gossip.clone(),
+            log.clone(),
+        );
+        (transport, threads.start(id, node))
+    };
+
+    let mut nodes: Vec<(NetworkTransport, Addr<ToyNode>)> = Vec::new();
+    for (id, addr) in addrs.iter().enumerate() {
+        let start = if id + 1 < args.nodes {
+            Start::Member {
+                peers: peers_of(id),
+            }
+        } else {
+            Start::Newcomer {
+                sponsor: addrs[0].clone(),
+            }
+        };
+        let transport = network.transport(id, addr).await;
+        nodes.push(start_node(id, transport, start));
+    }
+    common::begin_all(nodes.iter().map(|(_, node)| node)).await;
+
+    // Half-way through, node 1 dies; a second later it comes back on the
+    // same address with the same key and catches up through gossip.
+    let victim = 1;
+    let kill_at = (args.secs / 2).max(1);
+    let mut restarts = 0u64;
+    let mut pending: Option<u64> = None;
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.tick().await;
+    for second in 1..=args.secs {
+        interval.tick().await;
+        println!("{}", stats.progress(second));
+        if second == kill_at {
+            let (transport, node) = &nodes[victim];
+            stats.down.lock().unwrap().insert(addrs[victim].clone());
+            let _ = node.send(StopNode).await;
+            let _ = transport.close().await;
+            println!("node {victim} killed");
+            pending = Some(second + 1);
+        }
+        if pending == Some(second) || (pending.is_some() && second == args.secs) {
+            let start = Start::Member {
+                peers: peers_of(victim),
+            };
+            let transport = network.transport(victim, &addrs[victim]).await;
+            nodes[victim] = start_node(victim, transport, start);
+            nodes[victim].1.do_send(common::Begin);
+            stats
+                .came_back
+                .lock()
+                .unwrap()
+                .insert(addrs[victim].clone(), std::time::Instant::now());
+            stats.down.lock().unwrap().remove(&addrs[victim]);
+            restarts += 1;
+            pending = None;
+            println!("node {victim} restarted on {}", addrs[victim]);
+        }
+    }
+
+    common::stop_all(
+        &stats,
+        nodes.iter().map(|(_, node)| node),
+        nodes.iter().map(|(t, _)| t as &dyn Transport),
+    )
+    .await;
+    println!(
+        "{}",
+        stats.summary("quic", args.nodes, &[("restarts", restarts)])
+    );
+}
