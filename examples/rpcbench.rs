@@ -97,6 +97,8 @@ enum TransportKind {
     Tcp,
     Inmem,
     Webrtc,
+    /// QUIC: keyed like --secure (--key-file, and --target-key to call).
+    Quic,
 }
 
 /// How a WebRTC role reaches the signaling server.
@@ -193,8 +195,25 @@ impl SecureArgs {
         if !self.secure {
             return config;
         }
+        Config {
+            secure: true,
+            ..self.keyed(config, target, "--secure")
+        }
+    }
+
+    /// `config` for QUIC: keyed as for `--secure`.
+    fn apply_quic(&self, config: Config, target: Option<&str>) -> Config {
+        Config {
+            quic: true,
+            ..self.keyed(config, target, "--transport quic")
+        }
+    }
+
+    /// `config` with this role's key (made when the file does not exist)
+    /// and the target's, accepting any caller that proves its key.
+    fn keyed(&self, config: Config, target: Option<&str>, what: &str) -> Config {
         let Some(path) = &self.key_file else {
-            fail("--secure needs --key-file");
+            fail(format!("{what} needs --key-file"));
         };
         if !path.exists() {
             let key = NodeKey::generate();
@@ -206,7 +225,6 @@ impl SecureArgs {
             peer_keys.insert(target.to_owned(), key.clone());
         }
         Config {
-            secure: true,
             key_file: Some(path.clone()),
             peer_keys,
             accept_any_key: true,
@@ -540,10 +558,17 @@ async fn serve(args: ServeArgs) {
         max_inbound: 4096,
         ..Config::default()
     });
-    let config = args.secure.apply(config, None);
+    let config = match args.transport {
+        TransportKind::Quic => args.secure.apply_quic(config, None),
+        _ => args.secure.apply(config, None),
+    };
     let transport = match args.transport {
         TransportKind::Tcp => {
             NetworkTransport::tcp(&config, logging::terminal(slog::Level::Warning))
+                .unwrap_or_else(|e| fail(e))
+        }
+        TransportKind::Quic => {
+            NetworkTransport::quic(&config, logging::terminal(slog::Level::Warning))
                 .unwrap_or_else(|e| fail(e))
         }
         TransportKind::Webrtc => args.signal.transport(&config).await,
@@ -557,7 +582,7 @@ async fn serve(args: ServeArgs) {
         args.shape.shape(),
         Duration::from_micros(args.work_us),
     );
-    match config.secure {
+    match config.secure || config.quic {
         true => {
             let key = config.node_key().unwrap_or_else(|e| fail(e));
             println!(
@@ -616,8 +641,19 @@ async fn call(args: CallArgs) -> Report {
         max_pool: args.max_pool,
         ..Config::default()
     });
-    let config = args.secure.apply(config, Some(&args.target));
+    let config = match args.transport {
+        TransportKind::Quic => args.secure.apply_quic(config, Some(&args.target)),
+        _ => args.secure.apply(config, Some(&args.target)),
+    };
     let (client, target): (Arc<dyn Transport>, String) = match args.transport {
+        TransportKind::Quic => {
+            if args.target.is_empty() {
+                fail("call needs --target");
+            }
+            let client = NetworkTransport::quic(&config, logging::terminal(slog::Level::Error))
+                .unwrap_or_else(|e| fail(e));
+            (Arc::new(client), args.target.clone())
+        }
         TransportKind::Tcp => {
             if args.target.is_empty() {
                 fail("call needs --target");
