@@ -412,3 +412,196 @@ async fn close_lets_the_port_go_while_the_transport_is_still_held() {
     }
     drop(pair);
 }
+
+/// A QUIC endpoint that dials `target` (expecting `key` there) and hands
+/// out raw streams: a peer that may break the protocol at will.
+fn raw_peer(target: &str, key: PeerKey, me: &NodeKey) -> babble_net::quic::QuicStreamLayer {
+    let keys = babble_net::quic::QuicKeys {
+        key: me.clone(),
+        peers: [(target.to_owned(), key)].into_iter().collect(),
+        accept_any_key: false,
+    };
+    babble_net::quic::QuicStreamLayer::bind(
+        "127.0.0.1:0",
+        None,
+        keys,
+        limits::quic(&Config::default()),
+        1,
+        logging::discard(),
+    )
+    .unwrap()
+}
+
+/// A node that accepts any key, with `config`; and its key.
+fn open_node(config: Config) -> (NetworkTransport, NodeKey) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::generate();
+    let node = quic_node(&Config {
+        accept_any_key: true,
+        ..quic_config(&config, dir.path(), &key, &[])
+    });
+    (node, key)
+}
+
+/// Reads `stream` to its end or error; what was read.
+async fn read_all(stream: &mut babble_net::stream::BoxConnection) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut read = Vec::new();
+    stream.read_to_end(&mut read).await.map(|_| read)
+}
+
+/// An honest caller of `node` gets its answer.
+async fn honest_call(node: &NetworkTransport, key: &NodeKey) {
+    let dir = tempfile::tempdir().unwrap();
+    let target = node.advertise_addr();
+    let honest = quic_node(&quic_config(
+        &Config::default(),
+        dir.path(),
+        &NodeKey::generate(),
+        &[(target.clone(), key.public())],
+    ));
+    within(honest.sync(&target, SyncRequest::default()))
+        .await
+        .unwrap();
+}
+
+#[actix_rt::test]
+async fn a_garbage_stream_is_closed_unanswered_and_the_connection_serves_on() {
+    use babble_net::stream::StreamLayer;
+    use tokio::io::AsyncWriteExt;
+    let (node, key) = open_node(Config::default());
+    suite::serve(&node, suite::vector_answer);
+    let target = node.advertise_addr();
+    let peer = raw_peer(&target, key.public(), &NodeKey::generate());
+    let mut garbage = peer.dial(&target, Duration::from_secs(5)).await.unwrap();
+    garbage.write_all(b"\x09not a request\n").await.unwrap();
+    garbage.shutdown().await.unwrap();
+    let read = within(read_all(&mut garbage)).await;
+    assert!(
+        read.as_ref().map_or(true, Vec::is_empty),
+        "garbage was answered: {read:?}"
+    );
+    // The same connection carries a good call next.
+    let mut good = peer.dial(&target, Duration::from_secs(5)).await.unwrap();
+    good.write_all(b"\x01{\"FromID\":1,\"Known\":null,\"SyncLimit\":0}\n")
+        .await
+        .unwrap();
+    good.shutdown().await.unwrap();
+    let reply = within(read_all(&mut good)).await.unwrap();
+    assert!(
+        reply.starts_with(b"\"\"\n"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert_eq!(
+        node.inbound_totals().1,
+        1,
+        "the garbage stream counted as dropped"
+    );
+}
+
+#[actix_rt::test]
+async fn trickled_and_silent_streams_are_cut_at_the_timeout_and_honest_calls_go_on() {
+    use babble_net::stream::StreamLayer;
+    use tokio::io::AsyncWriteExt;
+    let config = Config {
+        timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let (node, key) = open_node(config);
+    suite::serve(&node, suite::vector_answer);
+    let target = node.advertise_addr();
+    let peer = raw_peer(&target, key.public(), &NodeKey::generate());
+    // Silent streams: opened, never written.
+    let mut silent = Vec::new();
+    for _ in 0..16 {
+        let mut stream = peer.dial(&target, Duration::from_secs(5)).await.unwrap();
+        // A stream is known to the peer once a byte of it is sent;
+        // whitespace is no request.
+        stream.write_all(b" ").await.unwrap();
+        silent.push(stream);
+    }
+    // A trickled one: a byte every 100 ms of a request that never ends.
+    let mut trickled = peer.dial(&target, Duration::from_secs(5)).await.unwrap();
+    let trickling = async {
+        for _ in 0..100 {
+            if trickled.write_all(b" ").await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    honest_call(&node, &key).await;
+    assert!(within(trickling).await, "the trickled stream was cut");
+    for mut stream in silent {
+        assert!(within(read_all(&mut stream))
+            .await
+            .map_or(true, |r| r.is_empty()));
+    }
+    honest_call(&node, &key).await;
+}
+
+#[actix_rt::test]
+async fn a_peer_opening_streams_without_end_waits_for_its_own_and_does_not_block_others() {
+    use babble_net::stream::StreamLayer;
+    use tokio::io::AsyncWriteExt;
+    let config = Config {
+        quic_max_streams: 8,
+        ..Config::default()
+    };
+    let (node, key) = open_node(config);
+    // The node holds every Sync from 1 unanswered, answers the others.
+    let mut rpcs = node.consumer();
+    let (kept_tx, mut kept) = tokio::sync::mpsc::unbounded_channel();
+    actix_rt::spawn(async move {
+        while let Some(rpc) = rpcs.recv().await {
+            match &rpc.command {
+                babble_net::Command::Sync(request) if request.from_id == 1 => {
+                    let _ = kept_tx.send(rpc);
+                }
+                command => {
+                    let answer = suite::vector_answer(command);
+                    rpc.respond(answer);
+                }
+            }
+        }
+    });
+    let target = node.advertise_addr();
+    let peer = raw_peer(&target, key.public(), &NodeKey::generate());
+    // Requests the node holds take every stream the peer may open on its
+    // connection.
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        let mut stream = peer.dial(&target, Duration::from_secs(5)).await.unwrap();
+        stream
+            .write_all(b"\x01{\"FromID\":1,\"Known\":null,\"SyncLimit\":0}\n")
+            .await
+            .unwrap();
+        stream.shutdown().await.unwrap();
+        open.push(stream);
+    }
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(within(kept.recv()).await.unwrap());
+    }
+    // The ninth waits in the peer's own stack (QUIC flow control), until
+    // its deadline.
+    let ninth = peer.dial(&target, Duration::from_millis(300)).await;
+    assert!(
+        matches!(&ninth, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+        "a ninth stream opened: {:?}",
+        ninth.as_ref().err()
+    );
+    // Another peer is served meanwhile.
+    honest_call(&node, &key).await;
+    // Once the held calls are answered, the peer's streams are its own
+    // again.
+    for rpc in held {
+        rpc.respond(Ok(Response::Sync(SyncResponse::default())));
+    }
+    for mut stream in open {
+        assert!(!within(read_all(&mut stream)).await.unwrap().is_empty());
+    }
+    peer.dial(&target, Duration::from_secs(5)).await.unwrap();
+}
