@@ -203,7 +203,16 @@ pub(super) async fn serve(
         tokio::select! {
             biased;
             _ = &mut kicked, if evictable => return Ok(Ended::Kicked),
-            written = crate::deadline::write_frame(&mut stream, &out) => written?,
+            written = crate::deadline::write_frame(&mut stream, &out) => match written {
+                Ok(()) => {}
+                // The caller went away while its answer was written: it
+                // gave up, as a hang-up while the node answers.
+                Err(e) if is_reset(&e) || e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    debug!(cx.log, "the caller hung up during the answer"; "rpc" => %rpc_type);
+                    return Ok(Ended::Abandoned);
+                }
+                Err(e) => return Err(e.into()),
+            },
         }
         // The caller's next request may follow within microseconds.
         crate::spin::expect_io();
