@@ -489,6 +489,24 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/node.toml");
         let config = Config::load(path).unwrap();
         assert_eq!(config.bind_addr, "127.0.0.1:1337");
+        // Its QUIC section says the defaults.
+        let defaults = Config::default();
+        assert_eq!(
+            (
+                config.quic,
+                config.quic_max_streams,
+                config.quic_max_connections,
+                config.quic_max_connections_per_source,
+                config.quic_max_handshakes
+            ),
+            (
+                defaults.quic,
+                defaults.quic_max_streams,
+                defaults.quic_max_connections,
+                defaults.quic_max_connections_per_source,
+                defaults.quic_max_handshakes
+            )
+        );
     }
 
     #[test]

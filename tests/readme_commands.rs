@@ -132,8 +132,10 @@ fn limit_of(command: &str) -> Duration {
 #[test]
 fn the_readme_cluster_commands_run_with_no_errors() {
     let _alone = one_at_a_time();
+    // docs/QUIC.md shows the QUIC cluster too.
     let clusters: Vec<Vec<String>> = readme_blocks()
         .into_iter()
+        .chain(doc_blocks("docs/QUIC.md"))
         .map(|block| {
             block
                 .into_iter()
