@@ -68,6 +68,23 @@ server_key=$(grep -o '0X04[0-9A-F]*' "$work/server-$secure_port.log" | head -1)
 secure=(--secure --key-file "$work/client.key" --target-key "$server_key")
 run secure-ping      call --target "127.0.0.1:$secure_port" "${secure[@]}" --rpc sync --calls "$(calls 20000)" --concurrency 1 --max-pool 2 --sync-limit 0
 run secure-sync-1000 call --target "127.0.0.1:$secure_port" "${secure[@]}" --rpc sync --calls "$(calls 500)" --concurrency 1 --max-pool 2 --sync-limit 1000
+run secure-pool-contention call --target "127.0.0.1:$secure_port" "${secure[@]}" --rpc sync --calls "$(calls 20000)" --concurrency 16 --max-pool 2 --sync-limit 0
+run secure-eager-1000 call --target "127.0.0.1:$secure_port" "${secure[@]}" --rpc eager --calls "$(calls 500)" --concurrency 4 --max-pool 4 --sync-limit 1000
+run secure-fastforward call --target "127.0.0.1:$secure_port" "${secure[@]}" --rpc fastforward --calls "$(calls 200)" --concurrency 1 --max-pool 2 --sync-limit 0
+
+# QUIC: every standard run against a QUIC server with a key (docs/QUIC.md),
+# to compare with the plaintext and secure TCP runs above.
+quic_port=$(free_port)
+"$bench" serve --transport quic --listen "127.0.0.1:$quic_port" --key-file "$work/quic-server.key" >"$work/server-quic.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 100); do grep -q listening "$work/server-quic.log" 2>/dev/null && break; sleep 0.05; done
+quic_key=$(grep -o '0X04[0-9A-F]*' "$work/server-quic.log" | tail -1)
+quic=(--transport quic --key-file "$work/quic-client.key" --target-key "$quic_key")
+run quic-ping            call --target "127.0.0.1:$quic_port" "${quic[@]}" --rpc sync --calls "$(calls 20000)" --concurrency 1 --max-pool 2 --sync-limit 0
+run quic-pool-contention call --target "127.0.0.1:$quic_port" "${quic[@]}" --rpc sync --calls "$(calls 20000)" --concurrency 16 --max-pool 2 --sync-limit 0
+run quic-sync-1000       call --target "127.0.0.1:$quic_port" "${quic[@]}" --rpc sync --calls "$(calls 500)" --concurrency 1 --max-pool 2 --sync-limit 1000
+run quic-eager-1000      call --target "127.0.0.1:$quic_port" "${quic[@]}" --rpc eager --calls "$(calls 500)" --concurrency 4 --max-pool 4 --sync-limit 1000
+run quic-fastforward     call --target "127.0.0.1:$quic_port" "${quic[@]}" --rpc fastforward --calls "$(calls 200)" --concurrency 1 --max-pool 2 --sync-limit 0
 
 # WebRTC: the same server role behind a signaling server, ICE on loopback.
 signal_port=$(free_port)
@@ -276,6 +293,21 @@ for name in ["ping", "ping-parallel", "pool-contention", "sync-1000"]:
     a, b = r[name], r["inline-" + name]
     io_rows.append(f"| {name} | {a['rpcs_per_s']:.0f} | {a['p50_us']} | {a['p99_us']} | {b['rpcs_per_s']:.0f} | {b['p50_us']} | {b['p99_us']} | {a['rpcs_per_s']/b['rpcs_per_s']:.2f}x | {a['p50_us']/max(b['p50_us'],1):.2f}x |")
 io_rows = "\n".join(io_rows)
+quic_rows = []
+for name, goal in [("ping", None), ("pool-contention", None), ("sync-1000", 0.8), ("eager-1000", 0.8), ("fastforward", 0.8)]:
+    t, sec, q = r[name], r["secure-" + name], r["quic-" + name]
+    vs_t, vs_s = q["rpcs_per_s"] / t["rpcs_per_s"], q["rpcs_per_s"] / sec["rpcs_per_s"]
+    p50 = q["p50_us"] / max(t["p50_us"], 1)
+    if name == "ping":
+        target, ok = "p50 ≤ 1.3x plaintext", p50 <= 1.3
+    elif goal is None:
+        target, ok = "(none)", True
+    else:
+        target, ok = f"≥ {goal}x plaintext", vs_t >= goal
+    quic_rows.append(
+        f"| {name} | {t['rpcs_per_s']:.0f} | {sec['rpcs_per_s']:.0f} | {q['rpcs_per_s']:.0f} | {q['errors']} "
+        f"| {t['p50_us']} / {sec['p50_us']} / {q['p50_us']} | {vs_t:.2f}x | {vs_s:.2f}x | {p50:.2f}x | {target} | {'yes' if ok and q['errors'] == 0 else 'no'} |")
+quic_rows = "\n".join(quic_rows)
 goals = {"ping": 1.0, "ping-parallel": 1.5, "pool-contention": 1.5, "sync-1000": 3.5, "eager-1000": 3.5, "fastforward": 4.0}
 go_section = ""
 if "go-ping-1" in r:
@@ -401,6 +433,18 @@ each side, and none while nothing happens. A fresh server with
 {idle_cpu['peers']} peers holding idle connections used {idle_cpu['core_percent']:.2f}% of a core
 over {idle_cpu['secs']} s (goal: under 2%).
 {go_section}
+## QUIC
+
+Every standard run against a QUIC server (`serve --transport quic`), next
+to the same run against the plaintext and the secure (Noise) TCP servers,
+in the same run. QUIC drives its packets on an I/O thread (docs/QUIC.md,
+"Threads"), so each small call pays hand-offs between threads that TCP
+does not.
+
+| run | TCP rpcs/s | secure rpcs/s | QUIC rpcs/s | QUIC errors | p50 µs TCP / secure / QUIC | QUIC vs TCP | QUIC vs secure | QUIC p50 vs TCP | goal | met |
+|---|---|---|---|---|---|---|---|---|---|---|
+{quic_rows}
+
 ## Fairness
 
 A server spending 500 µs of CPU on each RPC, one at a time (`serve
