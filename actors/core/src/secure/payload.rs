@@ -19,6 +19,7 @@ pub(crate) struct PublicKey {
 pub(crate) const SECP256K1: i32 = 2;
 
 /// libp2p's `NoiseHandshakePayload` (proto3); extensions are ignored.
+#[cfg(feature = "secure")]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct NoiseHandshakePayload {
     #[prost(bytes = "vec", tag = "1")]
@@ -27,7 +28,7 @@ pub(crate) struct NoiseHandshakePayload {
     pub(crate) identity_sig: Vec<u8>,
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "secure"))]
 mod tests {
     use prost::Message;
 
