@@ -146,7 +146,8 @@ struct Network {
 
 impl Network {
     /// Node `index`'s transport on `addr`: binding again may wait for the
-    /// port a killed node held to be let go.
+    /// port a killed node held to be let go (its closing connections drain
+    /// for a few seconds at most, docs/QUIC.md).
     async fn transport(&self, index: usize, addr: &str) -> NetworkTransport {
         let keys = QuicKeys {
             key: self.keys[index].clone(),
@@ -165,7 +166,7 @@ impl Network {
             );
             match bound {
                 Ok(layer) => break layer,
-                Err(err) if tries < 50 => {
+                Err(err) if tries < 150 => {
                     tries += 1;
                     if tries == 1 {
                         println!("waiting for {addr}: {err}");

@@ -377,9 +377,18 @@ impl StreamLayer for QuicStreamLayer {
         self.endpoint
             .close(VarInt::from_u32(Closed::Closing as u32), b"closing");
         self.dialer.forget_all();
-        // The port goes free now, as TCP's does, even while clones of the
+        // Streams accepted but never taken hold their connections, and so
+        // the socket.
+        if let Ok(mut streams) = self.streams.try_lock() {
+            streams.close();
+            while streams.try_recv().is_ok() {}
+        }
+        // The port goes free, as TCP's does, even while clones of the
         // transport live on: once the peers were told (or after a
-        // moment), the endpoint moves to a throwaway socket.
+        // moment), the endpoint and its connections move to a throwaway
+        // socket; the port is free once every connection has taken the
+        // move or ended (a connection closing drains for up to three
+        // probe timeouts, a few seconds at most).
         let endpoint = self.endpoint.clone();
         let unspecified = SocketAddr::new(self.local.ip(), 0);
         self.runtime.spawn(async move {
