@@ -47,11 +47,15 @@ pub fn pool(config: &Config, transport: &'static str) -> PoolSettings {
 /// (QUIC's flow-control window, per inbound connection) is
 /// `inbound-buffer-budget / quic-max-connections`, between 64 KiB and
 /// 16 MiB, so that every inbound connection together stays within the
-/// budget; replies to this node's calls get a 16 MiB window.
+/// budget; replies to this node's calls get a 16 MiB window. Replies
+/// waiting in QUIC's send buffers are bounded the same way, by
+/// `outbound-buffer-budget / quic-max-connections`.
 #[cfg(feature = "quic")]
 pub fn quic(config: &Config) -> crate::quic::QuicLimits {
     const KIB: u64 = 1024;
-    let share = config.inbound_buffer_budget as u64 / config.quic_max_connections.max(1) as u64;
+    let connections = config.quic_max_connections.max(1) as u64;
+    let share = config.inbound_buffer_budget as u64 / connections;
+    let send_share = config.outbound_buffer_budget as u64 / connections;
     crate::quic::QuicLimits {
         max_streams: config.quic_max_streams,
         max_connections: config.quic_max_connections,
@@ -61,6 +65,7 @@ pub fn quic(config: &Config) -> crate::quic::QuicLimits {
         idle_timeout: config.idle_timeout,
         receive_window: share.clamp(64 * KIB, 16 * 1024 * KIB),
         reply_window: 16 * 1024 * KIB,
+        send_window: send_share.clamp(64 * KIB, 16 * 1024 * KIB),
     }
 }
 

@@ -72,6 +72,12 @@ pub struct QuicLimits {
     pub receive_window: u64,
     /// The same, for the replies of the peers this node dials.
     pub reply_window: u64,
+    /// Bytes of replies an inbound connection may hold in QUIC's send
+    /// buffer, beyond what the peer has acknowledged: at most
+    /// `max_connections` times this for all of them
+    /// (`outbound-buffer-budget / quic-max-connections`). A reply beyond it
+    /// waits for the peer to acknowledge, within the reply's deadline.
+    pub send_window: u64,
 }
 
 /// Who a QUIC node is and whom it expects.
@@ -311,6 +317,9 @@ fn transport(limits: &QuicLimits, side: Side) -> Result<TransportConfig, Transpo
         Side::Accepting => (limits.max_streams, limits.receive_window),
         Side::Dialling => (0, limits.reply_window),
     };
+    if side == Side::Accepting {
+        config.send_window(limits.send_window);
+    }
     config.max_concurrent_bidi_streams(VarInt::from_u32(streams));
     let window = VarInt::from_u64(window).unwrap_or(VarInt::MAX);
     config.stream_receive_window(window);
