@@ -14,7 +14,7 @@
 //!   callee writes the Go reply and finishes. Every TCP limit and deadline
 //!   of the Listener and the call applies per stream.
 //! * The endpoint and its connections are driven on an I/O thread
-//!   ([`runtime`]); the node's thread only reads and writes stream bytes.
+//!   (module `runtime`); the node's thread only reads and writes stream bytes.
 //!
 //! The limits ([`QuicLimits`]) and what a node sees when each is hit are
 //! in docs/QUIC.md.
