@@ -125,9 +125,9 @@ impl Closed {
     /// when it refused it.
     fn refusal(code: VarInt) -> Option<&'static str> {
         match code.into_inner() {
-            2 => Some("the peer refused this node's certificate"),
-            3 => Some("the peer refused this node's key: not one of its peers"),
-            4 => Some("the peer found another key than it expected at this node's address"),
+            2 => Some("its certificate was refused"),
+            3 => Some("its key is not one of the peer's peers"),
+            4 => Some("the peer expected another key at this node's address"),
             _ => None,
         }
     }

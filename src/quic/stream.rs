@@ -117,7 +117,8 @@ impl QuicStream {
 pub(super) fn connection_error(error: ConnectionError) -> io::Error {
     if let ConnectionError::ApplicationClosed(close) = &error {
         if let Some(refusal) = super::Closed::refusal(close.error_code) {
-            return io::Error::new(io::ErrorKind::PermissionDenied, refusal);
+            return babble_net_core::secure::HandshakeError::RefusedByPeer(refusal.into())
+                .into_io();
         }
     }
     let kind = match &error {

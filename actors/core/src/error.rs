@@ -281,7 +281,14 @@ impl TransportError {
             CodecError::Io(source) if source.kind() == io::ErrorKind::TimedOut => {
                 TransportError::Timeout { peer, after }
             }
-            CodecError::Io(source) => TransportError::Io { peer, source },
+            CodecError::Io(source) => match crate::secure::HandshakeError::from_io(&source) {
+                // A refusal the layer learnt of only once the call began.
+                Some(refusal) => TransportError::Handshake {
+                    peer,
+                    source: refusal.clone(),
+                },
+                None => TransportError::Io { peer, source },
+            },
             CodecError::FrameTooLarge { max, .. } => TransportError::FrameTooLarge { peer, max },
             other => TransportError::Decode {
                 peer,

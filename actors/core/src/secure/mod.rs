@@ -67,6 +67,11 @@ pub enum HandshakeError {
     /// Nothing says which key to expect at the address dialled.
     #[error("no key is known for {0}: give the node its peers' keys")]
     UnknownKey(String),
+    /// The peer completed the handshake and then refused this node (on
+    /// QUIC: its key is not one of the peer's peers, or not the key the
+    /// peer expected at this node's address).
+    #[error("the peer refused this node: {0}")]
+    RefusedByPeer(String),
     /// The handshake did not finish in time.
     #[error("no handshake within {0:?}")]
     Timeout(Duration),
