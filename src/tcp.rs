@@ -34,38 +34,12 @@ impl TcpStreamLayer {
         advertise: Option<&str>,
     ) -> Result<TcpStreamLayer, TransportError> {
         let config_error = |what: String| TransportError::Config(what);
-        let advertise = match advertise {
-            Some(addr) => {
-                let resolved = addr
-                    .to_socket_addrs()
-                    .map_err(|err| config_error(format!("advertise address {addr}: {err}")))?
-                    .next()
-                    .ok_or_else(|| {
-                        config_error(format!("advertise address {addr} does not resolve"))
-                    })?;
-                if resolved.ip().is_unspecified() {
-                    return Err(config_error(format!(
-                        "advertise address {addr} is not advertisable"
-                    )));
-                }
-                Some(addr.to_owned())
-            }
-            None => None,
-        };
         let std_listener = StdTcpListener::bind(bind_addr)
             .map_err(|err| config_error(format!("cannot bind {bind_addr}: {err}")))?;
         let local = std_listener
             .local_addr()
             .map_err(|err| config_error(format!("cannot bind {bind_addr}: {err}")))?;
-        let advertise = match advertise {
-            Some(addr) => addr,
-            None if local.ip().is_unspecified() => {
-                return Err(config_error(format!(
-                    "bind address {local} is not advertisable; set an advertise address"
-                )))
-            }
-            None => local.to_string(),
-        };
+        let advertise = advertised(local, advertise)?;
         std_listener
             .set_nonblocking(true)
             .and_then(|()| TcpListener::from_std(std_listener))
@@ -75,6 +49,38 @@ impl TcpStreamLayer {
                 advertise,
             })
             .map_err(|err| config_error(format!("cannot listen on {bind_addr}: {err}")))
+    }
+}
+
+/// The address to advertise for a socket bound to `local`: `advertise`
+/// when it resolves to an address peers can dial, else the bound address
+/// unless it is unspecified (`0.0.0.0`, `::`). Shared by the TCP and QUIC
+/// layers.
+pub(crate) fn advertised(
+    local: SocketAddr,
+    advertise: Option<&str>,
+) -> Result<String, TransportError> {
+    let config_error = TransportError::Config;
+    match advertise {
+        Some(addr) => {
+            let resolved = addr
+                .to_socket_addrs()
+                .map_err(|err| config_error(format!("advertise address {addr}: {err}")))?
+                .next()
+                .ok_or_else(|| {
+                    config_error(format!("advertise address {addr} does not resolve"))
+                })?;
+            if resolved.ip().is_unspecified() {
+                return Err(config_error(format!(
+                    "advertise address {addr} is not advertisable"
+                )));
+            }
+            Ok(addr.to_owned())
+        }
+        None if local.ip().is_unspecified() => Err(config_error(format!(
+            "bind address {local} is not advertisable; set an advertise address"
+        ))),
+        None => Ok(local.to_string()),
     }
 }
 

@@ -27,7 +27,7 @@ mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,7 +179,7 @@ impl QuicStreamLayer {
         let local = socket
             .local_addr()
             .map_err(|err| config_error(format!("cannot bind {bind_addr} (UDP): {err}")))?;
-        let advertise = advertised(local, advertise)?;
+        let advertise = crate::tcp::advertised(local, advertise)?;
         let identity = tls::Identity::new(&keys.key)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(&identity)?));
         server.transport_config(Arc::new(transport(&limits, Side::Accepting)?));
@@ -269,32 +269,6 @@ fn endpoint_config(key: &NodeKey) -> EndpointConfig {
     let mut config = EndpointConfig::new(Arc::new(reset));
     config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(ids)));
     config
-}
-
-/// The address to advertise for a socket bound to `local`.
-fn advertised(local: SocketAddr, advertise: Option<&str>) -> Result<String, TransportError> {
-    let config_error = TransportError::Config;
-    match advertise {
-        Some(addr) => {
-            let resolved = addr
-                .to_socket_addrs()
-                .map_err(|err| config_error(format!("advertise address {addr}: {err}")))?
-                .next()
-                .ok_or_else(|| {
-                    config_error(format!("advertise address {addr} does not resolve"))
-                })?;
-            if resolved.ip().is_unspecified() {
-                return Err(config_error(format!(
-                    "advertise address {addr} is not advertisable"
-                )));
-            }
-            Ok(addr.to_owned())
-        }
-        None if local.ip().is_unspecified() => Err(config_error(format!(
-            "bind address {local} is not advertisable; set an advertise address"
-        ))),
-        None => Ok(local.to_string()),
-    }
 }
 
 /// Which connections a transport configuration is for.
