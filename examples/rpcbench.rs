@@ -7,6 +7,11 @@
 //! cargo run --release --example rpcbench -- call --transport inmem --rpc sync ...
 //! cargo run --release --example rpcbench -- echo-serve --listen 127.0.0.1:7001
 //! cargo run --release --example rpcbench -- echo-call --target 127.0.0.1:7001 --calls 20000
+//! # The raw QUIC limit: a workload's bytes over quinn alone.
+//! cargo run --release --example rpcbench -- quic-echo-serve --listen 127.0.0.1:7002 \
+//!     --cert-file echo.der
+//! cargo run --release --example rpcbench -- quic-echo-call --target 127.0.0.1:7002 \
+//!     --cert-file echo.der --rpc fastforward --calls 200
 //! cargo run --release --example rpcbench -- codec --sync-limit 1000
 //! # One server as the peers calling it grow (4, 16, 64, 256) at a fixed
 //! # total rate, and the memory of an idle connection on each side:
@@ -40,6 +45,8 @@ mod codec_limit;
 mod echo;
 #[path = "rpcbench/flood.rs"]
 mod flood;
+#[path = "rpcbench/quic_echo.rs"]
+mod quic_echo;
 #[path = "rpcbench/report.rs"]
 mod report;
 #[path = "rpcbench/scale.rs"]
@@ -83,6 +90,12 @@ enum Role {
     EchoServe(EchoServeArgs),
     /// The raw TCP limit, client side: ping-sized round trips.
     EchoCall(EchoCallArgs),
+    /// The raw QUIC limit, server side: quinn alone, answering each stream
+    /// with the reply length it asks for.
+    QuicEchoServe(QuicEchoServeArgs),
+    /// The raw QUIC limit, client side: a workload's request and reply
+    /// bytes over quinn alone.
+    QuicEchoCall(QuicEchoCallArgs),
     /// The in-memory codec limit: encode+decode rate of a Sync reply.
     Codec(CodecArgs),
     /// One server's latency and memory as the peers calling it grow.
@@ -392,6 +405,35 @@ struct EchoCallArgs {
 }
 
 #[derive(Args)]
+struct QuicEchoServeArgs {
+    #[arg(long)]
+    listen: String,
+    /// Where to write the server's certificate (DER) for the client.
+    #[arg(long)]
+    cert_file: std::path::PathBuf,
+}
+
+#[derive(Args)]
+struct QuicEchoCallArgs {
+    #[arg(long)]
+    target: String,
+    /// The server's certificate, as `quic-echo-serve` wrote it.
+    #[arg(long)]
+    cert_file: std::path::PathBuf,
+    /// Whose request and reply bytes to carry: sync, eager, fastforward.
+    #[arg(long, default_value = "sync")]
+    rpc: String,
+    #[arg(long, default_value_t = 20000)]
+    calls: u64,
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 0)]
+    sync_limit: usize,
+    #[command(flatten)]
+    shape: ShapeArgs,
+}
+
+#[derive(Args)]
 struct ScaleArgs {
     /// The server's address.
     #[arg(long)]
@@ -457,6 +499,25 @@ fn main() {
                 request,
                 reply.len(),
             );
+            println!("{}", report.json());
+        }
+        Role::QuicEchoServe(args) => {
+            quic_echo::serve(&args.listen, &args.cert_file).unwrap_or_else(|e| fail(e));
+        }
+        Role::QuicEchoCall(args) => {
+            let shape = args.shape.shape();
+            let command = workload::request(&args.rpc, args.sync_limit, shape)
+                .unwrap_or_else(|| fail(format!("unknown --rpc {}", args.rpc)));
+            let reply = Reply::ok(workload::answer(&command, shape, &workload::snapshot()));
+            let report = quic_echo::call(
+                &args.target,
+                &args.cert_file,
+                args.calls,
+                args.concurrency,
+                request_frame(&command),
+                reply_frame(&reply).len(),
+            )
+            .unwrap_or_else(|e| fail(e));
             println!("{}", report.json());
         }
         Role::Scale(args) => {

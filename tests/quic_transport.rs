@@ -606,3 +606,61 @@ async fn a_peer_opening_streams_without_end_waits_for_its_own_and_does_not_block
     }
     peer.dial(&target, Duration::from_secs(5)).await.unwrap();
 }
+
+/// The benchmark's raw QUIC limit (`rpcbench quic-echo-serve` /
+/// `quic-echo-call`, quinn alone) carries every round trip of a
+/// FastForward's bytes, several at once, so that its figures in
+/// docs/PERFORMANCE.md measure whole transfers.
+#[test]
+fn the_raw_quic_anchor_carries_every_round_trip() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("echo.der");
+    let cert = cert.to_str().unwrap();
+    let bench = common::interop::rpcbench();
+    let mut serve = std::process::Command::new(&bench)
+        .args([
+            "quic-echo-serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cert-file",
+            cert,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(serve.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let target = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|_| line.contains("listening on"))
+        .unwrap_or_else(|| panic!("no listening line: {line:?}"))
+        .to_owned();
+    let call = std::process::Command::new(&bench)
+        .args(["quic-echo-call", "--target", &target, "--cert-file", cert])
+        .args([
+            "--rpc",
+            "fastforward",
+            "--calls",
+            "12",
+            "--concurrency",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(call.status.success(), "{call:?}");
+    let stdout = String::from_utf8_lossy(&call.stdout);
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["calls"], 12, "{report}");
+    // A FastForward reply carries a 1 MiB snapshot in base64.
+    let bytes_in = report["bytes_in"].as_u64().unwrap();
+    assert!(bytes_in > 12 * 1_300_000, "{report}");
+}
