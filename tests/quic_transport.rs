@@ -664,3 +664,63 @@ fn the_raw_quic_anchor_carries_every_round_trip() {
     let bytes_in = report["bytes_in"].as_u64().unwrap();
     assert!(bytes_in > 12 * 1_300_000, "{report}");
 }
+
+/// One address opening connection after connection holds at most its
+/// share of the node's places: each newcomer beyond
+/// `quic-max-connections-per-source` evicts that source's least recently
+/// used connection, and a caller from another address still gets a place
+/// and its answer while the flood holds on.
+#[actix_rt::test]
+async fn a_flood_of_connections_from_one_address_keeps_its_share_and_an_honest_peer_is_served() {
+    use babble_net::stream::StreamLayer;
+    use tokio::io::AsyncWriteExt;
+    let (node, key) = open_node(Config {
+        quic_max_connections: 16,
+        quic_max_connections_per_source: 12,
+        ..Config::default()
+    });
+    suite::serve(&node, suite::vector_answer);
+    let target = node.advertise_addr();
+    // 40 connections from 127.0.0.1, each with a stream not yet written.
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        let peer = raw_peer(&target, key.public(), &NodeKey::generate());
+        let stream = within(peer.dial(&target, Duration::from_secs(5)))
+            .await
+            .unwrap();
+        flood.push((peer, stream));
+    }
+    // A caller from 127.0.0.2 is served while the flood holds on.
+    let dir = tempfile::tempdir().unwrap();
+    let honest = quic_node(&Config {
+        bind_addr: "127.0.0.2:0".into(),
+        ..quic_config(
+            &Config::default(),
+            dir.path(),
+            &NodeKey::generate(),
+            &[(target.clone(), key.public())],
+        )
+    });
+    within(honest.sync(&target, SyncRequest::default()))
+        .await
+        .unwrap();
+    // Of the flood, only the most recent connections are still served.
+    let mut served = 0;
+    for (_peer, mut stream) in flood {
+        let asked = async {
+            stream
+                .write_all(b"\x01{\"FromID\":1,\"Known\":null,\"SyncLimit\":0}\n")
+                .await?;
+            stream.shutdown().await?;
+            read_all(&mut stream).await
+        };
+        if matches!(within(asked).await, Ok(reply) if !reply.is_empty()) {
+            served += 1;
+        }
+    }
+    assert!(served >= 1, "the flood's newest connections serve on");
+    assert!(
+        served <= 12,
+        "{served} flood connections kept a place (share: 12)"
+    );
+}
