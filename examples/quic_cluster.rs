@@ -19,7 +19,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +29,8 @@ use babble_net::quic::{QuicKeys, QuicStreamLayer};
 use babble_net::secure::{NodeKey, PeerKey};
 use babble_net::{limits, logging, Config, NetworkTransport, Transport};
 use clap::Parser;
+use common::cluster::{run_killing_one, NodeFile};
 use common::{Gossip, GossipArgs, NodeThreads, Start, Stats, StopNode, ToyNode};
-use serde::Deserialize;
 
 #[derive(Parser)]
 #[command(about = "Runs toy gossip nodes over QUIC")]
@@ -55,24 +55,6 @@ struct Args {
     log_level: String,
 }
 
-/// A node's file: its place in the cluster and its transport settings.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeFile {
-    node: NodeSection,
-    #[serde(default)]
-    transport: Config,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeSection {
-    id: u32,
-    #[serde(default)]
-    peers: Vec<String>,
-    sponsor: Option<String>,
-}
-
 fn fail(message: String) -> ! {
     eprintln!("{message}");
     std::process::exit(2)
@@ -91,11 +73,8 @@ async fn main() {
     }
 }
 
-async fn run_one_node(args: &Args, path: &PathBuf, log: slog::Logger) {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|err| fail(format!("cannot read {}: {err}", path.display())));
-    let file: NodeFile =
-        toml::from_str(&text).unwrap_or_else(|err| fail(format!("{}: {err}", path.display())));
+async fn run_one_node(args: &Args, path: &Path, log: slog::Logger) {
+    let file = NodeFile::read(path).unwrap_or_else(|err| fail(err));
     let transport = NetworkTransport::quic(&file.transport, log.clone())
         .unwrap_or_else(|err| fail(err.to_string()));
     transport
@@ -106,12 +85,7 @@ async fn run_one_node(args: &Args, path: &PathBuf, log: slog::Logger) {
         file.node.id,
         transport.local_addr()
     );
-    let start = match file.node.sponsor {
-        Some(sponsor) => Start::Newcomer { sponsor },
-        None => Start::Member {
-            peers: file.node.peers,
-        },
-    };
+    let start = file.start();
     let stats = Arc::new(Stats::default());
     let node = ToyNode::new(
         file.node.id,
@@ -257,40 +231,21 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
     // Half-way through, node 1 dies; a second later it comes back on the
     // same address with the same key and catches up through gossip.
     let victim = 1;
-    let kill_at = (args.secs / 2).max(1);
-    let mut restarts = 0u64;
-    let mut pending: Option<u64> = None;
-    let mut interval = tokio::time::interval(Duration::from_secs(1));
-    interval.tick().await;
-    for second in 1..=args.secs {
-        interval.tick().await;
-        println!("{}", stats.progress(second));
-        if second == kill_at {
-            let (transport, node) = &nodes[victim];
-            stats.down.lock().unwrap().insert(addrs[victim].clone());
-            let _ = node.send(StopNode).await;
-            let _ = transport.close().await;
-            println!("node {victim} killed");
-            pending = Some(second + 1);
-        }
-        if pending == Some(second) || (pending.is_some() && second == args.secs) {
+    let restarts = run_killing_one(
+        stats.as_ref(),
+        args.secs,
+        &mut nodes,
+        &addrs,
+        victim,
+        || async {
             let start = Start::Member {
                 peers: peers_of(victim),
             };
             let transport = network.transport(victim, &addrs[victim]).await;
-            nodes[victim] = start_node(victim, transport, start);
-            nodes[victim].1.do_send(common::Begin);
-            stats
-                .came_back
-                .lock()
-                .unwrap()
-                .insert(addrs[victim].clone(), std::time::Instant::now());
-            stats.down.lock().unwrap().remove(&addrs[victim]);
-            restarts += 1;
-            pending = None;
-            println!("node {victim} restarted on {}", addrs[victim]);
-        }
-    }
+            start_node(victim, transport, start)
+        },
+    )
+    .await;
 
     common::stop_all(
         &stats,

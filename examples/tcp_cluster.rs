@@ -25,18 +25,17 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::{Actor, Addr};
 use babble_net::secure::{NodeKey, PeerKey, SecureStreamLayer};
 use babble_net::stream::{StreamLayer, TcpStreamLayer};
 use babble_net::{logging, Config, NetworkTransport, Transport};
 use clap::Parser;
+use common::cluster::{run_killing_one, NodeFile};
 use common::{Gossip, GossipArgs, NodeThreads, Start, Stats, StopNode, ToyNode};
-use serde::Deserialize;
 
 #[derive(Parser)]
 #[command(about = "Runs toy gossip nodes over TCP")]
@@ -70,26 +69,6 @@ struct Args {
     call_log: Option<PathBuf>,
 }
 
-/// A node's file: its place in the cluster and its transport settings.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeFile {
-    node: NodeSection,
-    #[serde(default)]
-    transport: Config,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeSection {
-    id: u32,
-    /// Addresses of the other members.
-    #[serde(default)]
-    peers: Vec<String>,
-    /// Join through this member (and fast-forward from it) instead.
-    sponsor: Option<String>,
-}
-
 fn fail(message: String) -> ! {
     eprintln!("{message}");
     std::process::exit(2)
@@ -108,11 +87,8 @@ async fn main() {
     }
 }
 
-async fn run_one_node(args: &Args, path: &PathBuf, log: slog::Logger) {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|err| fail(format!("cannot read {}: {err}", path.display())));
-    let file: NodeFile =
-        toml::from_str(&text).unwrap_or_else(|err| fail(format!("{}: {err}", path.display())));
+async fn run_one_node(args: &Args, path: &Path, log: slog::Logger) {
+    let file = NodeFile::read(path).unwrap_or_else(|err| fail(err));
     let transport = NetworkTransport::tcp(&file.transport, log.clone())
         .unwrap_or_else(|err| fail(err.to_string()));
     transport
@@ -123,12 +99,7 @@ async fn run_one_node(args: &Args, path: &PathBuf, log: slog::Logger) {
         file.node.id,
         transport.local_addr()
     );
-    let start = match file.node.sponsor {
-        Some(sponsor) => Start::Newcomer { sponsor },
-        None => Start::Member {
-            peers: file.node.peers,
-        },
-    };
+    let start = file.start();
     let stats = Arc::new(Stats::default());
     if let Some(path) = &args.call_log {
         log_calls_to(&stats, path);
@@ -322,40 +293,14 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
     // Half-way through, node 1 dies; a second later it comes back on the
     // same address (with the same key) and catches up through gossip.
     let victim = 1;
-    let kill_at = (args.secs / 2).max(1);
-    let mut restarts = 0u64;
-    let mut pending: Option<u64> = None;
-    let mut interval = tokio::time::interval(Duration::from_secs(1));
-    interval.tick().await;
-    for second in 1..=args.secs {
-        interval.tick().await;
-        println!("{}", stats.progress(second));
-        if second == kill_at {
-            let (transport, node) = &nodes[victim];
-            stats.down.lock().unwrap().insert(addrs[victim].clone());
-            let _ = node.send(StopNode).await;
-            let _ = transport.close().await;
-            println!("node {victim} killed");
-            pending = Some(second + 1);
-        }
-        if pending == Some(second) || (pending.is_some() && second == args.secs) {
-            let start = Start::Member {
-                peers: peers_of(victim),
-            };
-            let transport = network.transport(victim, bind(&addrs[victim]));
-            nodes[victim] = cluster.start_node(victim as u32, transport, start);
-            nodes[victim].1.do_send(common::Begin);
-            stats
-                .came_back
-                .lock()
-                .unwrap()
-                .insert(addrs[victim].clone(), std::time::Instant::now());
-            stats.down.lock().unwrap().remove(&addrs[victim]);
-            restarts += 1;
-            pending = None;
-            println!("node {victim} restarted on {}", addrs[victim]);
-        }
-    }
+    let restarts = run_killing_one(stats, args.secs, &mut nodes, &addrs, victim, || async {
+        let start = Start::Member {
+            peers: peers_of(victim),
+        };
+        let transport = network.transport(victim, bind(&addrs[victim]));
+        cluster.start_node(victim as u32, transport, start)
+    })
+    .await;
 
     common::stop_all(
         stats,

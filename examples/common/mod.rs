@@ -12,6 +12,7 @@
 //! `max_events` events kept ([`store`]).
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod store;
 
 use std::collections::{BTreeMap, HashSet};
