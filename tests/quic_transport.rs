@@ -453,14 +453,22 @@ async fn read_all(stream: &mut babble_net::stream::BoxConnection) -> std::io::Re
 
 /// An honest caller of `node` gets its answer.
 async fn honest_call(node: &NetworkTransport, key: &NodeKey) {
+    honest_call_from("127.0.0.1", node, key).await
+}
+
+/// An honest caller on `ip` gets its answer from `node`.
+async fn honest_call_from(ip: &str, node: &NetworkTransport, key: &NodeKey) {
     let dir = tempfile::tempdir().unwrap();
     let target = node.advertise_addr();
-    let honest = quic_node(&quic_config(
-        &Config::default(),
-        dir.path(),
-        &NodeKey::generate(),
-        &[(target.clone(), key.public())],
-    ));
+    let honest = quic_node(&Config {
+        bind_addr: format!("{ip}:0"),
+        ..quic_config(
+            &Config::default(),
+            dir.path(),
+            &NodeKey::generate(),
+            &[(target.clone(), key.public())],
+        )
+    });
     within(honest.sync(&target, SyncRequest::default()))
         .await
         .unwrap();
@@ -691,19 +699,7 @@ async fn a_flood_of_connections_from_one_address_keeps_its_share_and_an_honest_p
         flood.push((peer, stream));
     }
     // A caller from 127.0.0.2 is served while the flood holds on.
-    let dir = tempfile::tempdir().unwrap();
-    let honest = quic_node(&Config {
-        bind_addr: "127.0.0.2:0".into(),
-        ..quic_config(
-            &Config::default(),
-            dir.path(),
-            &NodeKey::generate(),
-            &[(target.clone(), key.public())],
-        )
-    });
-    within(honest.sync(&target, SyncRequest::default()))
-        .await
-        .unwrap();
+    honest_call_from("127.0.0.2", &node, &key).await;
     // Of the flood, only the most recent connections are still served.
     let mut served = 0;
     for (_peer, mut stream) in flood {

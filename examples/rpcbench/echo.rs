@@ -66,24 +66,16 @@ pub fn call(
             })
         })
         .collect();
-    let mut report = Report {
-        rpc: "echo".into(),
+    let measured: Vec<_> = threads
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
+        .collect();
+    Report::round_trips(
+        "echo",
         calls,
-        errors: 0,
-        elapsed: Default::default(),
-        latencies_us: Vec::with_capacity(calls as usize),
-        bytes_in: 0,
-        bytes_out: 0,
-        extra: None,
-    };
-    for thread in threads {
-        let (latencies, errors) = thread.join().unwrap();
-        report.latencies_us.extend(latencies);
-        report.errors += errors;
-    }
-    report.elapsed = started.elapsed();
-    let ok = calls - report.errors;
-    report.bytes_out = ok * request.len() as u64;
-    report.bytes_in = ok * reply_len as u64;
-    report
+        measured,
+        started.elapsed(),
+        request.len(),
+        reply_len,
+    )
 }

@@ -151,25 +151,18 @@ pub fn call(
                 })
             })
             .collect();
-        let mut report = Report {
-            rpc: "quic-echo".into(),
-            calls,
-            errors: 0,
-            elapsed: Default::default(),
-            latencies_us: Vec::with_capacity(calls as usize),
-            bytes_in: 0,
-            bytes_out: 0,
-            extra: None,
-        };
+        let mut measured = Vec::new();
         for worker in workers {
-            let (latencies, errors) = worker.await.map_err(std::io::Error::other)?;
-            report.latencies_us.extend(latencies);
-            report.errors += errors;
+            measured.push(worker.await.map_err(std::io::Error::other)?);
         }
-        report.elapsed = started.elapsed();
-        let ok = calls - report.errors;
-        report.bytes_out = ok * request.len() as u64;
-        report.bytes_in = ok * reply_len as u64;
+        let report = Report::round_trips(
+            "quic-echo",
+            calls,
+            measured,
+            started.elapsed(),
+            request.len(),
+            reply_len,
+        );
         connection.close(VarInt::from_u32(0), b"done");
         endpoint.wait_idle().await;
         Ok(report)

@@ -17,6 +17,37 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of `calls` round trips of `request_len` bytes out and
+    /// `reply_len` back, from what each worker measured: its latencies
+    /// and its failures.
+    pub fn round_trips(
+        rpc: &str,
+        calls: u64,
+        workers: impl IntoIterator<Item = (Vec<u64>, u64)>,
+        elapsed: Duration,
+        request_len: usize,
+        reply_len: usize,
+    ) -> Report {
+        let mut report = Report {
+            rpc: rpc.into(),
+            calls,
+            errors: 0,
+            elapsed,
+            latencies_us: Vec::with_capacity(calls as usize),
+            bytes_in: 0,
+            bytes_out: 0,
+            extra: None,
+        };
+        for (latencies, errors) in workers {
+            report.latencies_us.extend(latencies);
+            report.errors += errors;
+        }
+        let ok = calls - report.errors;
+        report.bytes_out = ok * request_len as u64;
+        report.bytes_in = ok * reply_len as u64;
+        report
+    }
+
     /// `{"rpc":..,"calls":..,...}` as BENCH.md gives it.
     pub fn json(mut self) -> String {
         self.latencies_us.sort_unstable();
