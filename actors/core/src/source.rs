@@ -56,7 +56,9 @@ fn canonical_ip(ip: IpAddr) -> String {
 pub struct Source {
     /// The address part (see [`address_of`]).
     pub address: Arc<str>,
-    /// The verified key, on an authenticated channel.
+    /// The verified key (the hex of its compressed form), on an
+    /// authenticated channel; without one, the link's address when the
+    /// layer gave it.
     pub key: Option<Arc<str>>,
 }
 
@@ -74,7 +76,10 @@ impl Source {
     /// link's, port included) within its IP's share.
     pub fn of(remote: &str, address: Option<SocketAddr>, key: Option<&PeerKey>) -> Source {
         let key = match (key, address) {
-            (Some(key), _) => Some(key.to_string().into()),
+            // The compressed form names the key as well, and costs no
+            // point decompression (a square root on the curve), which a
+            // transport making a connection per call pays per call.
+            (Some(key), _) => Some(hex::encode(key.to_compressed()).into()),
             (None, Some(link)) => Some(link.to_string().into()),
             (None, None) => None,
         };
@@ -119,7 +124,10 @@ mod tests {
         // A verified key is the finer source when there is one.
         let key = crate::identity::NodeKey::generate().public();
         let keyed = Source::of("minted-id-1", Some(link), Some(&key));
-        assert_eq!(keyed.key.as_deref(), Some(key.to_string().as_str()));
+        assert_eq!(
+            keyed.key.as_deref(),
+            Some(hex::encode(key.to_compressed()).as_str())
+        );
         assert_eq!(source_address("node-7", None), "node-7");
     }
 
@@ -129,7 +137,10 @@ mod tests {
         let with_key = Source::new("10.0.0.1:1", Some(&key));
         let without = Source::new("10.0.0.1:2", None);
         assert_eq!(with_key.address, without.address);
-        assert_eq!(with_key.key.as_deref(), Some(key.to_string().as_str()));
+        assert_eq!(
+            with_key.key.as_deref(),
+            Some(hex::encode(key.to_compressed()).as_str())
+        );
         assert_ne!(with_key, without);
     }
 }
