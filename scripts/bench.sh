@@ -85,6 +85,17 @@ run quic-pool-contention call --target "127.0.0.1:$quic_port" "${quic[@]}" --rpc
 run quic-sync-1000       call --target "127.0.0.1:$quic_port" "${quic[@]}" --rpc sync --calls "$(calls 500)" --concurrency 1 --max-pool 2 --sync-limit 1000
 run quic-eager-1000      call --target "127.0.0.1:$quic_port" "${quic[@]}" --rpc eager --calls "$(calls 500)" --concurrency 4 --max-pool 4 --sync-limit 1000
 run quic-fastforward     call --target "127.0.0.1:$quic_port" "${quic[@]}" --rpc fastforward --calls "$(calls 200)" --concurrency 1 --max-pool 2 --sync-limit 0
+# QUIC with its drivers on the node's thread (io-threads 0, both sides):
+# no hand-off between threads, the floor of the ping over QUIC here.
+quic0_port=$(free_port)
+"$bench" serve --transport quic --io-threads 0 --listen "127.0.0.1:$quic0_port" --key-file "$work/quic0-server.key" >"$work/server-quic0.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 100); do grep -q listening "$work/server-quic0.log" 2>/dev/null && break; sleep 0.05; done
+quic0_key=$(grep -o '0X04[0-9A-F]*' "$work/server-quic0.log" | tail -1)
+quic0=(--transport quic --io-threads 0 --key-file "$work/quic0-client.key" --target-key "$quic0_key")
+run quic-inline-ping        call --target "127.0.0.1:$quic0_port" "${quic0[@]}" --rpc sync --calls "$(calls 20000)" --concurrency 1 --max-pool 2 --sync-limit 0
+run quic-inline-fastforward call --target "127.0.0.1:$quic0_port" "${quic0[@]}" --rpc fastforward --calls "$(calls 200)" --concurrency 1 --max-pool 2 --sync-limit 0
+
 # The raw QUIC limit: the same request and reply bytes over quinn alone
 # (one thread per side, no codec, no actors, no node keys).
 raw_quic_port=$(free_port)
@@ -321,6 +332,11 @@ for name, goal in [("ping", None), ("pool-contention", None), ("sync-1000", 0.8)
         f"| {t['p50_us']} / {sec['p50_us']} / {q['p50_us']} / {raw['p50_us']} | {vs_t:.2f}x | {vs_s:.2f}x | {vs_raw:.2f}x "
         f"| {raw_t:.2f}x, p50 {raw_p50:.2f}x | {p50:.2f}x | {target} | {'yes' if ok and q['errors'] == 0 else 'no'} |")
 quic_rows = "\n".join(quic_rows)
+qi, qf = r["quic-inline-ping"], r["quic-inline-fastforward"]
+quic_inline = (f"With QUIC's drivers on the node's thread (`io-threads 0`, both sides; no hand-off "
+               f"between threads): ping p50 {qi['p50_us']} µs ({qi['p50_us']/max(p['p50_us'],1):.2f}x TCP), "
+               f"fastforward {qf['rpcs_per_s']:.0f} rpcs/s ({qf['rpcs_per_s']/f['rpcs_per_s']:.2f}x TCP), "
+               f"{qi['errors'] + qf['errors']} errors.")
 goals = {"ping": 1.0, "ping-parallel": 1.5, "pool-contention": 1.5, "sync-1000": 3.5, "eager-1000": 3.5, "fastforward": 4.0}
 go_section = ""
 if "go-ping-1" in r:
@@ -464,6 +480,8 @@ figure includes the codec that raw quinn skips.
 | run | TCP rpcs/s | secure rpcs/s | QUIC rpcs/s | raw quinn rpcs/s | QUIC errors | p50 µs TCP / secure / QUIC / raw quinn | QUIC vs TCP | QUIC vs secure | QUIC vs raw quinn | raw quinn vs TCP | QUIC p50 vs TCP | goal | met |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 {quic_rows}
+
+{quic_inline}
 
 ## Fairness
 

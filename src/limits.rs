@@ -43,19 +43,41 @@ pub fn pool(config: &Config, transport: &'static str) -> PoolSettings {
 /// `quic-max-connections-per-source` from one address), Retry beyond
 /// `quic-max-handshakes` handshakes in progress, each within
 /// `handshake-timeout`, connections closed after `idle-timeout` without a
-/// packet. What peers may send towards this node before it reads
-/// (QUIC's flow-control window, per inbound connection) is
-/// `inbound-buffer-budget / quic-max-connections`, between 64 KiB and
-/// 16 MiB, so that every inbound connection together stays within the
-/// budget; replies to this node's calls get a 16 MiB window. Replies
-/// waiting in QUIC's send buffers are bounded the same way, by
-/// `outbound-buffer-budget / quic-max-connections`.
+/// packet.
+///
+/// What peers may send towards this node before it reads (QUIC's
+/// flow-control window, per inbound connection) comes from
+/// `inbound-buffer-budget`: half of it is split evenly over
+/// `quic-max-connections` (128 KiB each by default), the other half is
+/// lent in [`QUIC_LARGE_WINDOWS`] large windows (4 MiB each by default),
+/// one per source address at a time, so that every inbound connection
+/// together stays within the budget. Replies waiting in QUIC's send
+/// buffers are bounded the same way by `outbound-buffer-budget`. Windows
+/// are between 64 KiB and 16 MiB; replies to this node's calls get a
+/// 16 MiB window.
 #[cfg(feature = "quic")]
 pub fn quic(config: &Config) -> crate::quic::QuicLimits {
     const KIB: u64 = 1024;
+    let window = |share: u64| share.clamp(64 * KIB, 16 * 1024 * KIB);
     let connections = config.quic_max_connections.max(1) as u64;
-    let share = config.inbound_buffer_budget as u64 / connections;
-    let send_share = config.outbound_buffer_budget as u64 / connections;
+    let (inbound, outbound) = (
+        config.inbound_buffer_budget as u64 / 2,
+        config.outbound_buffer_budget as u64 / 2,
+    );
+    let (receive_window, send_window) = (
+        window(inbound / connections),
+        window(outbound / connections),
+    );
+    // A lent window is worth lending when it is larger than the one it
+    // replaces, and only while the small windows keep to their half (the
+    // 64 KiB floor may not).
+    let lent = |half: u64, small: u64| {
+        let large = window(half / QUIC_LARGE_WINDOWS as u64);
+        match connections * small <= half && large > small {
+            true => large,
+            false => small,
+        }
+    };
     crate::quic::QuicLimits {
         max_streams: config.quic_max_streams,
         max_connections: config.quic_max_connections,
@@ -63,11 +85,19 @@ pub fn quic(config: &Config) -> crate::quic::QuicLimits {
         max_handshakes: config.quic_max_handshakes,
         handshake_timeout: config.handshake_timeout,
         idle_timeout: config.idle_timeout,
-        receive_window: share.clamp(64 * KIB, 16 * 1024 * KIB),
+        receive_window,
         reply_window: 16 * 1024 * KIB,
-        send_window: send_share.clamp(64 * KIB, 16 * 1024 * KIB),
+        send_window,
+        large_windows: QUIC_LARGE_WINDOWS,
+        large_receive_window: lent(inbound, receive_window),
+        large_send_window: lent(outbound, send_window),
     }
 }
+
+/// How many inbound QUIC connections at once, one per source address, are
+/// lent large flow-control windows ([`quic`]).
+#[cfg(feature = "quic")]
+pub const QUIC_LARGE_WINDOWS: usize = 32;
 
 /// The Listener's limits: `max-inbound` and `max-inbound-per-ip`
 /// connections, `idle-timeout`, requests and replies within `timeout`
@@ -171,5 +201,57 @@ impl crate::rtc::IceOptions {
     /// The ICE servers of `config`: see [`ice`].
     pub fn from_config(config: &Config) -> crate::rtc::IceOptions {
         ice(config)
+    }
+}
+
+#[cfg(all(test, feature = "quic"))]
+mod tests {
+    use super::*;
+
+    /// Every inbound QUIC connection's windows together, the lent large
+    /// ones included, stay within each budget (unless the budget is so
+    /// small that the 64 KiB floor is above its share).
+    #[test]
+    fn quic_windows_stay_within_the_budgets() {
+        for (budget, connections) in [
+            (256 << 20, 1024),
+            (256 << 20, 16),
+            (64 << 20, 1024),
+            (1 << 30, 4096),
+            (16 << 20, 8),
+        ] {
+            let config = Config {
+                inbound_buffer_budget: budget,
+                outbound_buffer_budget: budget,
+                quic_max_connections: connections,
+                ..Config::default()
+            };
+            let limits = quic(&config);
+            let all = |small: u64, large: u64| {
+                // A lent window replaces its connection's small one.
+                let lent = limits.large_windows.min(connections) as u64;
+                connections as u64 * small + lent * (large - small)
+            };
+            let inbound = all(limits.receive_window, limits.large_receive_window);
+            let outbound = all(limits.send_window, limits.large_send_window);
+            if connections as u64 * limits.receive_window > budget as u64 / 2 {
+                // The floor: nothing is lent beyond it.
+                assert_eq!(limits.large_receive_window, limits.receive_window);
+                assert_eq!(limits.large_send_window, limits.send_window);
+                continue;
+            }
+            assert!(
+                inbound <= budget as u64,
+                "{budget} / {connections}: {inbound}"
+            );
+            assert!(
+                outbound <= budget as u64,
+                "{budget} / {connections}: {outbound}"
+            );
+            assert!(limits.large_receive_window >= limits.receive_window);
+        }
+        let defaults = quic(&Config::default());
+        assert_eq!(defaults.receive_window, 128 << 10);
+        assert_eq!(defaults.large_receive_window, 4 << 20);
     }
 }

@@ -417,13 +417,23 @@ async fn close_lets_the_port_go_while_the_transport_is_still_held() {
 /// A QUIC endpoint that dials `target` (expecting `key` there) and hands
 /// out raw streams: a peer that may break the protocol at will.
 fn raw_peer(target: &str, key: PeerKey, me: &NodeKey) -> babble_net::quic::QuicStreamLayer {
+    raw_peer_from("127.0.0.1", target, key, me)
+}
+
+/// [`raw_peer`], sending from `ip`.
+fn raw_peer_from(
+    ip: &str,
+    target: &str,
+    key: PeerKey,
+    me: &NodeKey,
+) -> babble_net::quic::QuicStreamLayer {
     let keys = babble_net::quic::QuicKeys {
         key: me.clone(),
         peers: [(target.to_owned(), key)].into_iter().collect(),
         accept_any_key: false,
     };
     babble_net::quic::QuicStreamLayer::bind(
-        "127.0.0.1:0",
+        &format!("{ip}:0"),
         None,
         keys,
         limits::quic(&Config::default()),
@@ -719,4 +729,64 @@ async fn a_flood_of_connections_from_one_address_keeps_its_share_and_an_honest_p
         served <= 12,
         "{served} flood connections kept a place (share: 12)"
     );
+}
+
+/// Large flow-control windows go to one connection per source address:
+/// however many connections one address opens, it holds one, another
+/// address gets its own, and they are given back when the connections
+/// close.
+#[actix_rt::test]
+async fn large_windows_are_lent_one_per_source_and_given_back() {
+    use babble_net::stream::StreamLayer;
+    use tokio::io::AsyncWriteExt;
+    let key = NodeKey::generate();
+    let server = babble_net::quic::QuicStreamLayer::bind(
+        "127.0.0.1:0",
+        None,
+        babble_net::quic::QuicKeys {
+            key: key.clone(),
+            peers: Default::default(),
+            accept_any_key: true,
+        },
+        limits::quic(&Config::default()),
+        1,
+        logging::discard(),
+    )
+    .unwrap();
+    let target = server.advertise_addr();
+    // A peer's stream reaches the server once its connection has its
+    // place and, if any, its large window.
+    let connect = |ip: &'static str| {
+        let peer = raw_peer_from(ip, &target, key.public(), &NodeKey::generate());
+        let (server, target) = (&server, &target);
+        async move {
+            let mut stream = peer.dial(target, Duration::from_secs(5)).await.unwrap();
+            stream.write_all(b"\x01").await.unwrap();
+            within(server.accept_inbound()).await.unwrap();
+            peer
+        }
+    };
+    let mut from_one = Vec::new();
+    for _ in 0..6 {
+        from_one.push(connect("127.0.0.1").await);
+    }
+    assert_eq!(
+        server.large_window_connections(),
+        1,
+        "one address, one window"
+    );
+    let other = connect("127.0.0.2").await;
+    assert_eq!(
+        server.large_window_connections(),
+        2,
+        "another address, its own"
+    );
+    drop(from_one);
+    drop(other);
+    within(async {
+        while server.large_window_connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 }

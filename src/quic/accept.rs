@@ -12,6 +12,8 @@
 //!   `max_connections_per_source` per source address, with the rule of
 //!   every other cap ([`babble_net_core::places`]): a newcomer evicts the
 //!   least recently used connection of the source holding the most.
+//! * A connection with its place may be lent large flow-control windows
+//!   ([`super::windows`]), one per source at a time.
 //! * Each stream a peer opens (at most `max_streams` at once per
 //!   connection, QUIC's own flow control) reaches the Listener as an
 //!   inbound connection carrying the verified key; while the Listener's
@@ -27,12 +29,13 @@ use babble_net_core::places::{Activity, Places};
 use babble_net_core::secure::Acceptance;
 use babble_net_core::source::source_address;
 use babble_net_core::stream::Inbound;
-use quinn::{Connection, Endpoint, Incoming};
+use quinn::{Connection, Endpoint, Incoming, VarInt};
 use slog::{debug, warn, Logger};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::stream::QuicStream;
+use super::windows::LargeWindows;
 use super::{tls, Closed, QuicLimits};
 
 /// What the accepting side shares between its tasks.
@@ -46,6 +49,8 @@ pub(super) struct Acceptor {
     pub(super) log: Logger,
     handshakes: AtomicUsize,
     places: Mutex<Places>,
+    /// Large flow-control windows lent to a few sources.
+    windows: Arc<LargeWindows>,
 }
 
 impl Acceptor {
@@ -58,6 +63,7 @@ impl Acceptor {
         log: Logger,
     ) -> Acceptor {
         let places = Places::new(limits.max_connections, limits.max_connections_per_source);
+        let windows = LargeWindows::new(&limits);
         Acceptor {
             endpoint,
             limits,
@@ -67,7 +73,13 @@ impl Acceptor {
             log,
             handshakes: AtomicUsize::new(0),
             places: Mutex::new(places),
+            windows,
         }
+    }
+
+    /// Inbound connections lent large windows now.
+    pub(super) fn large_windows(&self) -> usize {
+        self.windows.lent()
     }
 
     /// Inbound connections held now.
@@ -168,8 +180,16 @@ async fn handshake(acceptor: Arc<Acceptor>, incoming: Incoming) {
         crate::metrics::quic_shed(reason);
         debug!(log, "shed a QUIC connection for a newcomer"; "source" => &source);
     }
-    debug!(log, "QUIC connection accepted"; "key" => %key);
+    let large = acceptor.windows.lend(&source);
+    if large.is_some() {
+        let limits = &acceptor.limits;
+        let window = VarInt::from_u64(limits.large_receive_window).unwrap_or(VarInt::MAX);
+        connection.set_receive_window(window);
+        connection.set_send_window(limits.large_send_window);
+    }
+    debug!(log, "QUIC connection accepted"; "key" => %key, "large_windows" => large.is_some());
     serve_streams(&acceptor, &connection, remote, key, &kick, &activity).await;
+    drop(large);
     acceptor.places.lock().expect("places lock").release(id);
 }
 

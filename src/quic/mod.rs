@@ -24,6 +24,7 @@ mod dial;
 mod runtime;
 mod stream;
 mod tls;
+mod windows;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -65,19 +66,28 @@ pub struct QuicLimits {
     /// A connection with no packet for this long is closed
     /// (`idle-timeout`).
     pub idle_timeout: Duration,
-    /// Bytes an inbound connection may have in flight towards this node,
-    /// per stream and in all (QUIC flow control): at most
-    /// `max_connections` times this is buffered for all of them
-    /// (`inbound-buffer-budget / quic-max-connections`).
+    /// Bytes an inbound connection may have in flight towards this node
+    /// (QUIC flow control, all its streams together): at most
+    /// `max_connections` times this is buffered for all of them (half of
+    /// `inbound-buffer-budget`).
     pub receive_window: u64,
     /// The same, for the replies of the peers this node dials.
     pub reply_window: u64,
     /// Bytes of replies an inbound connection may hold in QUIC's send
     /// buffer, beyond what the peer has acknowledged: at most
-    /// `max_connections` times this for all of them
-    /// (`outbound-buffer-budget / quic-max-connections`). A reply beyond it
-    /// waits for the peer to acknowledge, within the reply's deadline.
+    /// `max_connections` times this for all of them (half of
+    /// `outbound-buffer-budget`). A reply beyond it waits for the peer to
+    /// acknowledge, within the reply's deadline.
     pub send_window: u64,
+    /// How many inbound connections at once, one per source address, get
+    /// `large_receive_window` and `large_send_window` instead (the other
+    /// half of each budget): lent once the connection has its place,
+    /// given back when it closes.
+    pub large_windows: usize,
+    /// The receive window lent to up to `large_windows` connections.
+    pub large_receive_window: u64,
+    /// The send window lent to up to `large_windows` connections.
+    pub large_send_window: u64,
 }
 
 /// Who a QUIC node is and whom it expects.
@@ -244,6 +254,12 @@ impl QuicStreamLayer {
         self.acceptor.connections()
     }
 
+    /// Inbound QUIC connections lent large flow-control windows now (at
+    /// most [`QuicLimits::large_windows`], one per source address).
+    pub fn large_window_connections(&self) -> usize {
+        self.acceptor.large_windows()
+    }
+
     /// QUIC connections this node dialled and keeps open now.
     pub fn outbound_connections(&self) -> usize {
         self.dialer.open()
@@ -313,13 +329,19 @@ fn transport(limits: &QuicLimits, side: Side) -> Result<TransportConfig, Transpo
         Side::Accepting => (limits.max_streams, limits.receive_window),
         Side::Dialling => (0, limits.reply_window),
     };
-    if side == Side::Accepting {
-        config.send_window(limits.send_window);
-    }
+    // A stream may use as much as its connection may be lent: the
+    // connection's window bounds all its streams together.
+    let stream_window = match side {
+        Side::Accepting => {
+            config.send_window(limits.send_window);
+            limits.large_receive_window.max(window)
+        }
+        Side::Dialling => window,
+    };
     config.max_concurrent_bidi_streams(VarInt::from_u32(streams));
-    let window = VarInt::from_u64(window).unwrap_or(VarInt::MAX);
-    config.stream_receive_window(window);
-    config.receive_window(window);
+    let varint = |value: u64| VarInt::from_u64(value).unwrap_or(VarInt::MAX);
+    config.stream_receive_window(varint(stream_window));
+    config.receive_window(varint(window));
     Ok(config)
 }
 
