@@ -50,11 +50,11 @@ pub fn pool(config: &Config, transport: &'static str) -> PoolSettings {
 /// `inbound-buffer-budget`: half of it is split evenly over
 /// `quic-max-connections` (128 KiB each by default), the other half is
 /// lent in [`QUIC_LARGE_WINDOWS`] large windows (4 MiB each by default),
-/// one per source address at a time, so that every inbound connection
-/// together stays within the budget. Replies waiting in QUIC's send
-/// buffers are bounded the same way by `outbound-buffer-budget`. Windows
-/// are between 64 KiB and 16 MiB; replies to this node's calls get a
-/// 16 MiB window.
+/// at most two per source address at a time, so that every inbound
+/// connection together stays within the budget. Replies waiting in
+/// QUIC's send buffers are bounded the same way by
+/// `outbound-buffer-budget`. Windows are between 64 KiB and 16 MiB;
+/// replies to this node's calls get a 16 MiB window.
 #[cfg(feature = "quic")]
 pub fn quic(config: &Config) -> crate::quic::QuicLimits {
     const KIB: u64 = 1024;
@@ -94,8 +94,8 @@ pub fn quic(config: &Config) -> crate::quic::QuicLimits {
     }
 }
 
-/// How many inbound QUIC connections at once, one per source address, are
-/// lent large flow-control windows ([`quic`]).
+/// How many inbound QUIC connections at once, at most two per source
+/// address, are lent large flow-control windows ([`quic`]).
 #[cfg(feature = "quic")]
 pub const QUIC_LARGE_WINDOWS: usize = 32;
 

@@ -13,7 +13,7 @@
 //!   every other cap ([`babble_net_core::places`]): a newcomer evicts the
 //!   least recently used connection of the source holding the most.
 //! * A connection with its place may be lent large flow-control windows
-//!   ([`super::windows`]), one per source at a time.
+//!   ([`super::windows`]), at most two per source at a time.
 //! * Each stream a peer opens (at most `max_streams` at once per
 //!   connection, QUIC's own flow control) reaches the Listener as an
 //!   inbound connection carrying the verified key; while the Listener's

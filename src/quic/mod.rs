@@ -79,10 +79,10 @@ pub struct QuicLimits {
     /// `outbound-buffer-budget`). A reply beyond it waits for the peer to
     /// acknowledge, within the reply's deadline.
     pub send_window: u64,
-    /// How many inbound connections at once, one per source address, get
-    /// `large_receive_window` and `large_send_window` instead (the other
-    /// half of each budget): lent once the connection has its place,
-    /// given back when it closes.
+    /// How many inbound connections at once, at most two per source
+    /// address, get `large_receive_window` and `large_send_window`
+    /// instead (the other half of each budget): lent once the connection
+    /// has its place, given back when it closes.
     pub large_windows: usize,
     /// The receive window lent to up to `large_windows` connections.
     pub large_receive_window: u64,
@@ -255,7 +255,7 @@ impl QuicStreamLayer {
     }
 
     /// Inbound QUIC connections lent large flow-control windows now (at
-    /// most [`QuicLimits::large_windows`], one per source address).
+    /// most [`QuicLimits::large_windows`], at most two per source address).
     pub fn large_window_connections(&self) -> usize {
         self.acceptor.large_windows()
     }
