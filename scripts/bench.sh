@@ -85,6 +85,10 @@ run quic-pool-contention call --target "127.0.0.1:$quic_port" "${quic[@]}" --rpc
 run quic-sync-1000       call --target "127.0.0.1:$quic_port" "${quic[@]}" --rpc sync --calls "$(calls 500)" --concurrency 1 --max-pool 2 --sync-limit 1000
 run quic-eager-1000      call --target "127.0.0.1:$quic_port" "${quic[@]}" --rpc eager --calls "$(calls 500)" --concurrency 4 --max-pool 4 --sync-limit 1000
 run quic-fastforward     call --target "127.0.0.1:$quic_port" "${quic[@]}" --rpc fastforward --calls "$(calls 200)" --concurrency 1 --max-pool 2 --sync-limit 0
+# The caller's thread while five large QUIC replies arrive: a 1 ms ticker
+# on it (as the stall runs below do for TCP).
+run quic-stall-caller call --target "127.0.0.1:$quic_port" "${quic[@]}" --rpc sync --sync-limit 50000 --calls 5 --tick-ms 1 --timeout-ms 60000
+
 # QUIC with its drivers on the node's thread (io-threads 0, both sides):
 # no hand-off between threads, the floor of the ping over QUIC here.
 quic0_port=$(free_port)
@@ -337,6 +341,9 @@ quic_inline = (f"With QUIC's drivers on the node's thread (`io-threads 0`, both 
                f"between threads): ping p50 {qi['p50_us']} µs ({qi['p50_us']/max(p['p50_us'],1):.2f}x TCP), "
                f"fastforward {qf['rpcs_per_s']:.0f} rpcs/s ({qf['rpcs_per_s']/f['rpcs_per_s']:.2f}x TCP), "
                f"{qi['errors'] + qf['errors']} errors.")
+qs = r["quic-stall-caller"]
+quic_inline += (f" A 1 ms ticker on the caller's thread while five Sync replies of 50,000 events "
+                f"arrive over QUIC (default): p99 {qs['tick_p99_ms']:.1f} ms, max {qs['tick_max_ms']:.1f} ms.")
 goals = {"ping": 1.0, "ping-parallel": 1.5, "pool-contention": 1.5, "sync-1000": 3.5, "eager-1000": 3.5, "fastforward": 4.0}
 go_section = ""
 if "go-ping-1" in r:
