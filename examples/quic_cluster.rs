@@ -119,9 +119,9 @@ struct Network {
 }
 
 impl Network {
-    /// Node `index`'s transport on `addr`: binding again may wait for the
-    /// port a killed node held to be let go (its closing connections drain
-    /// for a few seconds at most, docs/QUIC.md).
+    /// Node `index`'s transport on `addr`: binding again may wait a moment
+    /// for the port a killed node held (its transport lets it go a fraction
+    /// of a second after closing, once its peers were told).
     async fn transport(&self, index: usize, addr: &str) -> NetworkTransport {
         let keys = QuicKeys {
             key: self.keys[index].clone(),

@@ -790,3 +790,41 @@ async fn large_windows_are_lent_one_per_source_and_given_back() {
     })
     .await;
 }
+
+/// Closing lets the port go even while a stream of one of its
+/// connections is still held (by a task that has not finished with it):
+/// a node restarted on its address can bind it.
+#[actix_rt::test]
+async fn close_lets_the_port_go_while_a_stream_is_still_held() {
+    use babble_net::stream::StreamLayer;
+    use tokio::io::AsyncWriteExt;
+    let key = NodeKey::generate();
+    let server = babble_net::quic::QuicStreamLayer::bind(
+        "127.0.0.1:0",
+        None,
+        babble_net::quic::QuicKeys {
+            key: key.clone(),
+            peers: Default::default(),
+            accept_any_key: true,
+        },
+        limits::quic(&Config::default()),
+        1,
+        logging::discard(),
+    )
+    .unwrap();
+    let addr = server.advertise_addr();
+    let peer = raw_peer(&addr, key.public(), &NodeKey::generate());
+    let mut stream = peer.dial(&addr, Duration::from_secs(5)).await.unwrap();
+    stream.write_all(b"\x01").await.unwrap();
+    let held = within(server.accept_inbound()).await.unwrap();
+    server.close();
+    let started = std::time::Instant::now();
+    while std::net::UdpSocket::bind(&addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{addr} is still bound"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop((held, stream, peer, server));
+}

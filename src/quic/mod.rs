@@ -22,6 +22,7 @@
 mod accept;
 mod dial;
 mod runtime;
+mod socket;
 mod stream;
 mod tls;
 mod windows;
@@ -155,6 +156,8 @@ pub struct QuicStreamLayer {
     shutdown: CancellationToken,
     /// Where the endpoint runs.
     runtime: Arc<runtime::IoRuntime>,
+    /// The endpoint's socket, closed with the layer.
+    socket: Arc<socket::ClosableSocket>,
     /// The I/O threads the endpoint runs on, kept while it does.
     _io: Arc<IoArbiters>,
 }
@@ -200,12 +203,13 @@ impl QuicStreamLayer {
             runtime::IoRuntime::on(&io, &advertise)
                 .map_err(|err| config_error(format!("cannot start QUIC: {err}")))?,
         );
-        let socket = quinn::Runtime::wrap_udp_socket(&*runtime, socket)
+        let socket = runtime
+            .closable_socket(socket)
             .map_err(|err| config_error(format!("cannot listen on {bind_addr} (UDP): {err}")))?;
         let endpoint = Endpoint::new_with_abstract_socket(
             endpoint_config(&keys.key),
             Some(server),
-            socket,
+            socket.clone(),
             runtime.clone(),
         )
         .map_err(|err| config_error(format!("cannot start QUIC on {bind_addr}: {err}")))?;
@@ -244,6 +248,7 @@ impl QuicStreamLayer {
             streams: AsyncMutex::new(rx),
             shutdown,
             runtime,
+            socket,
             _io: io,
         })
     }
@@ -411,22 +416,12 @@ impl StreamLayer for QuicStreamLayer {
             while streams.try_recv().is_ok() {}
         }
         // The port goes free, as TCP's does, even while clones of the
-        // transport live on: once the peers were told (or after a
-        // moment), the endpoint and its connections move to a throwaway
-        // socket; the port is free once every connection has taken the
-        // move or ended (a connection closing drains for up to three
-        // probe timeouts, a few seconds at most).
-        let endpoint = self.endpoint.clone();
-        let unspecified = SocketAddr::new(self.local.ip(), 0);
+        // transport, or handles to its connections, live on: once the
+        // peers were told (or after a moment), the socket is closed.
+        let (endpoint, socket) = (self.endpoint.clone(), self.socket.clone());
         self.runtime.spawn(async move {
             let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
-            // quinn keeps the previous socket until traffic arrives on
-            // the new one: a second move lets the listening one go.
-            for _ in 0..2 {
-                if let Ok(throwaway) = UdpSocket::bind(unspecified) {
-                    let _ = endpoint.rebind(throwaway);
-                }
-            }
+            socket.close();
         });
     }
 }

@@ -15,6 +15,8 @@ use babble_net_actors::io_arbiters::IoArbiters;
 use quinn::{AsyncTimer, AsyncUdpSocket, Runtime, TokioRuntime};
 use tokio::runtime::Handle;
 
+use super::socket::ClosableSocket;
+
 /// A quinn runtime that runs everything on one tokio runtime (an I/O
 /// arbiter's), from whichever thread quinn is called.
 #[derive(Debug)]
@@ -45,6 +47,16 @@ impl IoRuntime {
         handle
             .map(|handle| IoRuntime { handle })
             .ok_or_else(|| io::Error::other("the I/O threads have stopped"))
+    }
+
+    /// `socket`, driven by this runtime's reactor, and closable while
+    /// quinn still holds it.
+    pub(super) fn closable_socket(
+        &self,
+        socket: std::net::UdpSocket,
+    ) -> io::Result<Arc<ClosableSocket>> {
+        let _inside = self.handle.enter();
+        ClosableSocket::new(socket)
     }
 
     /// Runs `future` on the runtime.
