@@ -443,6 +443,24 @@ fn raw_peer_from(
     .unwrap()
 }
 
+/// A bare QUIC layer keyed to `key` that accepts any key: streams as the
+/// Listener would get them.
+fn open_layer(key: &NodeKey) -> babble_net::quic::QuicStreamLayer {
+    babble_net::quic::QuicStreamLayer::bind(
+        "127.0.0.1:0",
+        None,
+        babble_net::quic::QuicKeys {
+            key: key.clone(),
+            peers: Default::default(),
+            accept_any_key: true,
+        },
+        limits::quic(&Config::default()),
+        1,
+        logging::discard(),
+    )
+    .unwrap()
+}
+
 /// A node that accepts any key, with `config`; and its key.
 fn open_node(config: Config) -> (NetworkTransport, NodeKey) {
     let dir = tempfile::tempdir().unwrap();
@@ -740,19 +758,7 @@ async fn large_windows_are_lent_one_per_source_and_given_back() {
     use babble_net::stream::StreamLayer;
     use tokio::io::AsyncWriteExt;
     let key = NodeKey::generate();
-    let server = babble_net::quic::QuicStreamLayer::bind(
-        "127.0.0.1:0",
-        None,
-        babble_net::quic::QuicKeys {
-            key: key.clone(),
-            peers: Default::default(),
-            accept_any_key: true,
-        },
-        limits::quic(&Config::default()),
-        1,
-        logging::discard(),
-    )
-    .unwrap();
+    let server = open_layer(&key);
     let target = server.advertise_addr();
     // A peer's stream reaches the server once its connection has its
     // place and, if any, its large window.
@@ -799,19 +805,7 @@ async fn close_lets_the_port_go_while_a_stream_is_still_held() {
     use babble_net::stream::StreamLayer;
     use tokio::io::AsyncWriteExt;
     let key = NodeKey::generate();
-    let server = babble_net::quic::QuicStreamLayer::bind(
-        "127.0.0.1:0",
-        None,
-        babble_net::quic::QuicKeys {
-            key: key.clone(),
-            peers: Default::default(),
-            accept_any_key: true,
-        },
-        limits::quic(&Config::default()),
-        1,
-        logging::discard(),
-    )
-    .unwrap();
+    let server = open_layer(&key);
     let addr = server.advertise_addr();
     let peer = raw_peer(&addr, key.public(), &NodeKey::generate());
     let mut stream = peer.dial(&addr, Duration::from_secs(5)).await.unwrap();
