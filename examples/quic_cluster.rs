@@ -158,13 +158,30 @@ impl Network {
     }
 }
 
-/// A loopback address whose UDP port was free a moment ago.
-fn free_address() -> String {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| fail(e.to_string()));
-    socket
-        .local_addr()
-        .unwrap_or_else(|e| fail(e.to_string()))
-        .to_string()
+/// `count` distinct loopback addresses whose UDP ports were free a moment
+/// ago, below the range the system hands out for port 0: a socket bound
+/// to port 0 meanwhile (in this process or another) cannot take one
+/// before its node binds it, nor while a killed node is down. Each is
+/// held until all are chosen, so that no two are the same.
+fn free_addresses(count: usize) -> Vec<String> {
+    const PORTS: std::ops::Range<u16> = 20_000..32_000;
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count * 100 {
+        if held.len() == count {
+            break;
+        }
+        let port = rand::random_range(PORTS);
+        if let Ok(socket) = std::net::UdpSocket::bind(("127.0.0.1", port)) {
+            held.push(socket);
+        }
+    }
+    if held.len() < count {
+        fail(format!("no {count} free UDP ports in {PORTS:?}"));
+    }
+    held.iter()
+        .map(|socket| socket.local_addr().unwrap_or_else(|e| fail(e.to_string())))
+        .map(|addr| addr.to_string())
+        .collect()
 }
 
 async fn run_cluster(args: &Args, log: slog::Logger) {
@@ -180,7 +197,7 @@ async fn run_cluster(args: &Args, log: slog::Logger) {
         args.gossip.fanout.min(args.nodes - 2),
         gossip.period
     );
-    let addrs: Vec<String> = (0..args.nodes).map(|_| free_address()).collect();
+    let addrs = free_addresses(args.nodes);
     let keys: Vec<NodeKey> = (0..args.nodes).map(|_| NodeKey::generate()).collect();
     let peers = addrs
         .iter()
