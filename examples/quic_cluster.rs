@@ -20,17 +20,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::Addr;
 use babble_net::quic::{QuicKeys, QuicStreamLayer};
 use babble_net::secure::{NodeKey, PeerKey};
 use babble_net::{limits, logging, Config, NetworkTransport, Transport};
 use clap::Parser;
-use common::cluster::{run_killing_one, NodeFile};
-use common::{Gossip, GossipArgs, NodeThreads, Start, Stats, StopNode, ToyNode};
+use common::cluster::{run_killing_one, serve_one_node, NodeFile};
+use common::{Gossip, GossipArgs, NodeThreads, Start, Stats, ToyNode};
 
 #[derive(Parser)]
 #[command(about = "Runs toy gossip nodes over QUIC")]
@@ -85,27 +84,19 @@ async fn run_one_node(args: &Args, path: &Path, log: slog::Logger) {
         file.node.id,
         transport.local_addr()
     );
-    let start = file.start();
     let stats = Arc::new(Stats::default());
-    let node = ToyNode::new(
-        file.node.id,
-        Arc::new(transport.clone()),
-        start,
+    let gossip = args.gossip.gossip(1);
+    serve_one_node(
+        &file,
+        &transport,
         stats.clone(),
-        args.gossip.gossip(1),
+        gossip,
+        args.secs,
         log,
+        |_| {},
     )
-    .start();
-    node.do_send(common::Begin);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .unwrap_or_else(|err| fail(format!("cannot watch SIGTERM: {err}")));
-    tokio::select! {
-        _ = common::report_every_second(&stats, args.secs, |_| {}) => {}
-        _ = terminate.recv() => println!("terminated"),
-    }
-    stats.finished.store(true, Ordering::Relaxed);
-    let _ = node.send(StopNode).await;
-    let _ = transport.close().await;
+    .await
+    .unwrap_or_else(|err| fail(err));
     println!("{}", stats.summary("quic", 1, &[]));
 }
 

@@ -707,21 +707,19 @@ async fn call(args: CallArgs) -> Report {
         _ => args.secure.apply(config, Some(&args.target)),
     };
     let (client, target): (Arc<dyn Transport>, String) = match args.transport {
-        TransportKind::Quic => {
+        TransportKind::Quic | TransportKind::Tcp => {
             if args.target.is_empty() {
                 fail("call needs --target");
             }
-            let client = NetworkTransport::quic(&config, logging::terminal(slog::Level::Error))
-                .unwrap_or_else(|e| fail(e));
-            (Arc::new(client), args.target.clone())
-        }
-        TransportKind::Tcp => {
-            if args.target.is_empty() {
-                fail("call needs --target");
-            }
-            let client = NetworkTransport::tcp(&config, logging::terminal(slog::Level::Error))
-                .unwrap_or_else(|e| fail(e));
-            (Arc::new(client), args.target.clone())
+            let log = logging::terminal(slog::Level::Error);
+            let client = match args.transport {
+                TransportKind::Quic => NetworkTransport::quic(&config, log),
+                _ => NetworkTransport::tcp(&config, log),
+            };
+            (
+                Arc::new(client.unwrap_or_else(|e| fail(e))),
+                args.target.clone(),
+            )
         }
         TransportKind::Webrtc => {
             if args.target.is_empty() {

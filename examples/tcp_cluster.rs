@@ -26,16 +26,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use actix::{Actor, Addr};
+use actix::Addr;
 use babble_net::secure::{NodeKey, PeerKey, SecureStreamLayer};
 use babble_net::stream::{StreamLayer, TcpStreamLayer};
 use babble_net::{logging, Config, NetworkTransport, Transport};
 use clap::Parser;
-use common::cluster::{run_killing_one, NodeFile};
-use common::{Gossip, GossipArgs, NodeThreads, Start, Stats, StopNode, ToyNode};
+use common::cluster::{run_killing_one, serve_one_node, NodeFile};
+use common::{Gossip, GossipArgs, NodeThreads, Start, Stats, ToyNode};
 
 #[derive(Parser)]
 #[command(about = "Runs toy gossip nodes over TCP")]
@@ -99,37 +98,28 @@ async fn run_one_node(args: &Args, path: &Path, log: slog::Logger) {
         file.node.id,
         transport.local_addr()
     );
-    let start = file.start();
     let stats = Arc::new(Stats::default());
     if let Some(path) = &args.call_log {
         log_calls_to(&stats, path);
     }
-    let node = ToyNode::new(
-        file.node.id,
-        Arc::new(transport.clone()),
-        start,
-        stats.clone(),
-        args.gossip.gossip(1),
-        log,
-    )
-    .start();
-    node.do_send(common::Begin);
-    // SIGTERM ends the run as its end would: a supervisor stopping the
-    // node still gets the summary and every call logged.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .unwrap_or_else(|err| fail(format!("cannot watch SIGTERM: {err}")));
-    tokio::select! {
-        _ = common::report_every_second(&stats, args.secs, |_| {}) => {}
-        _ = terminate.recv() => println!("terminated"),
-    }
     let bound = file.transport.call_bound(babble_net::RpcType::Sync);
-    println!(
-        "calls in flight longer than their bound: {}",
-        stats.in_flight_longer_than(bound)
-    );
-    stats.finished.store(true, Ordering::Relaxed);
-    let _ = node.send(StopNode).await;
-    let _ = transport.close().await;
+    let gossip = args.gossip.gossip(1);
+    serve_one_node(
+        &file,
+        &transport,
+        stats.clone(),
+        gossip,
+        args.secs,
+        log,
+        |stats: &Stats| {
+            println!(
+                "calls in flight longer than their bound: {}",
+                stats.in_flight_longer_than(bound)
+            )
+        },
+    )
+    .await
+    .unwrap_or_else(|err| fail(err));
     println!("{}", stats.summary("tcp", 1, &[]));
 }
 

@@ -4,13 +4,15 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
 use babble_net::{Config, NetworkTransport, Transport};
 use serde::Deserialize;
 
-use super::{Begin, Start, Stats, StopNode, ToyNode};
+use super::{Begin, Gossip, Start, Stats, StopNode, ToyNode};
 
 /// A node's file: its place in the cluster and its transport settings
 /// (config/node1.toml).
@@ -54,6 +56,42 @@ impl NodeFile {
             },
         }
     }
+}
+
+/// Runs the node of `file` on `transport` (listening) for `secs` seconds,
+/// or until SIGTERM (a supervisor stopping the node still gets the
+/// summary), printing its progress each second; then `before_stop` sees
+/// the counters while the node still runs, and the node stops and its
+/// transport closes.
+pub async fn serve_one_node(
+    file: &NodeFile,
+    transport: &NetworkTransport,
+    stats: Arc<Stats>,
+    gossip: Gossip,
+    secs: u64,
+    log: slog::Logger,
+    before_stop: impl FnOnce(&Stats),
+) -> Result<(), String> {
+    let node = actix::Actor::start(ToyNode::new(
+        file.node.id,
+        Arc::new(transport.clone()),
+        file.start(),
+        stats.clone(),
+        gossip,
+        log,
+    ));
+    node.do_send(Begin);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|err| format!("cannot watch SIGTERM: {err}"))?;
+    tokio::select! {
+        _ = super::report_every_second(&stats, secs, |_| {}) => {}
+        _ = terminate.recv() => println!("terminated"),
+    }
+    before_stop(&stats);
+    stats.finished.store(true, Ordering::Relaxed);
+    let _ = node.send(StopNode).await;
+    let _ = transport.close().await;
+    Ok(())
 }
 
 /// A node of the cluster: its transport and its actor.
