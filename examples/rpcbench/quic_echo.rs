@@ -24,6 +24,9 @@ use super::report::Report;
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// The client's window for replies, as the transport's `reply_window`.
 const REPLY_WINDOW: u32 = 16 * 1024 * 1024;
+/// The largest request the server reads and reply it makes: a
+/// FastForward's is 1.4 MB.
+const LARGEST: usize = 64 * 1024 * 1024;
 
 fn socket(addr: &str) -> std::io::Result<UdpSocket> {
     let socket = UdpSocket::bind(addr)?;
@@ -65,14 +68,18 @@ pub fn serve(listen: &str, cert_file: &Path) -> std::io::Result<()> {
                 };
                 while let Ok((mut send, mut recv)) = connection.accept_bi().await {
                     tokio::spawn(async move {
-                        let Ok(request) = recv.read_to_end(usize::MAX).await else {
+                        let Ok(request) = recv.read_to_end(LARGEST).await else {
                             return;
                         };
                         let Some(wanted) = request.get(..8) else {
                             return;
                         };
                         let wanted = u64::from_be_bytes(wanted.try_into().expect("8 bytes"));
-                        let reply = vec![0x5a; wanted as usize];
+                        let Some(wanted) = usize::try_from(wanted).ok().filter(|w| *w <= LARGEST)
+                        else {
+                            return;
+                        };
+                        let reply = vec![0x5a; wanted];
                         let _ = send.write_all(&reply).await;
                         let _ = send.finish();
                         let _ = send.stopped().await;
