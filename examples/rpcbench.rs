@@ -329,6 +329,11 @@ struct ServeArgs {
     /// loop on the node's thread, one RPC at a time), in microseconds.
     #[arg(long, default_value_t = 0)]
     work_us: u64,
+    /// The node's configuration (limits, budgets), from a TOML file of the
+    /// `config/node.toml` kind; the flags above override it. Without it,
+    /// the defaults with `max-inbound` 4096.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -614,10 +619,16 @@ fn answer_all(transport: &dyn Transport, shape: Shape, work: Duration) {
 }
 
 async fn serve(args: ServeArgs) {
+    let base = match &args.config {
+        Some(path) => Config::load(path).unwrap_or_else(|e| fail(e)),
+        None => Config {
+            max_inbound: 4096,
+            ..Config::default()
+        },
+    };
     let config = args.run.apply(Config {
         bind_addr: args.listen.clone(),
-        max_inbound: 4096,
-        ..Config::default()
+        ..base
     });
     let config = match args.transport {
         TransportKind::Quic => args.secure.apply_quic(config, None),

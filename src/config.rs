@@ -149,18 +149,22 @@ pub struct Config {
     /// that source's own least recently used connection is closed for the
     /// newcomer.
     pub max_inbound_per_ip: usize,
-    /// Bytes all inbound connections together may hold buffered while
-    /// reading requests (each connection reads its first 64 KiB outside
-    /// it); a connection that needs more waits, within its request's
-    /// deadline.
+    /// Bytes all inbound connections together may hold for requests
+    /// (each connection holds its first 64 KiB outside it): a request's
+    /// buffer as it is read, charged at twice its capacity (its bytes and
+    /// what they decode into), then the decoded request until it is
+    /// answered. A connection that needs more waits for it, within its
+    /// request's deadline (its bytes wait in the kernel meanwhile). Must
+    /// hold two `max-request-size` requests.
     pub inbound_buffer_budget: usize,
-    /// Bytes all inbound connections together may hold in encoded replies
-    /// waiting to be written (each connection writes its first 64 KiB
-    /// outside it). A reply that cannot get budget within `timeout` is
-    /// replaced by an error the caller sees as refused
-    /// (`TransportError::is_refused`); replies waiting for it are in
-    /// memory too, so at most as many bytes of them wait as the budget
-    /// holds, and a reply beyond that is refused at once.
+    /// Bytes all inbound connections together may hold for replies (each
+    /// connection holds its first 64 KiB outside it): a reply from the
+    /// moment the node hands it over until it is encoded (the reply and
+    /// its frame), then its frame until it is written. A reply is already
+    /// in memory when the node hands it over, so it never waits: one the
+    /// budget has no room for is dropped at once and replaced by an error
+    /// the caller sees as refused (`TransportError::is_refused`). Must
+    /// hold two `max-reply-size` replies.
     pub outbound_buffer_budget: usize,
     /// An inbound connection with no request for this long is closed.
     /// Whitespace does not count as a request.
@@ -287,11 +291,11 @@ impl Config {
         if self.max_request_size > MAX_FRAME || self.max_reply_size > MAX_FRAME {
             return fail("max-request-size and max-reply-size must be at most 1 GiB");
         }
-        if self.inbound_buffer_budget < self.max_request_size {
-            return fail("inbound-buffer-budget must hold at least one max-request-size request");
+        if self.inbound_buffer_budget / 2 < self.max_request_size {
+            return fail("inbound-buffer-budget must hold two max-request-size requests (a request is charged for its bytes and what they decode into)");
         }
-        if self.outbound_buffer_budget < self.max_reply_size {
-            return fail("outbound-buffer-budget must hold at least one max-reply-size reply");
+        if self.outbound_buffer_budget / 2 < self.max_reply_size {
+            return fail("outbound-buffer-budget must hold two max-reply-size replies (a reply is charged for itself and its frame while it is encoded)");
         }
         if self.max_inbound == 0 || self.max_inbound_per_ip == 0 {
             return fail("max-inbound and max-inbound-per-ip must be at least 1");

@@ -19,6 +19,11 @@ use bytes::BytesMut;
 /// them takes less than a millisecond.
 const GROW_HERE: usize = 4 * 1024 * 1024;
 
+/// Whether copying into a buffer of `capacity` bytes is worth a hand-off.
+fn copy_is_large(capacity: usize) -> bool {
+    capacity > 2 * GROW_HERE
+}
+
 /// See the [module docs](self).
 pub struct IoArbiters {
     arbiters: Vec<Arbiter>,
@@ -95,7 +100,9 @@ impl IoArbiters {
     /// empty, else on the next arbiter of the set while the caller's thread
     /// is free for other tasks. For CPU work that would stall the caller's
     /// thread, such as parsing or encoding a large frame. Fails only when
-    /// the arbiters have stopped (the transport is closing).
+    /// the arbiters have stopped (the transport is closing). If the caller
+    /// stops waiting before the work starts, it never runs: it is dropped
+    /// there, and whatever it captured with it.
     pub async fn run<T, F>(&self, large: bool, work: F) -> std::io::Result<T>
     where
         T: Send + 'static,
@@ -106,7 +113,11 @@ impl IoArbiters {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sent = self.next().spawn_fn(move || {
-            let _ = tx.send(work());
+            // Work whose caller has gone (a connection evicted while its
+            // reply waited here, say) is dropped unrun, with what it holds.
+            if !tx.is_closed() {
+                let _ = tx.send(work());
+            }
         });
         match sent {
             true => rx.await.map_err(|_| stopped()),
@@ -115,26 +126,35 @@ impl IoArbiters {
     }
 
     /// Makes room in `buf`, which holds part of a large frame, for at least
-    /// as many bytes again: beyond 4 MiB, the copy into the larger buffer
-    /// (tens of milliseconds for a frame of tens of MB) runs on an I/O
-    /// arbiter, so the caller's thread is free meanwhile (on the caller's
-    /// thread when the set is empty). Fails, leaving `buf` empty, only when the
-    /// arbiters have stopped (the transport is closing).
+    /// as many bytes again (see [`grow_to`](Self::grow_to)).
     pub async fn grow(&self, buf: &mut BytesMut) -> std::io::Result<()> {
-        let wanted = buf.len().saturating_mul(2).max(buf.len() + 64 * 1024);
-        if buf.len() <= GROW_HERE {
-            // Cheaper than a hand-off: a fraction of a millisecond.
-            buf.reserve(wanted - buf.len());
-            return Ok(());
-        }
+        self.grow_to(buf, Self::grown_capacity(buf.len())).await
+    }
+
+    /// The capacity [`grow`](Self::grow) gives a buffer holding `len`
+    /// bytes: twice that, and at least 64 KiB more.
+    pub fn grown_capacity(len: usize) -> usize {
+        len.saturating_mul(2).max(len.saturating_add(64 * 1024))
+    }
+
+    /// Moves what `buf` holds into a buffer of exactly `capacity` bytes
+    /// (at least its length), so that whoever pays for buffers knows the
+    /// cost before it is made: both buffers exist during the copy. Beyond
+    /// 4 MiB the copy (tens of milliseconds for a frame of tens of MB)
+    /// runs on an I/O arbiter, so the caller's thread is free meanwhile
+    /// (on the caller's thread when the set is empty). Fails, leaving
+    /// `buf` empty, only when the arbiters have stopped (the transport is
+    /// closing).
+    pub async fn grow_to(&self, buf: &mut BytesMut, capacity: usize) -> std::io::Result<()> {
+        let capacity = capacity.max(buf.len());
         let old = std::mem::take(buf);
-        *buf = self
-            .run(true, move || {
-                let mut bigger = BytesMut::with_capacity(wanted);
-                bigger.extend_from_slice(&old);
-                bigger
-            })
-            .await?;
+        let copy = move || {
+            let mut bigger = BytesMut::with_capacity(capacity);
+            bigger.extend_from_slice(&old);
+            bigger
+        };
+        // Below 4 MiB a copy is cheaper than a hand-off.
+        *buf = self.run(copy_is_large(capacity), copy).await?;
         Ok(())
     }
 

@@ -96,6 +96,13 @@ pub fn inbound_shed(transport: &'static str, reason: &'static str) {
         .increment(1);
 }
 
+/// Bytes charged to a Listener's buffer `budget` (`inbound` or
+/// `outbound`) changed by `delta`.
+pub fn budget_held(transport: &'static str, budget: &'static str, delta: f64) {
+    gauge!("babble_net_buffer_budget_bytes", "transport" => transport, "budget" => budget)
+        .increment(delta);
+}
+
 /// The signaling client is connected (1) or not (0).
 pub fn signal_connected(connected: bool) {
     gauge!("babble_net_signal_connected").set(if connected { 1.0 } else { 0.0 });

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use babble_net::wire::*;
 use babble_net::*;
+use futures::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -169,11 +170,16 @@ async fn first_line(stream: &mut TcpStream) -> String {
 #[actix_rt::test]
 async fn peers_that_never_read_their_replies_neither_lock_out_a_newcomer_nor_pass_the_budget() {
     const BUDGET: usize = 16 << 20;
+    // A long timeout: a reply that waited for the budget instead of being
+    // refused at once would keep its caller waiting past the deadline
+    // below.
     let node = NetworkTransport::tcp(
         &local(Config {
             max_inbound: 16,
             max_reply_size: 8 << 20,
             outbound_buffer_budget: BUDGET,
+            timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
             ..Config::default()
         }),
         logging::discard(),
@@ -185,31 +191,25 @@ async fn peers_that_never_read_their_replies_neither_lock_out_a_newcomer_nor_pas
     // buffers of a connection that never reads), the honest peer a small
     // one.
     let mut rpcs = node.consumer();
-    let peak = Arc::new(Mutex::new(0usize));
-    {
-        let (node, peak) = (node.clone(), peak.clone());
-        actix_rt::spawn(async move {
-            while let Some(rpc) = rpcs.recv().await {
-                let id = from_id(&rpc);
-                let events = (id >= 1000).then(|| {
-                    vec![WireEvent {
-                        body: WireBody {
-                            transactions: Some(vec![Some(vec![7u8; 6 << 20])]),
-                            ..Default::default()
-                        },
+    actix_rt::spawn(async move {
+        while let Some(rpc) = rpcs.recv().await {
+            let id = from_id(&rpc);
+            let events = (id >= 1000).then(|| {
+                vec![WireEvent {
+                    body: WireBody {
+                        transactions: Some(vec![Some(vec![7u8; 6 << 20])]),
                         ..Default::default()
-                    }]
-                });
-                rpc.respond(Ok(Response::Sync(SyncResponse {
-                    from_id: id,
-                    events,
-                    known: None,
-                })));
-                let mut peak = peak.lock().unwrap();
-                *peak = (*peak).max(node.outbound_buffered_bytes());
-            }
-        });
-    }
+                    },
+                    ..Default::default()
+                }]
+            });
+            rpc.respond(Ok(Response::Sync(SyncResponse {
+                from_id: id,
+                events,
+                known: None,
+            })));
+        }
+    });
     let mut flood = Vec::new();
     for i in 0..16 {
         let source = ["127.0.0.2", "127.0.0.3"][i % 2];
@@ -226,17 +226,21 @@ async fn peers_that_never_read_their_replies_neither_lock_out_a_newcomer_nor_pas
     })
     .await;
     honest_call(&honest(), &addr, 7).await;
-    assert!(*peak.lock().unwrap() <= BUDGET);
-    assert!(node.outbound_buffered_bytes() <= BUDGET);
-    // Only two 6 MiB replies fit in the budget at once: the others were
-    // refused (an error line the flood would read first) rather than held.
-    let mut refused = 0;
-    for stream in &mut flood {
-        if first_line(stream).await.contains("outbound buffer budget") {
-            refused += 1;
-        }
-    }
-    assert!(refused >= 16 - 2 - 1, "only {refused} replies refused");
+    // One 6 MiB reply (with its 9 MiB frame while encoded) fits in the
+    // budget at once: the others were refused at once (an error line the
+    // flood reads first), rather than held in memory waiting for room.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let lines = join_all(
+        flood
+            .iter_mut()
+            .map(|stream| tokio::time::timeout_at(deadline, first_line(stream))),
+    )
+    .await;
+    let refused = lines
+        .iter()
+        .filter(|line| matches!(line, Ok(line) if line.contains("outbound buffer budget")))
+        .count();
+    assert!(refused >= 16 - 1 - 1, "only {refused} replies refused");
     // Once the flood is gone, so is its hold on the budget.
     drop(flood);
     super::eventually(Duration::from_secs(10), "the budget is free again", || {

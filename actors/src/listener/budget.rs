@@ -1,11 +1,21 @@
 //! The Listener's byte budgets: one for the requests its connections are
-//! reading, one for the encoded replies they are writing.
+//! reading and the decoded requests waiting for the node, one for the
+//! replies they are encoding and writing.
 //!
-//! Each connection buffers its first 64 KiB outside the budgets, so small
-//! requests and replies never wait for one; beyond that, a buffer's
-//! capacity (not the bytes in it) is charged while the buffer is held. A
-//! connection that cannot get budget within its deadline fails that
-//! request or reply.
+//! Each connection buffers its first 64 KiB outside each budget, so small
+//! requests and replies never wait for one; beyond that, every byte is
+//! charged before it is held and stays charged while it is held: a
+//! buffer's capacity (not the bytes in it) before the buffer grows, a
+//! decoded request until it is answered, a reply from the moment the node
+//! hands it over until it is written. A charge is a value
+//! ([`Reservation`]) that moves with what it pays for (into work handed
+//! to an I/O thread, say), so it is given back when that is dropped,
+//! wherever that happens.
+//!
+//! Reading waits for the inbound budget, within the request's deadline
+//! (the bytes wait in the kernel meanwhile, not in memory). A reply is
+//! already in memory when the node hands it over, so it never waits: it
+//! is charged at once or dropped at once, and the caller told why.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,33 +33,39 @@ const UNIT: usize = 1024;
 #[derive(Clone)]
 pub(super) struct Budget {
     units: Arc<Semaphore>,
-    /// When set, the bytes that may wait for the budget at once: a share
-    /// that cannot get room here is refused at once rather than waiting
-    /// (what waits for an encoded reply's budget is the reply, in memory).
-    waiting_room: Option<Arc<Semaphore>>,
     held: Arc<AtomicUsize>,
     /// What a connection that cannot get budget is told.
     exhausted: &'static str,
+    /// The labels of the gauge of what is held: transport and budget.
+    labels: (&'static str, &'static str),
 }
 
 impl Budget {
-    /// A budget of `bytes`, whose holdings `held` shows.
-    pub(super) fn new(bytes: usize, held: Arc<AtomicUsize>, exhausted: &'static str) -> Budget {
+    /// A budget of `bytes`, whose holdings `held` shows (and the gauge
+    /// of the `labels`: transport and budget name).
+    pub(super) fn new(
+        bytes: usize,
+        held: Arc<AtomicUsize>,
+        exhausted: &'static str,
+        labels: (&'static str, &'static str),
+    ) -> Budget {
         Budget {
             units: Arc::new(Semaphore::new(unit_count(bytes))),
-            waiting_room: None,
             held,
             exhausted,
+            labels,
         }
     }
 
-    /// This budget, with at most as many bytes again waiting for it.
-    pub(super) fn with_waiting_room(self) -> Budget {
-        let room = self.units.available_permits();
-        Budget {
-            waiting_room: Some(Arc::new(Semaphore::new(room))),
-            ..self
-        }
+    /// Counts `units` more (or fewer) held.
+    fn count(&self, units: isize) {
+        let bytes = units * UNIT as isize;
+        match bytes >= 0 {
+            true => self.held.fetch_add(bytes as usize, Ordering::Relaxed),
+            false => self.held.fetch_sub(bytes.unsigned_abs(), Ordering::Relaxed),
+        };
+        let (transport, budget) = self.labels;
+        crate::metrics::budget_held(transport, budget, bytes as f64);
     }
 
     /// An empty share of this budget.
@@ -61,7 +77,7 @@ impl Budget {
     }
 }
 
-/// A connection's share of a [`Budget`]; given back when dropped.
+/// A share of a [`Budget`]; given back when dropped.
 pub(super) struct Reservation {
     permits: Option<OwnedSemaphorePermit>,
     budget: Budget,
@@ -78,55 +94,90 @@ impl Reservation {
         self.permits.as_ref().map_or(0, |p| p.num_permits())
     }
 
-    /// Makes sure a buffer of `capacity` bytes is covered, waiting at most
-    /// `wait` for the budget (an error of kind `TimedOut` after that).
-    pub(super) async fn grow(&mut self, capacity: usize, wait: Duration) -> std::io::Result<()> {
-        let needed = units(capacity);
-        let held = self.held();
-        if needed <= held {
+    /// The error of a share that cannot grow.
+    fn exhausted(&self) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, self.budget.exhausted)
+    }
+
+    /// Makes sure `bytes` are covered, waiting at most `wait` for the
+    /// budget (an error of kind `TimedOut` after that).
+    pub(super) async fn grow(&mut self, bytes: usize, wait: Duration) -> std::io::Result<()> {
+        let Some(more) = self.missing(bytes) else {
             return Ok(());
-        }
-        let more = u32::try_from(needed - held).unwrap_or(u32::MAX);
-        let exhausted = || std::io::Error::new(std::io::ErrorKind::TimedOut, self.budget.exhausted);
+        };
         let permit = match self.budget.units.clone().try_acquire_many_owned(more) {
             Ok(permit) => permit,
             Err(_) => {
-                let _waiting = match &self.budget.waiting_room {
-                    Some(room) => Some(room.try_acquire_many(more).map_err(|_| exhausted())?),
-                    None => None,
-                };
                 let acquire = self.budget.units.clone().acquire_many_owned(more);
                 tokio::time::timeout(wait, acquire)
                     .await
-                    .map_err(|_| exhausted())?
+                    .map_err(|_| self.exhausted())?
                     .expect("a budget is never closed")
             }
         };
-        self.budget
-            .held
-            .fetch_add(permit.num_permits() * UNIT, Ordering::Relaxed);
+        self.add(permit);
+        Ok(())
+    }
+
+    /// Makes sure `bytes` are covered if the budget has room now; an
+    /// error (as [`grow`](Self::grow)'s) if it has not.
+    pub(super) fn try_grow(&mut self, bytes: usize) -> std::io::Result<()> {
+        let Some(more) = self.missing(bytes) else {
+            return Ok(());
+        };
+        let permit = (self.budget.units.clone().try_acquire_many_owned(more))
+            .map_err(|_| self.exhausted())?;
+        self.add(permit);
+        Ok(())
+    }
+
+    /// The units to add to cover `bytes`, if any.
+    fn missing(&self, bytes: usize) -> Option<u32> {
+        let needed = units(bytes);
+        let held = self.held();
+        (needed > held).then(|| u32::try_from(needed - held).unwrap_or(u32::MAX))
+    }
+
+    fn add(&mut self, permit: OwnedSemaphorePermit) {
+        self.budget.count(permit.num_permits() as isize);
         match &mut self.permits {
             Some(permits) => permits.merge(permit),
             None => self.permits = Some(permit),
         }
-        Ok(())
     }
 
-    /// Gives back what a buffer of `capacity` bytes does not need.
-    pub(super) fn fit(&mut self, capacity: usize) {
-        let needed = units(capacity);
+    /// Gives back what `bytes` do not need.
+    pub(super) fn fit(&mut self, bytes: usize) {
+        let needed = units(bytes);
         let held = self.held();
         if needed >= held {
             return;
         }
-        self.budget
-            .held
-            .fetch_sub((held - needed) * UNIT, Ordering::Relaxed);
+        self.budget.count(-((held - needed) as isize));
         if let Some(permits) = &mut self.permits {
             if needed == 0 {
                 self.permits = None;
             } else {
                 drop(permits.split(held - needed));
+            }
+        }
+    }
+
+    /// Moves everything this share holds into a new share (to travel with
+    /// what it pays for); this one is left empty.
+    pub(super) fn take(&mut self) -> Reservation {
+        Reservation {
+            permits: self.permits.take(),
+            budget: self.budget.clone(),
+        }
+    }
+
+    /// Adds what `other` holds to this share.
+    pub(super) fn absorb(&mut self, mut other: Reservation) {
+        if let Some(permit) = other.permits.take() {
+            match &mut self.permits {
+                Some(permits) => permits.merge(permit),
+                None => self.permits = Some(permit),
             }
         }
     }
@@ -137,7 +188,7 @@ fn unit_count(bytes: usize) -> usize {
     (bytes / UNIT).min(Semaphore::MAX_PERMITS)
 }
 
-/// Budget units for a buffer of `bytes`, beyond the free allowance.
+/// Budget units for `bytes`, beyond the free allowance.
 fn units(bytes: usize) -> usize {
     bytes.saturating_sub(FREE_BUFFER).div_ceil(UNIT)
 }
@@ -146,10 +197,17 @@ fn units(bytes: usize) -> usize {
 mod tests {
     use super::*;
 
+    fn budget(bytes: usize) -> (Budget, Arc<AtomicUsize>) {
+        let held = Arc::new(AtomicUsize::new(0));
+        (
+            Budget::new(bytes, held.clone(), "exhausted", ("test", "test")),
+            held,
+        )
+    }
+
     #[tokio::test]
     async fn shares_wait_for_each_other_and_give_back_on_drop() {
-        let held = Arc::new(AtomicUsize::new(0));
-        let budget = Budget::new(FREE_BUFFER, held.clone(), "exhausted");
+        let (budget, held) = budget(FREE_BUFFER);
         let mut first = budget.share();
         // Small buffers are free.
         first.grow(FREE_BUFFER, Duration::ZERO).await.unwrap();
@@ -157,44 +215,62 @@ mod tests {
         first.grow(2 * FREE_BUFFER, Duration::ZERO).await.unwrap();
         assert_eq!(held.load(Ordering::Relaxed), FREE_BUFFER);
         let mut second = budget.share();
-        let err = second
-            .grow(FREE_BUFFER + UNIT, Duration::from_millis(1))
+        let waiting = second.grow(FREE_BUFFER + UNIT, Duration::from_secs(60));
+        tokio::pin!(waiting);
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        first.fit(FREE_BUFFER + UNIT);
+        assert_eq!(held.load(Ordering::Relaxed), UNIT);
+        drop(first);
+        // The waiting share gets what the first gave back.
+        waiting.await.unwrap();
+        assert_eq!(held.load(Ordering::Relaxed), UNIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_that_cannot_grow_in_time_gets_the_budget_error_after_its_wait() {
+        let (budget, _) = budget(FREE_BUFFER);
+        let mut holder = budget.share();
+        holder.grow(2 * FREE_BUFFER, Duration::ZERO).await.unwrap();
+        let mut late = budget.share();
+        let started = tokio::time::Instant::now();
+        let err = late
+            .grow(FREE_BUFFER + UNIT, Duration::from_secs(3))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         assert_eq!(err.to_string(), "exhausted");
-        first.fit(FREE_BUFFER + UNIT);
-        assert_eq!(held.load(Ordering::Relaxed), UNIT);
-        drop(first);
-        assert_eq!(held.load(Ordering::Relaxed), 0);
-        second
-            .grow(FREE_BUFFER + UNIT, Duration::ZERO)
-            .await
-            .unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
     }
 
-    #[tokio::test]
-    async fn with_a_waiting_room_only_that_much_waits_and_the_rest_is_refused_at_once() {
-        let held = Arc::new(AtomicUsize::new(0));
-        let budget = Budget::new(8 * UNIT, held, "exhausted").with_waiting_room();
+    #[test]
+    fn try_grow_takes_what_is_free_now_or_nothing() {
+        let (budget, held) = budget(8 * UNIT);
         let mut holder = budget.share();
-        holder
-            .grow(FREE_BUFFER + 8 * UNIT, Duration::ZERO)
-            .await
-            .unwrap();
-        // Six units wait (they fit in the room)...
-        let mut waiter = budget.share();
-        let waiting = waiter.grow(FREE_BUFFER + 6 * UNIT, Duration::from_secs(60));
-        tokio::pin!(waiting);
-        assert!(futures::poll!(waiting.as_mut()).is_pending());
-        // ... so three more cannot even wait.
-        let mut refused = budget.share();
-        let err = refused
-            .grow(FREE_BUFFER + 3 * UNIT, Duration::from_secs(60))
-            .await
-            .unwrap_err();
+        holder.try_grow(FREE_BUFFER + 6 * UNIT).unwrap();
+        let mut other = budget.share();
+        let err = other.try_grow(FREE_BUFFER + 3 * UNIT).unwrap_err();
         assert_eq!(err.to_string(), "exhausted");
-        drop(holder);
-        waiting.await.unwrap();
+        // A refusal takes nothing.
+        assert_eq!(held.load(Ordering::Relaxed), 6 * UNIT);
+        other.try_grow(FREE_BUFFER + 2 * UNIT).unwrap();
+        assert_eq!(held.load(Ordering::Relaxed), 8 * UNIT);
+    }
+
+    #[test]
+    fn a_taken_charge_is_given_back_where_it_is_dropped() {
+        let (budget, held) = budget(8 * UNIT);
+        let mut share = budget.share();
+        share.try_grow(FREE_BUFFER + 8 * UNIT).unwrap();
+        let travelling = share.take();
+        // The share is empty; what it held travels.
+        assert!(share.try_grow(FREE_BUFFER + UNIT).is_err());
+        let job = std::thread::spawn(move || drop(travelling));
+        job.join().unwrap();
+        assert_eq!(held.load(Ordering::Relaxed), 0);
+        share.try_grow(FREE_BUFFER + 8 * UNIT).unwrap();
+        let mut back = share.take();
+        back.fit(FREE_BUFFER + 2 * UNIT);
+        share.absorb(back);
+        assert_eq!(held.load(Ordering::Relaxed), 2 * UNIT);
     }
 }

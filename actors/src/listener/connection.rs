@@ -15,13 +15,16 @@
 //! * a reply being written, like a request being answered, can be evicted
 //!   for a newcomer (see [`crate::places`]).
 //!
-//! Bytes buffered beyond a connection's first 64 KiB are taken from the
-//! Listener's budgets ([`super::budget`]): the inbound one while a request
-//! is read (given back with the request's buffer once it is decoded), the
-//! outbound one while its encoded reply waits to be written.
+//! Bytes held beyond a connection's first 64 KiB are charged to the
+//! Listener's budgets ([`super::budget`]) before they are held: to the
+//! inbound one, a request's buffer as it grows (twice its capacity: the
+//! bytes and what they decode into), then the decoded request until it is
+//! answered; to the outbound one, the reply the node handed over and its
+//! frame until the frame is written. A reply the outbound budget has no
+//! room for is dropped at once and the caller told so
+//! ([`REPLIES_BACKED_UP`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::future::BoxFuture;
@@ -30,7 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::budget::{Budget, Reservation, FREE_BUFFER};
+use super::budget::{Budget, Reservation};
 use super::ListenerLimits;
 use crate::codec::{reply_capacity, write_reply, CodecError, RawRequest, Reply, ServerCodec};
 use crate::deadline::DeadlineStream;
@@ -132,14 +135,23 @@ pub(super) async fn serve(
             },
             _ = &mut kicked => return Ok(Ended::Kicked),
         };
-        let command = decode_request(raw, &cx).await?;
         // The request's buffer goes with it: a connection being answered
-        // keeps at most a small one, and is charged for what it keeps.
-        if buf.capacity() > IDLE_BUFFER {
+        // keeps at most a small buffer of its own (a small one may still
+        // share the frame's allocation, within the free allowance).
+        if buf.capacity() + raw.len() > IDLE_BUFFER {
             buf = BytesMut::from(&buf[..]);
         }
-        reserved.fit(buf.capacity());
-        let decoded = std::time::Instant::now();
+        let (command, decoded) = tokio::select! {
+            biased;
+            decoded = decode_request(raw, &mut reserved, &cx) => decoded?,
+            _ = &mut kicked => return Ok(Ended::Kicked),
+        };
+        // The decoded request stays charged until it is answered.
+        reserved
+            .try_grow(buf.capacity() + decoded)
+            .map_err(CodecError::Io)?;
+        reserved.fit(buf.capacity() + decoded);
+        let decoded_at = std::time::Instant::now();
         let read_total = stream.read_total();
         crate::metrics::bytes(
             cx.limits.transport,
@@ -171,32 +183,30 @@ pub(super) async fn serve(
                 false => return Ok(Ended::Kicked),
             },
         };
+        // Answered: the request is no longer held.
+        reserved.fit(buf.capacity());
         debug!(cx.log, "answering"; "rpc" => %rpc_type, "error" => &reply.error);
         // While the node is closing, the refusal above is still written.
         let evictable = !cx.shutdown.is_cancelled();
-        // A reply beyond the free allowance waits for the outbound budget,
-        // within the timeout and while it may be evicted; without it the
-        // RPC fails with an error the caller can act on.
-        let capacity = reply_capacity(&reply);
-        let reply = tokio::select! {
+        let (reply, capacity) = charge_reply(reply, &mut sending, &cx, rpc_type);
+        let encoded = tokio::select! {
             biased;
             _ = &mut kicked, if evictable => return Ok(Ended::Kicked),
-            got = sending.grow(capacity, cx.limits.timeout) => match got {
-                Ok(()) => reply,
-                Err(_) => {
-                    debug!(cx.log, "no outbound budget for a reply"; "rpc" => %rpc_type, "bytes" => capacity);
-                    Reply::error(REPLIES_BACKED_UP)
-                }
-            },
+            encoded = encode_reply(reply, capacity, sending.take(), &cx) => encoded?,
         };
-        let (mut out, mut ok) = encode_reply(reply, capacity, &cx).await?;
-        if sending.grow(out.capacity(), Duration::ZERO).await.is_err() {
-            // The estimate fell short (the buffer grew) and the budget is
-            // spent.
-            let refusal = Reply::error(REPLIES_BACKED_UP);
-            let capacity = reply_capacity(&refusal);
-            (out, ok) = encode_reply(refusal, capacity, &cx).await?;
-        }
+        let (out, ok) = match encoded {
+            Encoded::Frame { frame, ok, charge } => {
+                sending.absorb(charge);
+                (frame, ok)
+            }
+            // The estimate fell short and the budget has no room for the
+            // rest: the caller is told, in a frame within the allowance.
+            Encoded::OverBudget => {
+                debug!(cx.log, "no outbound budget for a reply"; "rpc" => %rpc_type);
+                let refusal = Reply::error(REPLIES_BACKED_UP);
+                (encode_small(&refusal)?, false)
+            }
+        };
         stream.restart_with_rate(cx.limits.timeout, cx.limits.min_rate);
         // A reply being written can be evicted too: a peer that never reads
         // would otherwise hold its slot and its budget until the deadline.
@@ -218,7 +228,7 @@ pub(super) async fn serve(
         crate::spin::expect_io();
         let transport = cx.limits.transport;
         crate::metrics::bytes(transport, "out", out.len());
-        crate::metrics::rpc_done(transport, "in", rpc_type, ok, decoded.elapsed());
+        crate::metrics::rpc_done(transport, "in", rpc_type, ok, decoded_at.elapsed());
         drop(out);
         sending.fit(0);
         if cx.shutdown.is_cancelled() {
@@ -239,31 +249,103 @@ pub(super) async fn serve(
     }
 }
 
-/// Parses a request, on an I/O arbiter when it is large.
-async fn decode_request(raw: RawRequest, cx: &Context) -> Result<Command, CodecError> {
+/// What a request's buffer is charged to the inbound budget: its bytes,
+/// and as much again for what they decode into (a frame written by Go
+/// Babble or by this crate decodes into less than its own length, see
+/// [`crate::wire::bounded`]), so that a request never waits for budget
+/// between being read and being decoded.
+fn request_charge(capacity: usize) -> usize {
+    capacity.saturating_mul(2)
+}
+
+/// Parses a request, on an I/O arbiter when it is large. Returns the
+/// command and at most how many bytes of memory it holds. What
+/// `reserved` holds for the request travels with the work and comes back
+/// with the result, so work left behind by a connection that ended still
+/// holds its charge until it is dropped.
+async fn decode_request(
+    raw: RawRequest,
+    reserved: &mut Reservation,
+    cx: &Context,
+) -> Result<(Command, usize), CodecError> {
     let large = raw.len() > cx.limits.large_frame;
-    cx.io.run(large, move || raw.decode()).await?
+    let charge = reserved.take();
+    let (decoded, charge) = cx
+        .io
+        .run(large, move || (raw.decode_measured(), charge))
+        .await?;
+    reserved.absorb(charge);
+    decoded
+}
+
+/// Charges a reply the node handed over to the outbound budget, the reply
+/// as it is ([`Response::memory_hint`](crate::wire::Response::memory_hint))
+/// and its frame ([`reply_capacity`]): it is already in memory, so it
+/// cannot wait for room. A reply the budget has no room for is dropped at
+/// once, and the caller told why. Returns what is to be encoded and its
+/// estimated size.
+fn charge_reply(
+    reply: Reply,
+    sending: &mut Reservation,
+    cx: &Context,
+    rpc_type: crate::wire::RpcType,
+) -> (Reply, usize) {
+    let capacity = reply_capacity(&reply);
+    let held = (reply.response.as_ref()).map_or(0, crate::wire::Response::memory_hint);
+    match sending.try_grow(capacity.saturating_add(held)) {
+        Ok(()) => (reply, capacity),
+        Err(_) => {
+            debug!(cx.log, "no outbound budget for a reply"; "rpc" => %rpc_type, "bytes" => capacity);
+            drop(reply);
+            let refusal = Reply::error(REPLIES_BACKED_UP);
+            let capacity = reply_capacity(&refusal);
+            (refusal, capacity)
+        }
+    }
+}
+
+/// An encoded reply.
+enum Encoded {
+    /// The frame, whether it is a success, and what it is charged.
+    Frame {
+        frame: BytesMut,
+        ok: bool,
+        charge: Reservation,
+    },
+    /// The frame outgrew its estimate and the budget has no room for it.
+    OverBudget,
 }
 
 /// Encodes `reply` into a buffer of `capacity` bytes (see
-/// [`reply_capacity`]), on an I/O arbiter when it is large. Returns the
-/// frame and whether the reply was a success.
+/// [`reply_capacity`]), on an I/O arbiter when it is large. `charge`
+/// pays for the reply and its frame and travels with them; once the
+/// reply is encoded and dropped, it is fitted to the frame alone.
 async fn encode_reply(
     reply: Reply,
     capacity: usize,
+    mut charge: Reservation,
     cx: &Context,
-) -> Result<(BytesMut, bool), CodecError> {
+) -> Result<Encoded, CodecError> {
     let ok = reply.error.is_empty();
     let encode = move || {
-        let mut out = BytesMut::with_capacity(capacity);
-        write_reply(&reply, &mut out).map(|()| out)
+        let mut frame = BytesMut::with_capacity(capacity);
+        let written = write_reply(&reply, &mut frame);
+        drop(reply);
+        written?;
+        if charge.try_grow(frame.capacity()).is_err() {
+            return Ok(Encoded::OverBudget);
+        }
+        charge.fit(frame.capacity());
+        Ok(Encoded::Frame { frame, ok, charge })
     };
-    Ok((
-        cx.io
-            .run(capacity > cx.limits.large_frame, encode)
-            .await??,
-        ok,
-    ))
+    cx.io.run(capacity > cx.limits.large_frame, encode).await?
+}
+
+/// Encodes a small reply (a refusal) on this thread.
+fn encode_small(reply: &Reply) -> Result<BytesMut, CodecError> {
+    let mut frame = BytesMut::with_capacity(reply_capacity(reply));
+    write_reply(reply, &mut frame)?;
+    Ok(frame)
 }
 
 /// What reading a request came to.
@@ -303,20 +385,21 @@ async fn read_request(
             reading = true;
         }
         if buf.capacity() - buf.len() < 1024 {
-            match buf.len() > cx.limits.large_frame {
-                // Copying a large request into a bigger buffer would stall
-                // the node's thread: it moves to an I/O thread.
-                true => cx.io.grow(buf).await.map_err(CodecError::Io)?,
-                false => buf.reserve(buf.len().clamp(4096, FREE_BUFFER)),
-            }
+            // Waiting for budget is part of the request's time, not a
+            // pause outside it.
+            let wait = stream.time_left().unwrap_or(cx.limits.timeout);
+            let capacity = grown_capacity(buf.len());
+            // Charged before it is made, the old buffer too while its
+            // bytes are copied.
+            reserved
+                .grow(request_charge(capacity) + buf.capacity(), wait)
+                .await
+                .map_err(CodecError::Io)?;
+            // A copy beyond a few MiB would stall the node's thread: it
+            // moves to an I/O thread.
+            cx.io.grow_to(buf, capacity).await.map_err(CodecError::Io)?;
+            reserved.fit(request_charge(buf.capacity()));
         }
-        // Waiting for budget is part of the request's time, not a pause
-        // outside it.
-        let wait = stream.time_left().unwrap_or(cx.limits.timeout);
-        reserved
-            .grow(buf.capacity(), wait)
-            .await
-            .map_err(CodecError::Io)?;
         let read = match stream.read_buf(buf).await {
             Ok(read) => read,
             Err(e) if !reading && e.kind() == std::io::ErrorKind::TimedOut => {
@@ -334,6 +417,12 @@ async fn read_request(
             };
         }
     }
+}
+
+/// The capacity a request's buffer holding `len` bytes grows to: twice
+/// that, and at least 4 KiB more (a new request starts in 4 KiB).
+fn grown_capacity(len: usize) -> usize {
+    len.saturating_mul(2).max(len + 4096)
 }
 
 /// Whether `error` says the peer reset or aborted the connection.

@@ -167,15 +167,14 @@ impl Listener {
             limits.buffer_budget,
             counters.buffered.clone(),
             "the inbound buffer budget stayed exhausted",
+            (limits.transport, "inbound"),
         );
-        // Replies waiting for the outbound budget are in memory too: no
-        // more of them wait than the budget holds.
         let outbound = Budget::new(
             limits.outbound_budget,
             counters.outbound.clone(),
-            "the outbound buffer budget stayed exhausted",
-        )
-        .with_waiting_room();
+            "the outbound buffer budget is exhausted",
+            (limits.transport, "outbound"),
+        );
         Listener {
             layer,
             io,

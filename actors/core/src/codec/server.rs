@@ -138,22 +138,28 @@ impl RawRequest {
 
     /// Parses the frame.
     pub fn decode(self) -> Result<Command, CodecError> {
+        self.decode_measured().map(|(command, _)| command)
+    }
+
+    /// Parses the frame; also says at most how many bytes of memory the
+    /// request holds (see [`bounded::decode_measured`]).
+    pub fn decode_measured(self) -> Result<(Command, usize), CodecError> {
         decode_command(self.rpc_type, &self.frame[1..])
     }
 }
 
-fn decode_command(rpc_type: RpcType, json: &[u8]) -> Result<Command, CodecError> {
-    fn parse<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, CodecError> {
-        bounded::decode(json).map_err(|source| CodecError::Json {
+fn decode_command(rpc_type: RpcType, json: &[u8]) -> Result<(Command, usize), CodecError> {
+    fn parse<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<(T, usize), CodecError> {
+        bounded::decode_measured(json).map_err(|source| CodecError::Json {
             what: "request",
             source,
         })
     }
     Ok(match rpc_type {
-        RpcType::Sync => Command::Sync(parse(json)?),
-        RpcType::EagerSync => Command::EagerSync(parse(json)?),
-        RpcType::FastForward => Command::FastForward(parse(json)?),
-        RpcType::Join => Command::Join(parse(json)?),
+        RpcType::Sync => parse(json).map(|(r, n)| (Command::Sync(r), n))?,
+        RpcType::EagerSync => parse(json).map(|(r, n)| (Command::EagerSync(r), n))?,
+        RpcType::FastForward => parse(json).map(|(r, n)| (Command::FastForward(r), n))?,
+        RpcType::Join => parse(json).map(|(r, n)| (Command::Join(r), n))?,
     })
 }
 

@@ -33,14 +33,22 @@ thread_local! {
 /// Parses `json` as a `T`, charging its lists and maps against the budget
 /// of a frame of `json.len()` bytes.
 pub fn decode<T: DeserializeOwned>(json: &[u8]) -> serde_json::Result<T> {
+    decode_measured(json).map(|(value, _)| value)
+}
+
+/// [`decode`], and at most how many bytes of memory the value holds: what
+/// its lists and maps were charged, plus the frame's length (its strings
+/// and byte slices are never longer than their text).
+pub fn decode_measured<T: DeserializeOwned>(json: &[u8]) -> serde_json::Result<(T, usize)> {
     let budget = json
         .len()
         .saturating_mul(AMPLIFICATION)
         .saturating_add(SLACK);
     let outer = BUDGET.replace(budget);
     let result = serde_json::from_slice(json);
+    let charged = budget - BUDGET.get();
     BUDGET.set(outer);
-    result
+    result.map(|value| (value, charged.saturating_add(json.len())))
 }
 
 /// Takes `bytes` from the budget, or fails once it is spent.
@@ -240,6 +248,16 @@ mod tests {
         let json =
             format!(r#"{{"Events":[{{"Body":{{"Transactions":[{slots}]}},"Signature":""}}]}}"#);
         assert!(decode::<EagerSyncRequest>(json.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_measured_decode_counts_every_element_and_the_text() {
+        let json = br#"{"FromID":1,"Events":[{},{}]}"#;
+        let (request, bytes) = decode_measured::<EagerSyncRequest>(json).unwrap();
+        assert_eq!(request.events.map(|e| e.len()), Some(2));
+        // Three elements charged (the two events and the end of the list).
+        let events = 3 * element_cost::<crate::wire::WireEvent>();
+        assert_eq!(bytes, events + json.len());
     }
 
     #[test]
