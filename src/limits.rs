@@ -41,42 +41,40 @@ pub fn pool(config: &Config, transport: &'static str) -> PoolSettings {
 /// The QUIC layer's limits: `quic-max-streams` calls at once per
 /// connection, `quic-max-connections` inbound connections (at most
 /// `quic-max-connections-per-source` from one address), Retry beyond
-/// `quic-max-handshakes` handshakes in progress, each within
+/// `quic-max-handshakes` handshakes in progress (at most four times that
+/// in progress, a quarter of it from one address), each within
 /// `handshake-timeout`, connections closed after `idle-timeout` without a
 /// packet.
 ///
 /// What peers may send towards this node before it reads (QUIC's
-/// flow-control window, per inbound connection) comes from
-/// `inbound-buffer-budget`: half of it is split evenly over
-/// `quic-max-connections` (128 KiB each by default), the other half is
-/// lent in [`QUIC_LARGE_WINDOWS`] large windows (4 MiB each by default),
-/// at most two per source address at a time, so that every inbound
-/// connection together stays within the budget. Replies waiting in
-/// QUIC's send buffers are bounded the same way by
-/// `outbound-buffer-budget`. Windows are between 64 KiB and 16 MiB;
-/// replies to this node's calls get a 16 MiB window.
+/// flow-control window, per inbound connection) comes from half of
+/// `inbound-buffer-budget` ([`quic_window_budget`]; the Listener reading
+/// the streams has the other half): a quarter of the budget is split
+/// evenly over `quic-max-connections` (64 KiB each by default), the other
+/// quarter is lent in [`QUIC_LARGE_WINDOWS`] large windows (2 MiB each by
+/// default), at most two per source address at a time, so that every
+/// inbound connection together stays within its half. Windows are between
+/// 64 KiB and 16 MiB. A reply waiting in QUIC's send buffer is still
+/// charged to `outbound-buffer-budget` by the Listener until the caller
+/// has acknowledged it, so the send window (16 MiB, as the window for
+/// replies to this node's calls) adds nothing to it. Datagrams are off
+/// (the transport sends none, and keeps none a peer sends), and at most
+/// 4 KiB are kept of a connection not yet accepted.
 #[cfg(feature = "quic")]
 pub fn quic(config: &Config) -> crate::quic::QuicLimits {
     const KIB: u64 = 1024;
     let window = |share: u64| share.clamp(64 * KIB, 16 * 1024 * KIB);
     let connections = config.quic_max_connections.max(1) as u64;
-    let (inbound, outbound) = (
-        config.inbound_buffer_budget as u64 / 2,
-        config.outbound_buffer_budget as u64 / 2,
-    );
-    let (receive_window, send_window) = (
-        window(inbound / connections),
-        window(outbound / connections),
-    );
+    let half = quic_window_budget(config) as u64 / 2;
+    let receive_window = window(half / connections);
     // A lent window is worth lending when it is larger than the one it
-    // replaces, and only while the small windows keep to their half (the
+    // replaces, and only while the small windows keep to their share (the
     // 64 KiB floor may not).
-    let lent = |half: u64, small: u64| {
-        let large = window(half / QUIC_LARGE_WINDOWS as u64);
-        match connections * small <= half && large > small {
-            true => large,
-            false => small,
-        }
+    let large = window(half / QUIC_LARGE_WINDOWS as u64);
+    let large_receive_window = match connections * receive_window <= half && large > receive_window
+    {
+        true => large,
+        false => receive_window,
     };
     crate::quic::QuicLimits {
         max_streams: config.quic_max_streams,
@@ -87,11 +85,18 @@ pub fn quic(config: &Config) -> crate::quic::QuicLimits {
         idle_timeout: config.idle_timeout,
         receive_window,
         reply_window: 16 * 1024 * KIB,
-        send_window,
+        send_window: 16 * 1024 * KIB,
         large_windows: QUIC_LARGE_WINDOWS,
-        large_receive_window: lent(inbound, receive_window),
-        large_send_window: lent(outbound, send_window),
+        large_receive_window,
+        incoming_buffer: 4 * KIB,
     }
+}
+
+/// The part of `inbound-buffer-budget` that QUIC's flow-control windows
+/// take (half); the Listener reading QUIC streams has the rest.
+#[cfg(feature = "quic")]
+pub fn quic_window_budget(config: &Config) -> usize {
+    config.inbound_buffer_budget / 2
 }
 
 /// How many inbound QUIC connections at once, at most two per source
@@ -106,6 +111,14 @@ pub const QUIC_LARGE_WINDOWS: usize = 32;
 /// secure handshake within `handshake-timeout`, frames above
 /// `large-frame` handled on the I/O threads.
 pub fn listener(config: &Config, transport: &'static str) -> ListenerLimits {
+    // Under QUIC, half of the inbound budget is the connections' windows.
+    #[cfg(feature = "quic")]
+    let buffer_budget = match transport {
+        "quic" => config.inbound_buffer_budget - quic_window_budget(config),
+        _ => config.inbound_buffer_budget,
+    };
+    #[cfg(not(feature = "quic"))]
+    let buffer_budget = config.inbound_buffer_budget;
     ListenerLimits {
         max_inbound: config.max_inbound,
         max_inbound_per_ip: config.max_inbound_per_ip,
@@ -113,7 +126,7 @@ pub fn listener(config: &Config, transport: &'static str) -> ListenerLimits {
         timeout: config.timeout,
         min_rate: config.min_transfer_rate,
         max_request_size: config.max_request_size,
-        buffer_budget: config.inbound_buffer_budget,
+        buffer_budget,
         outbound_budget: config.outbound_buffer_budget,
         handshake_timeout: config.handshake_timeout,
         large_frame: config.large_frame,
@@ -209,8 +222,9 @@ mod tests {
     use super::*;
 
     /// Every inbound QUIC connection's windows together, the lent large
-    /// ones included, stay within each budget (unless the budget is so
-    /// small that the 64 KiB floor is above its share).
+    /// ones included, stay within their half of the inbound budget, and
+    /// the Listener has the other half (unless the budget is so small
+    /// that the 64 KiB floor is above its share).
     #[test]
     fn quic_windows_stay_within_the_budgets() {
         for (budget, connections) in [
@@ -222,36 +236,31 @@ mod tests {
         ] {
             let config = Config {
                 inbound_buffer_budget: budget,
-                outbound_buffer_budget: budget,
                 quic_max_connections: connections,
                 ..Config::default()
             };
             let limits = quic(&config);
-            let all = |small: u64, large: u64| {
-                // A lent window replaces its connection's small one.
-                let lent = limits.large_windows.min(connections) as u64;
-                connections as u64 * small + lent * (large - small)
-            };
-            let inbound = all(limits.receive_window, limits.large_receive_window);
-            let outbound = all(limits.send_window, limits.large_send_window);
-            if connections as u64 * limits.receive_window > budget as u64 / 2 {
+            let windows = quic_window_budget(&config) as u64;
+            let listener = listener(&config, "quic").buffer_budget as u64;
+            assert_eq!(windows + listener, budget as u64);
+            // A lent window replaces its connection's small one.
+            let lent = limits.large_windows.min(connections) as u64;
+            let all = connections as u64 * limits.receive_window
+                + lent * (limits.large_receive_window - limits.receive_window);
+            if connections as u64 * limits.receive_window > windows / 2 {
                 // The floor: nothing is lent beyond it.
                 assert_eq!(limits.large_receive_window, limits.receive_window);
-                assert_eq!(limits.large_send_window, limits.send_window);
                 continue;
             }
-            assert!(
-                inbound <= budget as u64,
-                "{budget} / {connections}: {inbound}"
-            );
-            assert!(
-                outbound <= budget as u64,
-                "{budget} / {connections}: {outbound}"
-            );
+            assert!(all <= windows, "{budget} / {connections}: {all}");
             assert!(limits.large_receive_window >= limits.receive_window);
         }
+        assert_eq!(
+            listener(&Config::default(), "tcp").buffer_budget,
+            Config::default().inbound_buffer_budget
+        );
         let defaults = quic(&Config::default());
-        assert_eq!(defaults.receive_window, 128 << 10);
-        assert_eq!(defaults.large_receive_window, 4 << 20);
+        assert_eq!(defaults.receive_window, 64 << 10);
+        assert_eq!(defaults.large_receive_window, 2 << 20);
     }
 }

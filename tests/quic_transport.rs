@@ -222,7 +222,7 @@ fn node_in_own_system(
 }
 
 #[actix_rt::test]
-async fn a_call_to_a_peer_that_crashed_and_came_back_is_sent_again_even_a_join() {
+async fn a_sync_to_a_peer_that_crashed_and_came_back_is_sent_again_but_not_a_join() {
     let dir = tempfile::tempdir().unwrap();
     let (client_key, server_key) = (NodeKey::generate(), NodeKey::generate());
     let (client_addr, target) = (free_udp_addr(), free_udp_addr());
@@ -249,10 +249,27 @@ async fn a_call_to_a_peer_that_crashed_and_came_back_is_sent_again_even_a_join()
     crash.send(()).unwrap();
     thread.join().unwrap();
     // The same node, back at its address: the client's connection is to
-    // the old process, whose successor resets it at the first packet.
+    // the old process, whose successor resets it at the first packet. A
+    // lost connection does not prove the Join was never processed: it
+    // fails rather than being sent twice.
+    let (crash, thread) = node_in_own_system(server_config.clone());
+    let started = std::time::Instant::now();
+    let err = client
+        .join(&target, JoinRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Io { .. }) && !err.is_timeout(),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1), "{err:?}");
+    // The next call dials afresh.
+    client.sync(&target, SyncRequest::default()).await.unwrap();
+    crash.send(()).unwrap();
+    thread.join().unwrap();
+    // A Sync on a connection to the old process is sent again.
     let (_crash, _thread) = node_in_own_system(server_config);
-    let joined = client.join(&target, JoinRequest::default()).await;
-    assert!(joined.is_ok(), "{joined:?}");
+    client.sync(&target, SyncRequest::default()).await.unwrap();
 }
 
 /// Runs the independent QUIC peer (aioquic) with `args`; its last line.
@@ -535,6 +552,9 @@ async fn a_garbage_stream_is_closed_unanswered_and_the_connection_serves_on() {
         1,
         "the garbage stream counted as dropped"
     );
+    // One connection carried both: the node closed the stream, not the
+    // connection (a dialler would silently make a new one).
+    assert_eq!(peer.connections_dialled(), 1);
 }
 
 #[actix_rt::test]
@@ -558,19 +578,42 @@ async fn trickled_and_silent_streams_are_cut_at_the_timeout_and_honest_calls_go_
         stream.write_all(b" ").await.unwrap();
         silent.push(stream);
     }
-    // A trickled one: a byte every 100 ms of a request that never ends.
-    let mut trickled = peer.dial(&target, Duration::from_secs(5)).await.unwrap();
-    let trickling = async {
-        for _ in 0..100 {
-            if trickled.write_all(b" ").await.is_err() {
-                return true;
+    // Trickled ones, a byte every 100 ms: whitespace, which is no request
+    // (cut at the stream's opening deadline), and a request that never
+    // ends (cut at its own deadline: the timeout plus its bytes at the
+    // minimum rate), both while honest calls go on.
+    let trickle = |opening: &'static [u8], byte: &'static [u8]| {
+        let peer = &peer;
+        let target = &target;
+        async move {
+            let mut stream = peer.dial(target, Duration::from_secs(5)).await.unwrap();
+            let started = std::time::Instant::now();
+            stream.write_all(opening).await.unwrap();
+            for _ in 0..100 {
+                if stream.write_all(byte).await.is_err() {
+                    return Some(started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
         }
-        false
     };
-    honest_call(&node, &key).await;
-    assert!(within(trickling).await, "the trickled stream was cut");
+    let honest_calls = async {
+        for _ in 0..3 {
+            honest_call(&node, &key).await;
+        }
+    };
+    let (blank, endless, ()) = tokio::join!(
+        within(trickle(b" ", b" ")),
+        within(trickle(b"\x01{\"FromID\":", b"1")),
+        honest_calls
+    );
+    // Each is cut within a few times the 300 ms timeout, not after its ten
+    // seconds of trickling.
+    for (what, cut) in [("whitespace", blank), ("an endless request", endless)] {
+        let cut = cut.unwrap_or_else(|| panic!("{what} trickled for ten seconds"));
+        assert!(cut < Duration::from_secs(3), "{what} cut after {cut:?}");
+    }
     for mut stream in silent {
         assert!(within(read_all(&mut stream))
             .await
@@ -821,4 +864,27 @@ async fn close_lets_the_port_go_while_a_stream_is_still_held() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop((held, stream, peer, server));
+}
+
+#[actix_rt::test]
+async fn half_open_handshakes_from_one_address_lock_no_newcomer_out() {
+    let (node, key) = open_node(Config::default());
+    suite::serve(&node, suite::echo_from_id);
+    let target: std::net::SocketAddr = node.advertise_addr().parse().unwrap();
+    // About 150 handshakes a second from one address, each answering the
+    // Retry and then silent, held by the node up to the 5 s handshake
+    // timeout: far more than the four times `quic-max-handshakes` (256)
+    // that all sources together may have in progress.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let flood = common::quic_flood::half_open(target, vec!["127.0.0.2".into()], 150, until);
+    common::net::eventually(Duration::from_secs(10), "the flood is under way", || {
+        flood.started.load(std::sync::atomic::Ordering::Relaxed) >= 400
+    })
+    .await;
+    // Twenty newcomers from another address, each on a new connection,
+    // are all served while it lasts.
+    for _ in 0..20 {
+        honest_call_from("127.0.0.1", &node, &key).await;
+    }
+    assert!(std::time::Instant::now() < until, "the flood ended first");
 }

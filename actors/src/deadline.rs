@@ -291,7 +291,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for DeadlineStream<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        // A layer whose shutdown waits for the peer (QUIC: until it has
+        // acknowledged the whole reply) waits within the deadline.
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            Poll::Pending => {
+                this.poll_deadline(cx)?;
+                Poll::Pending
+            }
+            ready => ready,
+        }
     }
 }
 

@@ -22,9 +22,10 @@
 //! see [`StreamLayer::one_call_per_connection`]) has no pool: each call
 //! opens its stream (the layer keeps one QUIC connection per peer),
 //! finishes its side after the request, and closes the stream after the
-//! reply. Such a call is retried once, whatever its type (Join too), only
-//! when the layer says the peer never received the request
-//! ([`NotDelivered`]).
+//! reply. Such a call is retried once, a Sync, EagerSync or FastForward
+//! only (Join is not idempotent), when the layer says its connection,
+//! open before the call, was lost before any byte of the reply came
+//! ([`NotDelivered`]): most likely the peer restarted.
 //!
 //! Deadlines: a call fails when no byte moves for the timeout (a large
 //! reply that keeps flowing is not cut short), and in any case once the
@@ -490,7 +491,9 @@ async fn call_on_own_connection(
     };
     match exchange(open().await?, call).await {
         Ok(reply) => Ok(reply),
-        Err(failure) if failure.not_delivered => {
+        // Only an idempotent call: a lost connection proves nothing about
+        // whether the peer processed the request.
+        Err(failure) if failure.not_delivered && call.rpc_type != RpcType::Join => {
             debug!(peer.log, "the peer never received the request, sending it again";
                 "rpc" => %call.rpc_type, "error" => %failure.error);
             exchange(open().await?, call)

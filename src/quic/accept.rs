@@ -1,10 +1,15 @@
 //! The listening side of QUIC: which handshakes are taken, which
 //! connections stay, and their streams handed to the Listener.
 //!
-//! * While more than `max_handshakes` handshakes are in progress, a new
-//!   one from an address that has not proved it receives packets is sent
-//!   a stateless Retry (spoofed sources never get further); beyond four
-//!   times that, new ones are refused.
+//! * Handshakes in progress are places too: at most four times
+//!   `max_handshakes` at once, at most [`handshakes_per_source`] from one
+//!   source address. While more than `max_handshakes` are in progress, a
+//!   new one from an address that has not proved it receives packets is
+//!   sent a stateless Retry (spoofed sources never get further), and an
+//!   unproved address never takes another's place. A proved newcomer at a
+//!   cap takes the place of the oldest handshake of the source holding the
+//!   most (its own, at its source's cap), which is dropped: one address
+//!   finishing no handshakes locks nobody else out.
 //! * A handshake must finish within `handshake_timeout`; its certificate
 //!   must prove a node key (see [`super::tls`]), one of the peer set
 //!   unless any key is accepted.
@@ -17,10 +22,11 @@
 //! * Each stream a peer opens (at most `max_streams` at once per
 //!   connection, QUIC's own flow control) reaches the Listener as an
 //!   inbound connection carrying the verified key; while the Listener's
-//!   hand-off is full, no more streams are taken.
+//!   hand-off is full, no more streams are taken. A connection counts as
+//!   used when one of its calls is answered, not when a stream opens, so
+//!   opening streams keeps no place fresh.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -47,7 +53,8 @@ pub(super) struct Acceptor {
     pub(super) streams: mpsc::Sender<Inbound>,
     pub(super) shutdown: CancellationToken,
     pub(super) log: Logger,
-    handshakes: AtomicUsize,
+    /// Handshakes in progress, as places.
+    handshakes: Mutex<Places>,
     places: Mutex<Places>,
     /// Large flow-control windows lent to a few sources.
     windows: Arc<LargeWindows>,
@@ -63,6 +70,10 @@ impl Acceptor {
         log: Logger,
     ) -> Acceptor {
         let places = Places::new(limits.max_connections, limits.max_connections_per_source);
+        let handshakes = Places::new(
+            limits.max_handshakes.saturating_mul(4),
+            handshakes_per_source(&limits),
+        );
         let windows = LargeWindows::new(&limits);
         Acceptor {
             endpoint,
@@ -71,7 +82,7 @@ impl Acceptor {
             streams,
             shutdown,
             log,
-            handshakes: AtomicUsize::new(0),
+            handshakes: Mutex::new(handshakes),
             places: Mutex::new(places),
             windows,
         }
@@ -86,6 +97,17 @@ impl Acceptor {
     pub(super) fn connections(&self) -> usize {
         self.places.lock().expect("places lock").held()
     }
+
+    /// Handshakes in progress now.
+    pub(super) fn handshakes(&self) -> usize {
+        self.handshakes.lock().expect("handshakes lock").held()
+    }
+}
+
+/// Handshakes one source address may have in progress at once: a quarter
+/// of `max_handshakes` (16 by default), at least one.
+pub fn handshakes_per_source(limits: &QuicLimits) -> usize {
+    (limits.max_handshakes / 4).max(1)
 }
 
 /// Takes handshakes until the endpoint or the transport closes; runs on
@@ -99,36 +121,69 @@ pub(super) async fn accept_loop(acceptor: Arc<Acceptor>) {
             },
             _ = acceptor.shutdown.cancelled() => return,
         };
-        let busy = acceptor.handshakes.load(Ordering::Relaxed);
-        let max = acceptor.limits.max_handshakes;
-        if busy >= max && !incoming.remote_address_validated() && incoming.may_retry() {
-            crate::metrics::quic_refused("retry");
-            let _ = incoming.retry();
-            continue;
-        }
-        if busy >= max.saturating_mul(4) {
+        let remote = incoming.remote_address();
+        let source = source_address("", Some(remote));
+        let kick = acceptor.shutdown.child_token();
+        let admission = {
+            let mut handshakes = acceptor.handshakes.lock().expect("handshakes lock");
+            let validated = incoming.remote_address_validated();
+            let busy = handshakes.held() >= acceptor.limits.max_handshakes;
+            // An address not yet proved may be spoofed: it is sent a Retry
+            // when handshakes are many, and never takes another's place.
+            if !validated && (busy || handshakes.would_shed(&source).is_some()) {
+                drop(handshakes);
+                match incoming.may_retry() {
+                    true => {
+                        crate::metrics::quic_refused("retry");
+                        let _ = incoming.retry();
+                    }
+                    false => {
+                        crate::metrics::quic_refused("handshakes");
+                        incoming.refuse();
+                    }
+                }
+                continue;
+            }
+            handshakes.admit(&source, Instant::now(), kick)
+        };
+        let Some((id, kick, _)) = admission.slot else {
             crate::metrics::quic_refused("handshakes");
-            debug!(acceptor.log, "refusing a QUIC handshake: too many in progress";
-                "remote" => %incoming.remote_address());
             incoming.refuse();
             continue;
+        };
+        if admission.shed.is_some() {
+            crate::metrics::quic_refused("handshake_shed");
+            debug!(acceptor.log, "dropped a QUIC handshake in progress for a newcomer";
+                "source" => &source);
         }
-        acceptor.handshakes.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(handshake(acceptor.clone(), incoming));
+        let handshaking = Handshaking {
+            acceptor: acceptor.clone(),
+            id,
+        };
+        tokio::spawn(handshake(acceptor.clone(), incoming, handshaking, kick));
     }
 }
 
-/// Counts a handshake in progress until dropped.
-struct Handshaking(Arc<Acceptor>);
+/// A handshake's place, given back when dropped.
+struct Handshaking {
+    acceptor: Arc<Acceptor>,
+    id: u64,
+}
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
-        self.0.handshakes.fetch_sub(1, Ordering::Relaxed);
+        (self.acceptor.handshakes.lock())
+            .expect("handshakes lock")
+            .release(self.id);
     }
 }
 
-async fn handshake(acceptor: Arc<Acceptor>, incoming: Incoming) {
-    let handshaking = Handshaking(acceptor.clone());
+async fn handshake(
+    acceptor: Arc<Acceptor>,
+    incoming: Incoming,
+    handshaking: Handshaking,
+    kick: CancellationToken,
+) {
     let remote = incoming.remote_address();
     let log = acceptor.log.new(slog::o!("peer" => remote.to_string()));
     let connecting = match incoming.accept() {
@@ -136,7 +191,13 @@ async fn handshake(acceptor: Arc<Acceptor>, incoming: Incoming) {
         Err(err) => return debug!(log, "QUIC handshake failed"; "error" => %err),
     };
     let timeout = acceptor.limits.handshake_timeout;
-    let connection = match tokio::time::timeout(timeout, connecting).await {
+    // Dropping `connecting` (evicted, or too slow) abandons the handshake.
+    let connected = tokio::select! {
+        biased;
+        _ = kick.cancelled() => return debug!(log, "QUIC handshake dropped for a newcomer"),
+        connected = tokio::time::timeout(timeout, connecting) => connected,
+    };
+    let connection = match connected {
         Ok(Ok(connection)) => connection,
         Ok(Err(err)) => {
             // A certificate refused by the checks fails here, in TLS.
@@ -185,7 +246,6 @@ async fn handshake(acceptor: Arc<Acceptor>, incoming: Incoming) {
         let limits = &acceptor.limits;
         let window = VarInt::from_u64(limits.large_receive_window).unwrap_or(VarInt::MAX);
         connection.set_receive_window(window);
-        connection.set_send_window(limits.large_send_window);
     }
     debug!(log, "QUIC connection accepted"; "key" => %key, "large_windows" => large.is_some());
     serve_streams(&acceptor, &connection, remote, key, &kick, &activity).await;
@@ -201,7 +261,7 @@ async fn serve_streams(
     remote: SocketAddr,
     key: PeerKey,
     kick: &CancellationToken,
-    activity: &Activity,
+    activity: &Arc<Activity>,
 ) {
     let name = remote.to_string();
     loop {
@@ -213,9 +273,8 @@ async fn serve_streams(
                 Err(_) => return,
             },
         };
-        activity.completed(Instant::now());
         let inbound = Inbound {
-            connection: Box::new(QuicStream::callee(send, recv)),
+            connection: Box::new(QuicStream::callee(send, recv, activity.clone())),
             remote: name.clone(),
             address: Some(remote),
             peer_key: Some(key),

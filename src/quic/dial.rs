@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ pub(super) struct Dialer {
     /// The key expected at each peer address.
     expected: HashMap<String, PeerKey>,
     connections: Mutex<HashMap<String, Slot>>,
+    /// Connections made so far.
+    dialled: AtomicU64,
     log: Logger,
 }
 
@@ -48,6 +51,7 @@ impl Dialer {
             client,
             expected,
             connections: Mutex::default(),
+            dialled: AtomicU64::new(0),
             log,
         }
     }
@@ -63,6 +67,11 @@ impl Dialer {
                     .unwrap_or(true)
             })
             .count()
+    }
+
+    /// Connections made so far.
+    pub(super) fn dialled(&self) -> u64 {
+        self.dialled.load(Ordering::Relaxed)
     }
 
     /// Lets go of every connection (the layer is closing): each holds the
@@ -110,6 +119,7 @@ impl Dialer {
                 return Ok((connection.clone(), true));
             }
             let connection = self.connect(address, expect).await?;
+            self.dialled.fetch_add(1, Ordering::Relaxed);
             *held = Some(connection.clone());
             Ok::<_, io::Error>((connection, false))
         })

@@ -69,26 +69,26 @@ pub struct QuicLimits {
     pub idle_timeout: Duration,
     /// Bytes an inbound connection may have in flight towards this node
     /// (QUIC flow control, all its streams together): at most
-    /// `max_connections` times this is buffered for all of them (half of
-    /// `inbound-buffer-budget`).
+    /// `max_connections` times this is buffered for all of them (a quarter
+    /// of `inbound-buffer-budget`).
     pub receive_window: u64,
     /// The same, for the replies of the peers this node dials.
     pub reply_window: u64,
     /// Bytes of replies an inbound connection may hold in QUIC's send
-    /// buffer, beyond what the peer has acknowledged: at most
-    /// `max_connections` times this for all of them (half of
-    /// `outbound-buffer-budget`). A reply beyond it waits for the peer to
-    /// acknowledge, within the reply's deadline.
+    /// buffer, beyond what the peer has acknowledged. Every such byte is
+    /// part of a reply the Listener keeps charged to
+    /// `outbound-buffer-budget` until the caller acknowledged all of it.
     pub send_window: u64,
     /// How many inbound connections at once, at most two per source
-    /// address, get `large_receive_window` and `large_send_window`
-    /// instead (the other half of each budget): lent once the connection
-    /// has its place, given back when it closes.
+    /// address, get `large_receive_window` instead (another quarter of
+    /// the inbound budget): lent once the connection has its place, given
+    /// back when it closes.
     pub large_windows: usize,
     /// The receive window lent to up to `large_windows` connections.
     pub large_receive_window: u64,
-    /// The send window lent to up to `large_windows` connections.
-    pub large_send_window: u64,
+    /// Bytes kept of a connection's packets before it is accepted (QUIC's
+    /// incoming buffer, per connection).
+    pub incoming_buffer: u64,
 }
 
 /// Who a QUIC node is and whom it expects.
@@ -195,10 +195,8 @@ impl QuicStreamLayer {
             .map_err(|err| config_error(format!("cannot bind {bind_addr} (UDP): {err}")))?;
         let advertise = crate::tcp::advertised(local, advertise)?;
         let identity = tls::Identity::new(&keys.key)?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(&identity)?));
-        server.transport_config(Arc::new(transport(&limits, Side::Accepting)?));
-        let mut client = quinn::ClientConfig::new(Arc::new(tls::client_crypto(&identity)?));
-        client.transport_config(Arc::new(transport(&limits, Side::Dialling)?));
+        let server = server_config(&identity, &limits)?;
+        let client = client_config(&identity, &limits)?;
         let runtime = Arc::new(
             runtime::IoRuntime::on(&io, &advertise)
                 .map_err(|err| config_error(format!("cannot start QUIC: {err}")))?,
@@ -268,6 +266,19 @@ impl QuicStreamLayer {
     /// QUIC connections this node dialled and keeps open now.
     pub fn outbound_connections(&self) -> usize {
         self.dialer.open()
+    }
+
+    /// QUIC connections this node dialled so far (a new one replaces a
+    /// connection that closed).
+    pub fn connections_dialled(&self) -> u64 {
+        self.dialer.dialled()
+    }
+
+    /// Inbound handshakes in progress now (at most four times
+    /// [`QuicLimits::max_handshakes`], a quarter of that from one source
+    /// address).
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.acceptor.handshakes()
     }
 }
 
@@ -343,11 +354,40 @@ fn transport(limits: &QuicLimits, side: Side) -> Result<TransportConfig, Transpo
         }
         Side::Dialling => window,
     };
+    // The transport reads no datagrams: none is kept for it (quinn would
+    // keep up to about a megabyte of them per connection).
+    config.datagram_receive_buffer_size(None);
     config.max_concurrent_bidi_streams(VarInt::from_u32(streams));
     let varint = |value: u64| VarInt::from_u64(value).unwrap_or(VarInt::MAX);
     config.stream_receive_window(varint(stream_window));
     config.receive_window(varint(window));
     Ok(config)
+}
+
+/// The accepting side's configuration. What it keeps of connections it
+/// has not accepted yet is small: the accept loop takes (or refuses) each
+/// at once, and 0-RTT is off.
+fn server_config(
+    identity: &tls::Identity,
+    limits: &QuicLimits,
+) -> Result<quinn::ServerConfig, TransportError> {
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(identity)?));
+    server.transport_config(Arc::new(transport(limits, Side::Accepting)?));
+    let incoming = limits.max_handshakes.saturating_mul(4).max(1);
+    server.max_incoming(incoming);
+    server.incoming_buffer_size(limits.incoming_buffer);
+    server.incoming_buffer_size_total(limits.incoming_buffer.saturating_mul(incoming as u64));
+    Ok(server)
+}
+
+/// The dialling side's configuration.
+fn client_config(
+    identity: &tls::Identity,
+    limits: &QuicLimits,
+) -> Result<quinn::ClientConfig, TransportError> {
+    let mut client = quinn::ClientConfig::new(Arc::new(tls::client_crypto(identity)?));
+    client.transport_config(Arc::new(transport(limits, Side::Dialling)?));
+    Ok(client)
 }
 
 impl StreamLayer for QuicStreamLayer {
@@ -371,10 +411,20 @@ impl StreamLayer for QuicStreamLayer {
         async move {
             let closed = || io::Error::new(io::ErrorKind::NotConnected, "the QUIC layer is closed");
             let mut streams = self.streams.lock().await;
-            tokio::select! {
-                next = streams.recv() => next.ok_or_else(closed),
-                _ = self.shutdown.cancelled() => Err(closed()),
+            let next = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => None,
+                next = streams.recv() => next,
+            };
+            if self.shutdown.is_cancelled() {
+                // Whoever waits here when the layer closes drains the
+                // hand-off: streams accepted but never taken hold their
+                // connections, and so the socket.
+                streams.close();
+                while streams.try_recv().is_ok() {}
+                return Err(closed());
             }
+            next.ok_or_else(closed)
         }
         .boxed()
     }
@@ -410,7 +460,8 @@ impl StreamLayer for QuicStreamLayer {
             .close(VarInt::from_u32(Closed::Closing as u32), b"closing");
         self.dialer.forget_all();
         // Streams accepted but never taken hold their connections, and so
-        // the socket.
+        // the socket. Whoever holds the lock (the Listener, waiting for the
+        // next stream) drains them itself as it sees the shutdown.
         if let Ok(mut streams) = self.streams.try_lock() {
             streams.close();
             while streams.try_recv().is_ok() {}
@@ -435,4 +486,41 @@ impl Drop for QuicStreamLayer {
 /// A handshake error as the I/O error a dial fails with.
 fn refused(error: HandshakeError) -> io::Error {
     error.into_io()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The buffers `limits::quic` works out are the ones quinn is given:
+    /// datagrams off on both sides, the windows, and the incoming buffers.
+    #[test]
+    fn the_configured_buffers_reach_quinn() {
+        let limits = crate::limits::quic(&crate::Config::default());
+        let identity = tls::Identity::new(&NodeKey::generate()).unwrap();
+        let server = format!("{:?}", server_config(&identity, &limits).unwrap());
+        let dialling = format!("{:?}", transport(&limits, Side::Dialling).unwrap());
+        for expected in [
+            "datagram_receive_buffer_size: None".to_owned(),
+            format!("receive_window: {}", limits.receive_window),
+            format!("stream_receive_window: {}", limits.large_receive_window),
+            format!("send_window: {}", limits.send_window),
+            format!("max_concurrent_bidi_streams: {}", limits.max_streams),
+            format!("max_incoming: {}", 4 * limits.max_handshakes),
+            format!("incoming_buffer_size: {}", limits.incoming_buffer),
+            format!(
+                "incoming_buffer_size_total: {}",
+                limits.incoming_buffer * 4 * limits.max_handshakes as u64
+            ),
+        ] {
+            assert!(server.contains(&expected), "{expected} not in {server}");
+        }
+        for expected in [
+            "datagram_receive_buffer_size: None".to_owned(),
+            format!("receive_window: {}", limits.reply_window),
+            "max_concurrent_bidi_streams: 0".to_owned(),
+        ] {
+            assert!(dialling.contains(&expected), "{expected} not in {dialling}");
+        }
+    }
 }

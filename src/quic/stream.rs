@@ -8,16 +8,19 @@
 //!   the Listener takes for a hang-up (the RPC is abandoned).
 //! * A caller whose connection is lost before the peer acknowledged its
 //!   whole request, on a connection that was already open before the
-//!   call, reads an error carrying [`NotDelivered`]: the peer never had
-//!   the request, and it can be sent again on a new connection.
+//!   call, reads an error carrying [`NotDelivered`]: most likely the peer
+//!   restarted, and an idempotent call can be sent again on a new
+//!   connection.
 //! * A stream dropped before it was finished is reset, not finished: a
 //!   half-written request or reply is never mistaken for a whole one.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use babble_net_core::places::Activity;
 use babble_net_core::stream::NotDelivered;
 use quinn::{ConnectionError, ReadError, RecvStream, SendStream, StoppedError, VarInt, WriteError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -31,8 +34,12 @@ type Stopped = Pin<Box<dyn Future<Output = Result<Option<VarInt>, StoppedError>>
 enum End {
     /// The caller; `reused`: its connection was open before the call.
     Caller { reused: bool, acknowledged: bool },
-    /// The callee; `finished`: the caller's end of stream was read.
-    Callee { finished: bool },
+    /// The callee; `finished`: the caller's end of stream was read;
+    /// `activity`: its connection's, marked when the reply is finished.
+    Callee {
+        finished: bool,
+        activity: Arc<Activity>,
+    },
 }
 
 /// See the [module docs](self).
@@ -62,9 +69,21 @@ impl QuicStream {
         )
     }
 
-    /// The callee's end of a stream the peer opened.
-    pub(super) fn callee(send: SendStream, recv: RecvStream) -> QuicStream {
-        QuicStream::new(send, recv, End::Callee { finished: false })
+    /// The callee's end of a stream the peer opened, on a connection whose
+    /// place's `activity` counts the calls it answered.
+    pub(super) fn callee(
+        send: SendStream,
+        recv: RecvStream,
+        activity: Arc<Activity>,
+    ) -> QuicStream {
+        QuicStream::new(
+            send,
+            recv,
+            End::Callee {
+                finished: false,
+                activity,
+            },
+        )
     }
 
     fn new(send: SendStream, recv: RecvStream, end: End) -> QuicStream {
@@ -155,7 +174,7 @@ impl AsyncRead for QuicStream {
             }
             // After the caller's end of stream, only its giving up (or the
             // connection's loss) ends a read: a second end of stream.
-            End::Callee { finished: true } => {
+            End::Callee { finished: true, .. } => {
                 return this.poll_stopped(cx).map(|_| Ok(()));
             }
             _ => {}
@@ -167,7 +186,7 @@ impl AsyncRead for QuicStream {
                 let read = buf.filled().len() - before;
                 this.read += read as u64;
                 if read == 0 && buf.remaining() > 0 {
-                    if let End::Callee { finished } = &mut this.end {
+                    if let End::Callee { finished, .. } = &mut this.end {
                         *finished = true;
                     }
                 }
@@ -211,13 +230,31 @@ impl AsyncWrite for QuicStream {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.finished {
             this.finished = true;
             this.send.finish().map_err(io::Error::other)?;
         }
-        Poll::Ready(Ok(()))
+        let End::Callee { activity, .. } = &this.end else {
+            return Poll::Ready(Ok(()));
+        };
+        let activity = activity.clone();
+        // A callee's reply is done once the caller has acknowledged all of
+        // it: until then QUIC's send buffer holds it, which the Listener
+        // keeps charged to its outbound budget meanwhile (within the
+        // reply's deadline). The connection was then used by a completed
+        // call.
+        match std::task::ready!(this.poll_stopped(cx)) {
+            true => {
+                activity.completed(std::time::Instant::now());
+                Poll::Ready(Ok(()))
+            }
+            false => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the caller did not take the whole reply",
+            ))),
+        }
     }
 }
 

@@ -112,14 +112,7 @@ impl Places {
     /// when a cap is reached (see the module docs). `kick` is the
     /// newcomer's token (a child of the Listener's shutdown token).
     pub fn admit(&mut self, source: &str, now: Instant, kick: CancellationToken) -> Admission {
-        let from_source = self.per_source.get(source).copied().unwrap_or(0);
-        let need = if from_source >= self.max_per_source {
-            Some(Shed::SourceCap)
-        } else if self.slots.len() >= self.max_total {
-            Some(Shed::Cap)
-        } else {
-            None
-        };
+        let need = self.would_shed(source);
         if let Some(reason) = need {
             let only = (reason == Shed::SourceCap).then_some(source);
             match self.victim(only) {
@@ -150,6 +143,19 @@ impl Places {
         Admission {
             slot: Some((id, kick, activity)),
             shed: need,
+        }
+    }
+
+    /// Whether admitting a newcomer from `source` now would evict a place,
+    /// and why.
+    pub fn would_shed(&self, source: &str) -> Option<Shed> {
+        let from_source = self.per_source.get(source).copied().unwrap_or(0);
+        if from_source >= self.max_per_source {
+            Some(Shed::SourceCap)
+        } else if self.slots.len() >= self.max_total {
+            Some(Shed::Cap)
+        } else {
+            None
         }
     }
 

@@ -98,13 +98,40 @@ pub fn verify_certificate(der: &[u8]) -> Result<PeerKey, HandshakeError> {
     if public.key_type != SECP256K1 {
         return Err(malformed("the extension's key is not secp256k1"));
     }
+    if public.data.len() != 33 || !matches!(public.data[0], 0x02 | 0x03) {
+        return Err(malformed(
+            "the extension's key is not a 33-byte compressed secp256k1 key",
+        ));
+    }
     let key = PeerKey::from_sec1(&public.data)
         .map_err(|_| malformed("the extension's key is not a secp256k1 point"))?;
+    check_key_algorithm(&certificate)?;
     let spki = certificate.tbs_certificate.subject_pki.raw;
     if !key.verify(&signed_message(spki), &signature) {
         return Err(HandshakeError::BadSignature { key });
     }
     Ok(key)
+}
+
+/// Checks that a certificate's own key is ECDSA P-256 or Ed25519, the
+/// two kinds it may sign the handshake with.
+fn check_key_algorithm(certificate: &X509Certificate<'_>) -> Result<(), HandshakeError> {
+    const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+    const P256: &str = "1.2.840.10045.3.1.7";
+    const ED25519: &str = "1.3.101.112";
+    let algorithm = &certificate.tbs_certificate.subject_pki.algorithm;
+    let curve = || {
+        (algorithm.parameters.as_ref())
+            .and_then(|parameters| parameters.as_oid().ok())
+            .map(|oid| oid.to_id_string())
+    };
+    match algorithm.algorithm.to_id_string().as_str() {
+        ED25519 => Ok(()),
+        EC_PUBLIC_KEY if curve().as_deref() == Some(P256) => Ok(()),
+        _ => Err(HandshakeError::Malformed(
+            "certificate: its key is neither ECDSA P-256 nor Ed25519".into(),
+        )),
+    }
 }
 
 /// The subject public key of a DER certificate (the bits of its
@@ -198,6 +225,56 @@ mod tests {
         assert_eq!(
             verify_certificate(&der),
             Err(HandshakeError::BadSignature { key: key.public() })
+        );
+    }
+
+    #[test]
+    fn an_uncompressed_extension_key_is_refused() {
+        let key = NodeKey::generate();
+        let der = certificate(|spki| {
+            let public = PublicKey {
+                key_type: SECP256K1,
+                data: hex::decode(&key.public().to_string()[2..]).unwrap(),
+            }
+            .encode_to_vec();
+            let signature = key.sign(&signed_message(spki));
+            let value = yasna::construct_der(|w| {
+                w.write_sequence(|w| {
+                    w.next().write_bytes(&public);
+                    w.next().write_bytes(&signature);
+                })
+            });
+            vec![(EXTENSION_OID, value)]
+        });
+        assert!(matches!(
+            verify_certificate(&der),
+            Err(HandshakeError::Malformed(m)) if m.contains("33-byte compressed")
+        ));
+    }
+
+    #[test]
+    fn a_certificate_key_other_than_p256_or_ed25519_is_refused() {
+        let key = NodeKey::generate();
+        let of = |algorithm| {
+            let tls_key = KeyPair::generate_for(algorithm).unwrap();
+            let mut params = CertificateParams::default();
+            let value = extension_value(&key, &tls_key.subject_public_key_info());
+            let mut extension = CustomExtension::from_oid_content(EXTENSION_OID, value);
+            extension.set_criticality(true);
+            params.custom_extensions.push(extension);
+            params.self_signed(&tls_key).unwrap().der().to_vec()
+        };
+        assert!(matches!(
+            verify_certificate(&of(&rcgen::PKCS_ECDSA_P384_SHA384)),
+            Err(HandshakeError::Malformed(m)) if m.contains("neither ECDSA P-256 nor Ed25519")
+        ));
+        assert_eq!(
+            verify_certificate(&of(&rcgen::PKCS_ED25519)),
+            Ok(key.public())
+        );
+        assert_eq!(
+            verify_certificate(&of(&rcgen::PKCS_ECDSA_P256_SHA256)),
+            Ok(key.public())
         );
     }
 

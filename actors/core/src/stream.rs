@@ -114,7 +114,8 @@ pub trait StreamLayer: Send + Sync + 'static {
     /// caller finishes its side after the request (which is not a
     /// hang-up), the callee finishes after the reply, the connection is
     /// never reused, and a call whose request never reached the peer
-    /// ([`NotDelivered`]) is retried once, whatever its type. By default
+    /// ([`NotDelivered`]) is retried once if it is idempotent (not a
+    /// Join). By default
     /// `false`: connections carry one call after another and are pooled.
     fn one_call_per_connection(&self) -> bool {
         false
@@ -134,9 +135,12 @@ pub trait StreamLayer: Send + Sync + 'static {
     fn close(&self);
 }
 
-/// Carried by the I/O error of a call whose request the peer never
-/// received (its connection was lost before acknowledging a byte of it):
-/// the call can be made again on a new connection, even a Join.
+/// Carried by the I/O error of a call whose connection, open before the
+/// call, was lost before the peer acknowledged the request or sent a byte
+/// of the reply: most likely a stale connection to a peer that restarted.
+/// A lost acknowledgement proves nothing, so only an idempotent call
+/// (Sync, EagerSync, FastForward) is made again, once, on a new
+/// connection.
 #[derive(Debug)]
 pub struct NotDelivered;
 

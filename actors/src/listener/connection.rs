@@ -230,22 +230,25 @@ pub(super) async fn serve(
         crate::metrics::bytes(transport, "out", out.len());
         crate::metrics::rpc_done(transport, "in", rpc_type, ok, decoded_at.elapsed());
         drop(out);
-        sending.fit(0);
-        if cx.shutdown.is_cancelled() {
-            return Ok(Ended::Kicked);
-        }
-        cx.activity.completed(std::time::Instant::now());
         if cx.one_call {
             // The reply is the stream's last byte: finishing is how the
-            // caller knows it is whole.
+            // caller knows it is whole. The layer may hold the reply until
+            // the caller has it all (QUIC's send buffer): it stays charged
+            // until then.
             let finished = tokio::select! {
                 biased;
                 _ = &mut kicked => return Ok(Ended::Kicked),
                 finished = stream.shutdown() => finished,
             };
             finished?;
+            cx.activity.completed(std::time::Instant::now());
             return Ok(Ended::Closed);
         }
+        sending.fit(0);
+        if cx.shutdown.is_cancelled() {
+            return Ok(Ended::Kicked);
+        }
+        cx.activity.completed(std::time::Instant::now());
     }
 }
 
