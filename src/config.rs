@@ -331,6 +331,9 @@ impl Config {
         if self.quic && (self.webrtc || self.secure) {
             return fail("quic is a transport of its own: it cannot be combined with webrtc or secure (QUIC is always encrypted)");
         }
+        if self.quic && self.inbound_buffer_budget / 4 < self.max_request_size {
+            return fail("with quic, inbound-buffer-budget must hold four max-request-size requests (half of it is the connections' flow-control windows)");
+        }
         if self.quic_max_streams == 0
             || self.quic_max_connections == 0
             || self.quic_max_connections_per_source == 0

@@ -888,3 +888,65 @@ async fn half_open_handshakes_from_one_address_lock_no_newcomer_out() {
     }
     assert!(std::time::Instant::now() < until, "the flood ended first");
 }
+
+#[actix_rt::test]
+async fn opening_streams_keeps_no_place_fresh_only_answered_calls_do() {
+    use babble_net::stream::StreamLayer;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::AsyncWriteExt;
+    let (node, key) = open_node(Config {
+        quic_max_connections: 2,
+        ..Config::default()
+    });
+    suite::serve(&node, suite::vector_answer);
+    let target = node.advertise_addr();
+    // B holds a place and keeps opening streams that carry no call.
+    let flooder = raw_peer_from("127.0.0.2", &target, key.public(), &NodeKey::generate());
+    let opened = Arc::new(AtomicU64::new(0));
+    let flooding = {
+        let (target, opened) = (target.clone(), opened.clone());
+        actix_rt::spawn(async move {
+            let mut streams = Vec::new();
+            while let Ok(mut stream) = flooder.dial(&target, Duration::from_secs(5)).await {
+                if stream.write_all(b" ").await.is_err() {
+                    break;
+                }
+                streams.push(stream);
+                opened.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    common::net::eventually(Duration::from_secs(10), "the flooder has its place", || {
+        opened.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    // A's call is answered after B took its place...
+    let honest = raw_peer_from("127.0.0.3", &target, key.public(), &NodeKey::generate());
+    assert!(raw_sync(&honest, &target).await.starts_with(b"\"\"\n"));
+    // ...and B opens more streams after it.
+    let after = opened.load(Ordering::Relaxed) + 5;
+    common::net::eventually(Duration::from_secs(10), "the flooder opens more", || {
+        opened.load(Ordering::Relaxed) >= after
+    })
+    .await;
+    // At the cap, a newcomer takes the place least recently used by an
+    // answered call: B's, which never had one.
+    honest_call_from("127.0.0.4", &node, &key).await;
+    assert!(raw_sync(&honest, &target).await.starts_with(b"\"\"\n"));
+    assert_eq!(honest.connections_dialled(), 1, "A's connection was shed");
+    within(flooding).await.unwrap();
+}
+
+/// A Sync over a stream of `peer`'s to `target`; the reply's bytes.
+async fn raw_sync(peer: &babble_net::quic::QuicStreamLayer, target: &str) -> Vec<u8> {
+    use babble_net::stream::StreamLayer;
+    use tokio::io::AsyncWriteExt;
+    let mut stream = peer.dial(target, Duration::from_secs(5)).await.unwrap();
+    stream
+        .write_all(b"\x01{\"FromID\":1,\"Known\":null,\"SyncLimit\":0}\n")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    within(read_all(&mut stream)).await.unwrap()
+}
