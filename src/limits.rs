@@ -42,9 +42,11 @@ pub fn pool(config: &Config, transport: &'static str) -> PoolSettings {
 /// connection, `quic-max-connections` inbound connections (at most
 /// `quic-max-connections-per-source` from one address), Retry beyond
 /// `quic-max-handshakes` handshakes in progress (at most four times that
-/// in progress, a quarter of it from one address), each within
-/// `handshake-timeout`, connections closed after `idle-timeout` without a
-/// packet.
+/// in progress, a quarter of it from one address, which may start no more
+/// than that many a second), each within `handshake-timeout`, connections
+/// closed after `idle-timeout` without a packet, and at most twice
+/// `quic-max-connections` plus four times `quic-max-handshakes`
+/// connections open or closing at once.
 ///
 /// What peers may send towards this node before it reads (QUIC's
 /// flow-control window, per inbound connection) comes from half of
@@ -89,6 +91,8 @@ pub fn quic(config: &Config) -> crate::quic::QuicLimits {
         large_windows: QUIC_LARGE_WINDOWS,
         large_receive_window,
         incoming_buffer: 4 * KIB,
+        connection_states: 2
+            * (config.quic_max_connections + config.quic_max_handshakes.saturating_mul(4)),
     }
 }
 

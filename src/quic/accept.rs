@@ -10,6 +10,12 @@
 //!   cap takes the place of the oldest handshake of the source holding the
 //!   most (its own, at its source's cap), which is dropped: one address
 //!   finishing no handshakes locks nobody else out.
+//! * One source address may start [`handshakes_per_source`] handshakes
+//!   at once and as many a second after that ([`super::handshake_rate`]):
+//!   a closed connection drains for seconds, keeping its state, so a
+//!   source evicting its own connections as fast as it can connect would
+//!   otherwise pile them up. The connections open or closing are bounded
+//!   too (`connection_states`); beyond it newcomers are refused.
 //! * A handshake must finish within `handshake_timeout`; its certificate
 //!   must prove a node key (see [`super::tls`]), one of the peer set
 //!   unless any key is accepted.
@@ -40,6 +46,7 @@ use slog::{debug, warn, Logger};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::handshake_rate::{HandshakeRate, Verdict};
 use super::stream::QuicStream;
 use super::windows::LargeWindows;
 use super::{tls, Closed, QuicLimits};
@@ -55,6 +62,8 @@ pub(super) struct Acceptor {
     pub(super) log: Logger,
     /// Handshakes in progress, as places.
     handshakes: Mutex<Places>,
+    /// How fast each source starts handshakes.
+    rate: Mutex<HandshakeRate>,
     places: Mutex<Places>,
     /// Large flow-control windows lent to a few sources.
     windows: Arc<LargeWindows>,
@@ -75,6 +84,7 @@ impl Acceptor {
             handshakes_per_source(&limits),
         );
         let windows = LargeWindows::new(&limits);
+        let rate = HandshakeRate::new(handshakes_per_source(&limits));
         Acceptor {
             endpoint,
             limits,
@@ -83,6 +93,7 @@ impl Acceptor {
             shutdown,
             log,
             handshakes: Mutex::new(handshakes),
+            rate: Mutex::new(rate),
             places: Mutex::new(places),
             windows,
         }
@@ -121,6 +132,13 @@ pub(super) async fn accept_loop(acceptor: Arc<Acceptor>) {
             },
             _ = acceptor.shutdown.cancelled() => return,
         };
+        // Closed connections drain in the endpoint, keeping their state:
+        // when open and closing ones reach their bound, nobody starts.
+        if acceptor.endpoint.open_connections() >= acceptor.limits.connection_states {
+            crate::metrics::quic_refused("states");
+            incoming.refuse();
+            continue;
+        }
         let remote = incoming.remote_address();
         let source = source_address("", Some(remote));
         let kick = acceptor.shutdown.child_token();
@@ -130,21 +148,29 @@ pub(super) async fn accept_loop(acceptor: Arc<Acceptor>) {
             let busy = handshakes.held() >= acceptor.limits.max_handshakes;
             // An address not yet proved may be spoofed: it is sent a Retry
             // when handshakes are many, and never takes another's place.
-            if !validated && (busy || handshakes.would_shed(&source).is_some()) {
-                drop(handshakes);
-                match incoming.may_retry() {
-                    true => {
-                        crate::metrics::quic_refused("retry");
-                        let _ = incoming.retry();
-                    }
-                    false => {
-                        crate::metrics::quic_refused("handshakes");
-                        incoming.refuse();
-                    }
+            let verdict = match !validated && (busy || handshakes.would_shed(&source).is_some()) {
+                true => Verdict::Validate,
+                false => (acceptor.rate.lock().expect("rate lock")).check(
+                    &source,
+                    validated,
+                    Instant::now(),
+                ),
+            };
+            match verdict {
+                Verdict::Start => handshakes.admit(&source, Instant::now(), kick),
+                Verdict::Validate if incoming.may_retry() => {
+                    drop(handshakes);
+                    crate::metrics::quic_refused("retry");
+                    let _ = incoming.retry();
+                    continue;
                 }
-                continue;
+                Verdict::Validate | Verdict::Refuse => {
+                    drop(handshakes);
+                    crate::metrics::quic_refused("handshake_rate");
+                    incoming.refuse();
+                    continue;
+                }
             }
-            handshakes.admit(&source, Instant::now(), kick)
         };
         let Some((id, kick, _)) = admission.slot else {
             crate::metrics::quic_refused("handshakes");

@@ -21,6 +21,7 @@
 
 mod accept;
 mod dial;
+mod handshake_rate;
 mod runtime;
 mod socket;
 mod stream;
@@ -89,6 +90,10 @@ pub struct QuicLimits {
     /// Bytes kept of a connection's packets before it is accepted (QUIC's
     /// incoming buffer, per connection).
     pub incoming_buffer: u64,
+    /// Connections the endpoint may hold at once, open or closing (a
+    /// closed connection keeps its state while it drains); beyond it, new
+    /// handshakes are refused.
+    pub connection_states: usize,
 }
 
 /// Who a QUIC node is and whom it expects.

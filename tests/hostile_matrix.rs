@@ -1,0 +1,314 @@
+//! One hostile matrix: every attack, from one source and from many,
+//! against every transport it applies to, each cell asserting over real
+//! sockets that an honest peer from another address is served and that
+//! the node's own peak memory (a real node process, read from `/proc`)
+//! grows by no more than its buffer budgets and a documented constant.
+//! The run writes its table into docs/SECURITY.md ("The hostile matrix").
+//!
+//! Each cell has a node process of its own (started in a fraction of a
+//! second): memory an allocator kept after one attack would hide the next
+//! one's growth.
+
+#[path = "hostile_matrix/attacks.rs"]
+mod attacks;
+mod common;
+#[path = "hostile_matrix/node.rs"]
+mod node;
+#[path = "hostile_matrix/table.rs"]
+mod table;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use attacks::{Attack, Kind, Sizes, Target};
+use babble_net::secure::{NodeKey, PeerKey};
+use babble_net::wire::{WireBody, WireEvent};
+use babble_net::*;
+use node::NodeProcess;
+use table::{Cell, Outcome};
+
+/// The node's limits: small budgets, so that an attack that got past them
+/// would show at once.
+const MIB: u64 = 1 << 20;
+const INBOUND_BUDGET: u64 = 16 * MIB;
+const OUTBOUND_BUDGET: u64 = 16 * MIB;
+const MAX_INBOUND: u64 = 64;
+/// What the node may hold beyond its budgets: each inbound connection's
+/// first 64 KiB each way (docs: "Limits"), a secure channel's buffers
+/// (up to four 64 KiB messages while a frame moves, 16 KiB each idle), and
+/// the allocator's slack.
+const CONSTANT: u64 = 16 * MIB;
+const BOUND: u64 = INBOUND_BUDGET + OUTBOUND_BUDGET + CONSTANT;
+
+const NODE_FILE: &str = r#"
+max-inbound = 64
+max-inbound-per-ip = 32
+inbound-buffer-budget = 16777216
+outbound-buffer-budget = 16777216
+max-request-size = 4194304
+max-reply-size = 8388608
+timeout = "2s"
+min-transfer-rate = 1048576
+idle-timeout = "10s"
+handshake-timeout = "2s"
+quic-max-connections = 64
+quic-max-connections-per-source = 32
+quic-max-handshakes = 16
+"#;
+
+/// The row of the attacks by made-up identities (WebRTC and the router).
+const MINTED_IDS: &str = "sessions, offers and channels from minted IDs";
+
+/// How long each attack runs.
+const ATTACK: Duration = Duration::from_secs(3);
+/// Connections each attack holds, from one source or spread over many.
+const CONNECTIONS: usize = 96;
+/// Calls the honest peer makes during each attack.
+const HONEST_CALLS: usize = 5;
+
+#[actix_rt::test]
+async fn every_attack_on_every_transport_leaves_an_honest_peer_served_within_the_budgets() {
+    if !Path::new("/proc/self/clear_refs").exists() {
+        eprintln!("skipped: the hostile matrix reads and resets a process's peak memory in /proc");
+        return;
+    }
+    let binary = common::interop::example("rpcbench");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, NODE_FILE).unwrap();
+    let sizes = sizes();
+    let one = vec!["127.0.0.2".to_owned()];
+    let many: Vec<String> = (2..10).map(|i| format!("127.0.0.{i}")).collect();
+    let mut cells = Vec::new();
+    // HOSTILE_MATRIX_ONLY=quic (say) runs the cells of one transport.
+    let only = std::env::var("HOSTILE_MATRIX_ONLY").unwrap_or_default();
+    for kind in [Kind::Tcp, Kind::Noise, Kind::Quic] {
+        if !only.is_empty() && !kind.name().to_lowercase().contains(&only.to_lowercase()) {
+            continue;
+        }
+        for attack in Attack::ALL {
+            for (sources, from) in [(&one, "one address"), (&many, "8 addresses")] {
+                // A node of its own for each cell: memory an allocator kept
+                // from one attack would hide the next one's.
+                let node = start_node(&binary, &config, dir.path(), kind);
+                let target = Target {
+                    kind,
+                    addr: node.addr.clone(),
+                    key: node.key.as_deref().map(|k| PeerKey::parse(k).unwrap()),
+                };
+                let honest = honest_peer(&target, dir.path());
+                warm_up(&honest, &target, &sizes).await;
+                let (served, growth) = cell(&node, &honest, &target, attack, sources, &sizes).await;
+                assert!(node.alive(), "the {} node died", kind.name());
+                eprintln!(
+                    "{} / {} / {from}: {served}/{HONEST_CALLS} served, +{} KiB",
+                    kind.name(),
+                    attack.name(),
+                    growth >> 10
+                );
+                cells.push(Cell {
+                    attack: attack.name(),
+                    sources: from,
+                    transport: kind.name(),
+                    outcome: Outcome::Ran {
+                        served,
+                        calls: HONEST_CALLS,
+                        growth,
+                        bound: BOUND,
+                    },
+                });
+                honest.close().await.ok();
+            }
+        }
+        for from in ["one address", "8 addresses"] {
+            cells.push(Cell {
+                attack: MINTED_IDS,
+                sources: from,
+                transport: kind.name(),
+                outcome: Outcome::NotApplicable(
+                    "no IDs here: a source is its address (and a minted key shares it)",
+                ),
+            });
+        }
+    }
+    let bound = format!(
+        "`inbound-buffer-budget` ({} MiB) + `outbound-buffer-budget` ({} MiB) + {} MiB \
+         (each of the {MAX_INBOUND} inbound connections' first 64 KiB each way, a secure \
+         channel's buffers, the allocator's slack) = {} MiB",
+        INBOUND_BUDGET / MIB,
+        OUTBOUND_BUDGET / MIB,
+        CONSTANT / MIB,
+        BOUND / MIB
+    );
+    let table = table::markdown(&cells, &bound);
+    table::write_into(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/SECURITY.md"),
+        &table,
+    );
+    let failed: Vec<String> = cells
+        .iter()
+        .filter(|cell| !cell.holds())
+        .map(|cell| format!("{} / {} / {}", cell.transport, cell.attack, cell.sources))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "cells that do not hold: {failed:#?}\n{table}"
+    );
+}
+
+/// Runs one cell: `attack` from `sources` while the honest peer calls.
+/// Returns the honest calls served and the node's peak memory growth.
+async fn cell(
+    node: &NodeProcess,
+    honest: &NetworkTransport,
+    target: &Target,
+    attack: Attack,
+    sources: &[String],
+    sizes: &Sizes,
+) -> (usize, u64) {
+    node.reset_peak();
+    let base = node.rss();
+    let until = Instant::now() + ATTACK;
+    let progress = attacks::start(attack, target, sources, CONNECTIONS, sizes, until);
+    // The honest peer calls once the attack is under way.
+    let under_way = Instant::now() + ATTACK;
+    while progress.opened.load(Ordering::Relaxed) < 16 && Instant::now() < under_way {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut served = 0;
+    for id in 0..HONEST_CALLS {
+        let request = SyncRequest {
+            from_id: id as u32,
+            ..Default::default()
+        };
+        match honest.sync(&target.addr, request).await {
+            Ok(_) => served += 1,
+            Err(err) => eprintln!("honest call {id} failed: {err}"),
+        }
+    }
+    tokio::time::sleep_until(until.into()).await;
+    let growth = node.peak().saturating_sub(base);
+    if std::env::var("HOSTILE_MATRIX_TRACE").is_ok() {
+        for budget in ["inbound", "outbound"] {
+            let series = format!(
+                "babble_net_buffer_budget_bytes{{transport=\"{}\",budget=\"{budget}\"}}",
+                target.kind.label()
+            );
+            eprintln!(
+                "  {budget} budget held at the end: {}",
+                node.metric(&series).await
+            );
+        }
+        eprintln!("  rss at the end: {} KiB", node.rss() >> 10);
+    }
+    (served, growth)
+}
+
+/// The node process of `kind`.
+fn start_node(binary: &Path, config: &Path, dir: &Path, kind: Kind) -> NodeProcess {
+    let key_file = dir.join(format!("node-{}.key", kind.label()));
+    let key = key_file.display().to_string();
+    let mut args: Vec<String> = vec!["--listen".into(), "127.0.0.1:0".into()];
+    // A node that spends 2 ms on each RPC: large requests arrive faster
+    // than it answers them.
+    args.extend(["--work-us".into(), "2000".into()]);
+    match kind {
+        Kind::Tcp => {}
+        Kind::Noise => args.extend(["--secure".into(), "--key-file".into(), key]),
+        Kind::Quic => args.extend([
+            "--transport".into(),
+            "quic".into(),
+            "--key-file".into(),
+            key,
+        ]),
+    }
+    // A port free a moment ago, for the node's metrics.
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    NodeProcess::start(binary, config, &metrics, &args)
+}
+
+/// An honest peer of the node's transport, calling from 127.0.0.1, with
+/// a timeout long enough for a test build on a loaded machine: what the
+/// matrix asks is whether it is served, not how fast.
+fn honest_peer(target: &Target, dir: &Path) -> NetworkTransport {
+    let base = Config {
+        bind_addr: "127.0.0.1:0".into(),
+        timeout: Duration::from_secs(10),
+        ..Config::default()
+    };
+    let keyed = |config: Config| {
+        let key_file = dir.join("honest.key");
+        NodeKey::generate().save(&key_file).unwrap();
+        Config {
+            key_file: Some(key_file),
+            peer_keys: [(target.addr.clone(), target.key.unwrap().to_string())]
+                .into_iter()
+                .collect(),
+            ..config
+        }
+    };
+    match target.kind {
+        Kind::Tcp => NetworkTransport::tcp(&base, logging::discard()).unwrap(),
+        Kind::Noise => NetworkTransport::tcp(
+            &keyed(Config {
+                secure: true,
+                ..base
+            }),
+            logging::discard(),
+        )
+        .unwrap(),
+        Kind::Quic => {
+            NetworkTransport::quic(&keyed(Config { quic: true, ..base }), logging::discard())
+                .unwrap()
+        }
+    }
+}
+
+/// Calls the node as the attacks will (so that its first answers of each
+/// size are made before any cell measures).
+async fn warm_up(honest: &NetworkTransport, target: &Target, sizes: &Sizes) {
+    honest
+        .sync(&target.addr, SyncRequest::default())
+        .await
+        .expect("the node answers");
+    let request = SyncRequest {
+        sync_limit: sizes.reply_events as i64,
+        ..Default::default()
+    };
+    honest
+        .sync(&target.addr, request)
+        .await
+        .expect("the node answers a large Sync");
+}
+
+/// The attacks' sizes: replies of about 2 MiB, requests just under the
+/// 4 MiB cap.
+fn sizes() -> Sizes {
+    let event = |i: usize| WireEvent {
+        body: WireBody {
+            transactions: Some((0..4).map(|t| Some(vec![(i + t) as u8; 100])).collect()),
+            creator_id: (i % 4) as u32,
+            index: i as i64,
+            ..Default::default()
+        },
+        signature: "ab".repeat(32),
+    };
+    let command = Command::EagerSync(EagerSyncRequest {
+        from_id: 1,
+        events: Some((0..4000).map(event).collect()),
+    });
+    let mut frame = bytes::BytesMut::new();
+    babble_net::codec::encode_request(&command, &mut frame).unwrap();
+    assert!(frame.len() < 4 << 20, "{} bytes", frame.len());
+    Sizes {
+        reply_events: 2500,
+        large_request: Arc::new(frame.to_vec()),
+        max_request: 4 << 20,
+    }
+}

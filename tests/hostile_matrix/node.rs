@@ -1,0 +1,135 @@
+//! The node under attack: a real node process (`rpcbench serve`), whose
+//! own memory the matrix reads from `/proc`, and whose metrics it reads
+//! from its endpoint.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a node may take to start listening.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A running node process.
+pub struct NodeProcess {
+    child: Child,
+    /// The address peers call.
+    pub addr: String,
+    /// Its public key (`0X04…`), on the keyed transports.
+    pub key: Option<String>,
+    metrics: String,
+}
+
+impl NodeProcess {
+    /// Starts `binary serve` with `args` and the node file `config`,
+    /// exposing metrics on `metrics`; returns once it listens.
+    pub fn start(binary: &Path, config: &Path, metrics: &str, args: &[String]) -> NodeProcess {
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(["--metrics-addr", metrics])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the node starts");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = lines
+            .recv_timeout(START_DEADLINE)
+            .expect("the node said where it listens");
+        // "rpcbench serve listening on ADDR[ as KEY]"
+        let rest = line
+            .strip_prefix("rpcbench serve listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        let (addr, key) = match rest.split_once(" as ") {
+            Some((addr, key)) => (addr.to_owned(), Some(key.to_owned())),
+            None => (rest.to_owned(), None),
+        };
+        NodeProcess {
+            child,
+            addr,
+            key,
+            metrics: metrics.to_owned(),
+        }
+    }
+
+    fn status(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the node is running");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|value| value.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in the node's status"))
+    }
+
+    /// The node's resident memory now, in bytes.
+    pub fn rss(&self) -> u64 {
+        self.status("VmRSS:") * 1024
+    }
+
+    /// The node's peak resident memory since the last
+    /// [`reset_peak`](Self::reset_peak), in bytes.
+    pub fn peak(&self) -> u64 {
+        self.status("VmHWM:") * 1024
+    }
+
+    /// Starts a new peak from the memory held now (Linux: writing 5 to
+    /// `/proc/PID/clear_refs`).
+    pub fn reset_peak(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
+            .expect("the peak can be reset");
+    }
+
+    /// The value of the metric series `series` (name and labels, exactly
+    /// as exposed), or 0 when it is absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let body = scrape(&self.metrics).await.unwrap_or_default();
+        body.lines()
+            .filter(|line| !line.starts_with('#'))
+            .find_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&self) -> bool {
+        std::path::Path::new(&format!("/proc/{}/status", self.child.id())).exists()
+            && !std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+                .unwrap_or_default()
+                .contains("State:\tZ")
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The text of `http://addr/metrics`.
+async fn scrape(addr: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    Ok(body)
+}
