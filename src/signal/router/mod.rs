@@ -54,6 +54,13 @@ pub struct RouterConfig {
     /// address's own least recently used session is closed for the
     /// newcomer.
     pub max_sessions_per_address: usize,
+    /// Most connections in their handshake (TLS, WebSocket, HELLO, the
+    /// challenge) at once, a sixteenth of it from one address. They are
+    /// places of their own: a newcomer beyond it closes the oldest
+    /// handshake of the address with the most in progress, and a
+    /// connection that never finishes its handshake never takes a joined
+    /// session's place.
+    pub max_handshakes: usize,
     /// A joined session that has registered nothing within this is closed
     /// (a node registers its ID as soon as it joins).
     #[serde(with = "humantime_serde")]
@@ -102,6 +109,7 @@ impl Default for RouterConfig {
             require_auth: false,
             max_sessions: 1024,
             max_sessions_per_address: 64,
+            max_handshakes: 256,
             register_timeout: Duration::from_secs(30),
             max_message_size: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
@@ -293,6 +301,10 @@ async fn accept_loop(
         shared.config.max_sessions,
         shared.config.max_sessions_per_address,
     )));
+    let handshakes = Arc::new(Mutex::new(Places::new(
+        shared.config.max_handshakes.max(1),
+        (shared.config.max_handshakes / 16).max(1),
+    )));
     let mut pause = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -312,31 +324,18 @@ async fn accept_loop(
             }
         };
         // Never refused: at a cap, the heaviest address makes room
-        // (babble_net_core::places).
+        // (babble_net_core::places), among handshakes in progress first
+        // and, once one is done, among joined sessions.
         let address = address_of(&remote.to_string());
-        let admission = places.lock().expect("places lock").admit(
-            &address,
-            std::time::Instant::now(),
-            CancellationToken::new(),
-        );
-        let Some((id, kick, activity)) = admission.slot else {
+        let Some(handshake) = session::Place::admit(&handshakes, &address, || {
+            info!(shared.log, "closed a handshake in progress for a newcomer"; "address" => &address);
+            metrics::counter!("babble_net_signal_handshakes_evicted_total").increment(1);
+        }) else {
             continue;
         };
-        if let Some(cap) = admission.shed {
-            info!(shared.log, "closed a session for a newcomer"; "cap" => ?cap, "address" => &address);
-            metrics::counter!("babble_net_signal_sessions_evicted_total").increment(1);
-        }
         let _ = tcp.set_nodelay(true);
         let (shared, tls, places) = (shared.clone(), tls.clone(), places.clone());
-        let place = session::Place {
-            address,
-            kick,
-            activity,
-        };
-        tokio::spawn(async move {
-            session::serve(shared, tcp, remote, tls, place).await;
-            places.lock().expect("places lock").release(id);
-        });
+        tokio::spawn(session::serve(shared, tcp, remote, tls, handshake, places));
     }
     drop(listener);
     let _ = stopped.send(true);

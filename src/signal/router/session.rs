@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use babble_net_core::identity::PeerKey;
-use babble_net_core::places::Activity;
+use babble_net_core::places::{Activity, Places};
 use babble_net_core::signaling::wamp::{uri, Message, SUBPROTOCOL};
 use babble_net_core::stream::BoxConnection;
 use futures::{SinkExt, StreamExt};
@@ -137,7 +137,8 @@ pub(super) fn dispatch(shared: &Shared, outbox: Outbox) {
 
 type Ws = WebSocketStream<BoxConnection>;
 
-/// A connection's place under the router's session caps.
+/// A connection's place under one of the router's caps (handshakes in
+/// progress, or joined sessions); given back when dropped.
 pub(super) struct Place {
     /// Its network address.
     pub(super) address: String,
@@ -145,18 +146,59 @@ pub(super) struct Place {
     pub(super) kick: CancellationToken,
     /// Where it says when it last completed a message.
     pub(super) activity: Arc<Activity>,
+    places: Arc<Mutex<Places>>,
+    id: u64,
 }
 
-/// Serves one connection to its end; everything is logged, nothing returned.
+impl Place {
+    /// A place among `places` for a connection from `address`, evicting
+    /// another at a cap (`evicted` is called then); `None` only when there
+    /// is no place at all.
+    pub(super) fn admit(
+        places: &Arc<Mutex<Places>>,
+        address: &str,
+        evicted: impl FnOnce(),
+    ) -> Option<Place> {
+        let admission = places.lock().expect("places lock").admit(
+            address,
+            std::time::Instant::now(),
+            CancellationToken::new(),
+        );
+        let (id, kick, activity) = admission.slot?;
+        if admission.shed.is_some() {
+            evicted();
+        }
+        Some(Place {
+            address: address.to_owned(),
+            kick,
+            activity,
+            places: places.clone(),
+            id,
+        })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.places.lock().expect("places lock").release(self.id);
+    }
+}
+
+/// Serves one connection to its end; everything is logged, nothing
+/// returned. The connection holds `handshake` until its handshake is
+/// done, then a place among `sessions`.
 pub(super) async fn serve(
     shared: Arc<Shared>,
     tcp: TcpStream,
     remote: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    place: Place,
+    handshake: Place,
+    sessions: Arc<Mutex<Places>>,
 ) {
     let log = shared.log.new(slog::o!("remote" => remote.to_string()));
     let handshake_timeout = shared.config.handshake_timeout;
+    let address = handshake.address.clone();
+    let place = handshake;
     let handshake = async {
         let (mut ws, realm, details) = open(&shared, tcp, tls).await?;
         let authid = match shared.config.require_auth {
@@ -172,6 +214,7 @@ pub(super) async fn serve(
             return;
         }
     };
+    drop(place);
     let (mut ws, realm, authid) = match opened {
         Ok(Ok(opened)) => opened,
         Ok(Err(why)) => {
@@ -182,6 +225,13 @@ pub(super) async fn serve(
             info!(log, "connection dropped: no handshake"; "within" => ?handshake_timeout);
             return;
         }
+    };
+    // Done with its handshake: it takes a joined session's place.
+    let Some(place) = Place::admit(&sessions, &address, || {
+        info!(log, "closed a session for a newcomer"; "address" => &address);
+        metrics::counter!("babble_net_signal_sessions_evicted_total").increment(1);
+    }) else {
+        return;
     };
     let known_realm = shared.dealer.lock().expect("dealer lock").has_realm(&realm);
     if !known_realm {
