@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use babble_net_actors::io_arbiters::IoArbiters;
+use babble_net_core::places::Places;
+use babble_net_core::source::source_address;
 use slog::{debug, warn, Logger};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +22,64 @@ use crate::signal::Offer;
 /// peer's address on the link.
 pub(super) type Accepted = (ChannelStream, String, Option<SocketAddr>);
 
+/// Data channels opened and waiting for the Listener to take them, as
+/// places: at most [`WAITING_CHANNELS`], a quarter of them from one source
+/// (the peer's address on the link); a newcomer beyond it closes the
+/// oldest waiting channel of the source with the most waiting.
+pub(super) struct WaitingChannels {
+    places: Arc<Mutex<Places>>,
+}
+
+/// Channels that may wait for the Listener at once.
+pub(super) const WAITING_CHANNELS: usize = 64;
+
+impl Default for WaitingChannels {
+    fn default() -> Self {
+        WaitingChannels {
+            places: Arc::new(Mutex::new(Places::new(
+                WAITING_CHANNELS,
+                WAITING_CHANNELS / 4,
+            ))),
+        }
+    }
+}
+
+impl WaitingChannels {
+    /// A place for a channel from `source` to wait in.
+    fn admit(&self, source: &str) -> Option<Waiting> {
+        let admission = self.places.lock().expect("places lock").admit(
+            source,
+            std::time::Instant::now(),
+            CancellationToken::new(),
+        );
+        let (id, kick, _) = admission.slot?;
+        Some(Waiting {
+            places: self.places.clone(),
+            id,
+            kick,
+        })
+    }
+}
+
+/// A waiting channel's place; given back when dropped.
+struct Waiting {
+    places: Arc<Mutex<Places>>,
+    id: u64,
+    kick: CancellationToken,
+}
+
+impl Waiting {
+    async fn evicted(&self) {
+        self.kick.cancelled().await
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.places.lock().expect("places lock").release(self.id);
+    }
+}
+
 /// What answering an offer needs.
 pub(super) struct Answering {
     /// How long making an answer may take (ICE gathering included).
@@ -27,6 +87,8 @@ pub(super) struct Answering {
     pub(super) engine: Arc<Engine>,
     pub(super) inbound: Arc<Mutex<InboundLinks>>,
     pub(super) accepted: mpsc::Sender<Accepted>,
+    /// Where channels wait for the Listener.
+    pub(super) waiting: Arc<WaitingChannels>,
     pub(super) max_channels: usize,
     pub(super) log: Logger,
 }
@@ -68,6 +130,7 @@ impl Answering {
             }
         };
         let (accepted, remote) = (self.accepted.clone(), from.clone());
+        let waiting = self.waiting.clone();
         let connect_timeout = self.connect_timeout;
         let activity = place.activity();
         let answering = peer.answer(
@@ -75,13 +138,21 @@ impl Answering {
             self.max_channels,
             activity,
             move |stream, address| {
+                // A full queue waits, within a deadline and in a place of
+                // its own: the Listener takes channels as it can. A
+                // channel given up on, or evicted for another's, is closed.
+                let source = address.map_or_else(|| remote.clone(), |a| source_address("", Some(a)));
+                let Some(place) = waiting.admit(&source) else {
+                    return;
+                };
                 let accepted = accepted.clone();
                 let remote = remote.clone();
                 tokio::spawn(async move {
-                    // A full queue waits, within a deadline: the Listener takes
-                    // channels as it can. A channel given up on is closed.
                     let queued = accepted.send((stream, remote, address));
-                    let _ = tokio::time::timeout(connect_timeout, queued).await;
+                    tokio::select! {
+                        _ = tokio::time::timeout(connect_timeout, queued) => {}
+                        _ = place.evicted() => {}
+                    }
                 });
             },
         );

@@ -140,6 +140,7 @@ impl WebRtcStreamLayer {
             engine,
             inbound: layer.inbound.clone(),
             accepted: accepted_tx,
+            waiting: Arc::default(),
             max_channels: limits.max_channels,
             log,
         };
