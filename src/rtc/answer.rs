@@ -141,7 +141,8 @@ impl Answering {
                 // A full queue waits, within a deadline and in a place of
                 // its own: the Listener takes channels as it can. A
                 // channel given up on, or evicted for another's, is closed.
-                let source = address.map_or_else(|| remote.clone(), |a| source_address("", Some(a)));
+                let source =
+                    address.map_or_else(|| remote.clone(), |a| source_address("", Some(a)));
                 let Some(place) = waiting.admit(&source) else {
                     return;
                 };
