@@ -417,10 +417,10 @@ async fn a_trickled_reply_fails_the_call_in_bound() {
     })
     .await;
     let err = fails_in_bound(&addr).await;
-    assert!(
-        err.is_timeout() || matches!(err, TransportError::Decode { .. }),
-        "{err}"
-    );
+    // Whitespace is no progress: the call times out long before the
+    // whitespace cap (a Decode error) could be reached at ten bytes a
+    // second.
+    assert!(err.is_timeout(), "{err:?}");
 }
 
 #[actix_rt::test]

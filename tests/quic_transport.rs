@@ -351,16 +351,36 @@ async fn an_independent_quic_implementation_calls_a_node_and_is_called_by_one() 
     })));
     assert_eq!(caller.await.unwrap(), "OK FromID 43");
 
-    // Certificates that prove nothing, or another key, are refused: the
-    // node never takes a request from them.
-    let outsider = NodeKey::generate().to_hex();
-    for extra in [
-        vec!["--forge"],
-        vec!["--no-extension"],
-        vec!["--other-key", outsider.as_str()],
+    // Certificates that prove nothing are refused in TLS (CRYPTO_ERROR
+    // with the handshake_failure alert, 0x100 + 40, saying what is wrong
+    // with the certificate); a certificate proving another key is
+    // accepted by TLS, then the connection is closed by the node's
+    // application code 3. The node never takes a request from them.
+    let outsider = NodeKey::generate();
+    let outsider_hex = outsider.to_hex();
+    let tls_refusal = "REFUSED transport code=0x128 reason=";
+    let bad_signature = format!(
+        "the identity signature of {} is not valid",
+        python_key.public()
+    );
+    for (extra, refusal, problem) in [
+        (vec!["--forge"], tls_refusal, bad_signature.as_str()),
+        (
+            vec!["--no-extension"],
+            tls_refusal,
+            "no libp2p key extension (1.3.6.1.4.1.53594.1.1)",
+        ),
+        (
+            vec!["--other-key", outsider_hex.as_str()],
+            "REFUSED application code=0x3 reason=",
+            "not a peer",
+        ),
     ] {
         let last = run(call_args(&extra)).await.unwrap();
-        assert!(last.starts_with("ERROR"), "{extra:?} was answered: {last}");
+        assert!(
+            last.starts_with(refusal) && last.ends_with(problem),
+            "{extra:?}: {last}, not {refusal}...{problem}"
+        );
     }
     assert!(rpcs.try_recv().is_err());
 

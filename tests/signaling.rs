@@ -388,14 +388,33 @@ async fn joined_from(from: &str, addr: std::net::SocketAddr) -> WebSocketStream<
     ws
 }
 
-/// Whether the router closed `ws` (a GOODBYE, a close, or the end).
-async fn was_closed(ws: &mut WebSocketStream<TcpStream>) -> bool {
-    match tokio::time::timeout(Duration::from_millis(50), ws.next()).await {
-        Err(_) => false,
-        Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(WsMessage::Close(_)))) => true,
-        Ok(Some(Ok(WsMessage::Text(text)))) => text.starts_with("[6,"),
-        Ok(Some(Ok(_))) => false,
+/// Waits until the router closes `ws` (a GOODBYE, a close, or the end);
+/// fails the test if it is still open after `limit`, or sends anything
+/// else first.
+async fn closed_within(ws: &mut WebSocketStream<TcpStream>, limit: Duration) {
+    match tokio::time::timeout(limit, next_text(ws)).await {
+        Err(_) => panic!("still open after {limit:?}"),
+        Ok(None) => {}
+        Ok(Some(text)) => assert!(text.starts_with("[6,"), "{text} where a close was due"),
     }
+}
+
+/// Shows that the router still serves `ws`: it registers `procedure`
+/// (request `request`) and the next message is REGISTERED. A session the
+/// router closed (a GOODBYE first) fails the test.
+async fn still_served(ws: &mut WebSocketStream<TcpStream>, request: u64, procedure: &str) {
+    ws.send(WsMessage::Text(
+        format!(r#"[64,{request},{{}},"{procedure}"]"#).into(),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{procedure}: the session is closed: {e}"));
+    let next = tokio::time::timeout(Duration::from_secs(5), next_text(ws))
+        .await
+        .unwrap_or_else(|_| panic!("{procedure}: no answer within 5 s"));
+    assert!(
+        next.as_deref().is_some_and(|text| text.starts_with("[65,")),
+        "{procedure}: {next:?} where REGISTERED was due"
+    );
 }
 
 #[actix_rt::test]
@@ -426,15 +445,18 @@ async fn at_the_session_cap_a_newcomer_evicts_from_the_heaviest_address() {
         newcomer.offer("honest", OFFER.into()).await.unwrap(),
         ANSWER
     );
-    let mut closed = 0;
-    for ws in &mut flood {
-        if was_closed(ws).await {
-            closed += 1;
-        }
+    // Which place makes room is decided when the newcomer is admitted,
+    // before its WELCOME: the flood's least recently used session, its
+    // first, is closed; the flood's others are still served.
+    closed_within(&mut flood[0], Duration::from_secs(5)).await;
+    for (i, ws) in flood.iter_mut().enumerate().skip(1) {
+        still_served(ws, i as u64, &format!("flood-{i}")).await;
     }
-    assert_eq!(closed, 1);
     assert_eq!(honest.status().await.unwrap().session, session);
-    assert_eq!(router.session_count(), 4);
+    eventually(Duration::from_secs(5), "four sessions", || {
+        router.session_count() == 4
+    })
+    .await;
 }
 
 #[actix_rt::test]
@@ -490,9 +512,12 @@ async fn one_address_cannot_hold_more_than_its_sessions() {
         .await
         .unwrap();
     assert!(next_text(&mut second).await.unwrap().starts_with("[65,"));
-    let _third = joined_from("127.0.0.2", router.local_addr()).await;
-    assert!(was_closed(&mut first).await, "the first was not closed");
-    assert!(!was_closed(&mut second).await, "the second was closed");
+    // Once the third is welcomed, the place it took is decided: the
+    // first's, which is closed; the second and the third are served.
+    let mut third = joined_from("127.0.0.2", router.local_addr()).await;
+    closed_within(&mut first, Duration::from_secs(5)).await;
+    still_served(&mut second, 2, "second-again").await;
+    still_served(&mut third, 1, "third").await;
     assert_eq!(other.status().await.unwrap().session, session);
 }
 
@@ -509,11 +534,7 @@ async fn a_session_that_registers_nothing_is_closed() {
     let session = node.status().await.unwrap().session;
     let mut idle = joined_from("127.0.0.2", router.local_addr()).await;
     // Closed once the deadline passes (the router's own timer).
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        while !was_closed(&mut idle).await {}
-    })
-    .await;
-    assert!(closed.is_ok(), "the idle session is still open");
+    closed_within(&mut idle, Duration::from_secs(10)).await;
     assert_eq!(node.status().await.unwrap().session, session);
     assert_eq!(router.session_count(), 1);
 }

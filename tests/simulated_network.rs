@@ -123,7 +123,11 @@ async fn partitioned_groups_still_reach_their_own_members() {
     net.partition([vec!["node0", "node1"], vec!["node2", "node3"]]);
     nodes[0].sync("node1", sync()).await.unwrap();
     nodes[3].sync("node2", sync()).await.unwrap();
-    assert!(nodes[1].sync("node2", sync()).await.is_err());
+    let err = nodes[1].sync("node2", sync()).await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(net.stats().cut, 1);
+    // node2 saw node3's request only.
+    assert_eq!(nodes[2].stats().await.unwrap().sync, 1);
 }
 
 #[actix_rt::test]
@@ -137,7 +141,9 @@ async fn a_message_in_flight_when_the_partition_falls_is_lost() {
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     net.partition([vec!["node0"], vec!["node1"]]);
-    assert!(call.await.unwrap().unwrap_err().is_timeout());
+    let err = call.await.unwrap().unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(net.stats().cut, 1);
     assert_eq!(nodes[1].stats().await.unwrap().sync, 0);
 }
 

@@ -398,7 +398,13 @@ mod tests {
         });
         let mut stream = DeadlineStream::new(reader);
         stream.restart_with_rate(Duration::from_secs(1), 1000);
-        assert!(stream.read_exact(&mut sink).await.is_err());
+        let started = Instant::now();
+        let err = stream.read_exact(&mut sink).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("no progress"), "{err}");
+        // The 3000 bytes came at once and earned 3 s at the minimum rate;
+        // the pause is cut at the timeout without progress all the same.
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]

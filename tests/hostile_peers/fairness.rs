@@ -46,43 +46,64 @@ async fn received(node: &NetworkTransport, total: u64) {
     panic!("the node never received {total} RPCs");
 }
 
+/// Opens a connection from the flood's address, writes a Sync from `id`
+/// on it, and waits until the node has received `total` RPCs, so the next
+/// request written arrives after this one.
+async fn flood_request(node: &NetworkTransport, id: u32, total: u64) -> TcpStream {
+    let mut stream = connect_from("127.0.0.2", &node.advertise_addr()).await;
+    stream.write_all(&sync_frame(id)).await.unwrap();
+    received(node, total).await;
+    stream
+}
+
 #[actix_rt::test]
 async fn an_honest_request_is_served_before_a_floods_queued_ones() {
     let node = NetworkTransport::tcp(&local(Config::default()), logging::discard()).unwrap();
     node.listen().unwrap();
     let addr = node.advertise_addr();
     let mut rpcs = node.consumer();
-    // 64 connections from one address, each with a valid Sync; the node
-    // takes the first and is busy with it while the rest wait.
-    let mut flood = Vec::new();
-    for i in 0..64 {
-        let mut stream = connect_from("127.0.0.2", &addr).await;
-        stream.write_all(&sync_frame(1000 + i)).await.unwrap();
-        flood.push(stream);
-    }
+    // Connections from one address, each with a valid Sync, arriving in
+    // the order of their IDs. The node takes the first and is busy with
+    // it while the rest wait.
+    let mut flood = vec![flood_request(&node, 1000, 1).await];
     let busy = rpcs.recv().await.unwrap();
-    received(&node, 64).await;
+    assert_eq!(from_id(&busy), 1000);
+    for (id, total) in (1001..1033).zip(2..) {
+        flood.push(flood_request(&node, id, total).await);
+    }
+    // The honest request arrives after 32 of the flood's waiting requests
+    // and before 16 more of them.
     let call = {
         let addr = addr.clone();
         actix_rt::spawn(async move { honest_call(&honest(), &addr, 7).await })
     };
-    received(&node, 65).await;
+    received(&node, 34).await;
+    for (id, total) in (1033..1049).zip(35..) {
+        flood.push(flood_request(&node, id, total).await);
+    }
     // The node answers one RPC at a time, in the order it is handed them.
     answer(busy);
-    let mut before = 0;
-    loop {
+    let mut served = Vec::new();
+    for _ in 0..49 {
         let rpc = rpcs.recv().await.unwrap();
-        let id = from_id(&rpc);
+        served.push(from_id(&rpc));
         answer(rpc);
-        if id == 7 {
-            break;
-        }
-        before += 1;
     }
     // Sources in turn: the honest source's request comes next, or after
     // one more of the flood's (first come, first served would make it
-    // wait for all 63).
-    assert!(before <= 1, "served after {before} of the flood's requests");
+    // wait for 32, last come, first served for 16).
+    let before = served.iter().position(|&id| id == 7).unwrap();
+    assert!(
+        before <= 1,
+        "served after {before} of the flood's: {served:?}"
+    );
+    // Within a source, first come, first served.
+    let flood_served: Vec<u32> = served.iter().copied().filter(|&id| id != 7).collect();
+    assert_eq!(
+        flood_served,
+        (1001..1049).collect::<Vec<u32>>(),
+        "the flood's requests out of order"
+    );
     call.await.unwrap();
     drop(flood);
 }

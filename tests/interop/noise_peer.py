@@ -15,7 +15,10 @@ SHA-256("noise-libp2p-static-key:" || X25519 static key).
         prints "listening PORT", accepts one connection, answers one Sync
         with FromID = the request's FromID + 1, prints the caller's key
 
-Each prints one line `OK ...` or `ERROR ...` last.
+Each prints one line last: `OK ...`; `REFUSED after=N closed=eof|reset`
+when the other side closed the connection (an end of stream, or a reset)
+after this side sent handshake message N; `TIMEOUT ...` when nothing came in
+time; `ERROR ...` for anything else (this script's own failures included).
 """
 
 import argparse
@@ -144,6 +147,25 @@ def read_frames(sock, connection, count):
     return plain
 
 
+class Refused(Exception):
+    """The other side closed the connection after handshake message
+    `after` of this side's."""
+
+    def __init__(self, after, closed):
+        super().__init__("after=%d closed=%s" % (after, closed))
+
+
+def refused_on_close(after, step):
+    """`step()`, with an end of stream or a reset from the other side
+    reported as its refusal after message `after`."""
+    try:
+        return step()
+    except EOFError:
+        raise Refused(after, "eof") from None
+    except (ConnectionResetError, BrokenPipeError):
+        raise Refused(after, "reset") from None
+
+
 def call(args):
     identity = coincurve.PrivateKey(bytes.fromhex(args.key))
     host, port = args.connect.rsplit(":", 1)
@@ -151,14 +173,18 @@ def call(args):
     connection, static_public = noise(True)
     send(sock, connection.write_message())
     state = connection.noise_protocol.handshake_state
-    payload = connection.read_message(receive(sock))
+    message = refused_on_close(1, lambda: receive(sock))
+    payload = connection.read_message(message)
     got = their_key(payload, state.rs.public_bytes)
     if got != args.expect.upper():
         raise ValueError("the node is %s, not %s" % (got, args.expect))
-    send(sock, connection.write_message(our_payload(identity, static_public, args.forge)))
+    message = connection.write_message(our_payload(identity, static_public, args.forge))
     request = b"\x01" + json.dumps({"FromID": 42, "Known": None, "SyncLimit": 1}).encode() + b"\n"
-    send(sock, connection.encrypt(request))
-    reply = read_frames(sock, connection, 2).split(b"\n")
+    encrypted = connection.encrypt(request)
+    # From here on, the node that closes the connection refused message 3
+    # (or, having taken it, the request).
+    refused_on_close(3, lambda: (send(sock, message), send(sock, encrypted)))
+    reply = refused_on_close(3, lambda: read_frames(sock, connection, 2)).split(b"\n")
     error, response = json.loads(reply[0]), json.loads(reply[1])
     if error:
         raise ValueError("remote error: %s" % error)
@@ -204,7 +230,13 @@ def main():
     args = parser.parse_args()
     try:
         call(args) if args.role == "call" else serve(args)
-    except Exception as error:  # the test reads the last line
+    except Refused as refused:  # the test reads the last line
+        print("REFUSED %s" % refused)
+        sys.exit(1)
+    except TimeoutError as error:  # socket.timeout too
+        print("TIMEOUT %s" % error)
+        sys.exit(1)
+    except Exception as error:
         print("ERROR %s: %s" % (type(error).__name__, error))
         sys.exit(1)
 

@@ -27,7 +27,12 @@ string, "\\n", the response JSON, "\\n", then FIN.
           Syncs with FromID = the request's FromID + 1, prints the caller's
           key, lingers 0.5 s so the replies are delivered
 
-Each prints one line `OK ...` or `ERROR ...` last.
+Each prints one line last: `OK ...`; `REFUSED transport code=0x.. reason=...`
+or `REFUSED application code=0x.. reason=...` when the other side closed the
+connection (a transport CONNECTION_CLOSE, as a TLS stack refusing a
+certificate sends, or an application one), with its code and reason as
+received; `TIMEOUT ...` when nothing came in time; `ERROR ...` for anything
+else (this script's own failures included).
 """
 
 import argparse
@@ -182,6 +187,16 @@ def identity_of(certificate):
 
 # --- QUIC ----------------------------------------------------------------------
 
+class Refused(ConnectionError):
+    """The other side closed the connection: its CONNECTION_CLOSE, as
+    received."""
+
+    def __init__(self, event):
+        self.event = event
+        kind = "application" if event.frame_type is None else "transport"
+        super().__init__("%s code=0x%x reason=%s" % (kind, event.error_code, event.reason_phrase))
+
+
 class Peer(QuicConnectionProtocol):
     """A connection whose peer is checked (`verified`, a future of its
     identity) as soon as the TLS handshake completes, and whose streams are
@@ -201,6 +216,21 @@ class Peer(QuicConnectionProtocol):
             initialize(peer_cid)
             quic.tls._request_client_certificate = not quic.configuration.is_client
         quic._initialize = initialize_and_request
+        # Whether the connection ended by the other side's CONNECTION_CLOSE
+        # (rather than this side's close, or an idle timeout): aioquic's
+        # ConnectionTerminated event does not say, so note it as the frame
+        # is handled (the handlers are a private table bound at __init__).
+        self.closed_by_them = False
+        handlers = quic._QuicConnection__frame_handlers
+        for frame in (QuicFrameType.TRANSPORT_CLOSE, QuicFrameType.APPLICATION_CLOSE):
+            handle, epochs = handlers[frame]
+
+            def note_close(context, frame_type, buf, handle=handle):
+                fresh = quic._close_event is None
+                handle(context, frame_type, buf)
+                if fresh and quic._close_event is not None:
+                    self.closed_by_them = True
+            handlers[frame] = (note_close, epochs)
 
     def quic_event_received(self, event):
         if isinstance(event, HandshakeCompleted):
@@ -211,7 +241,11 @@ class Peer(QuicConnectionProtocol):
                 self.refuse(error)
         elif isinstance(event, ConnectionTerminated):
             # say why to whoever waits, rather than a bare end of stream
-            closed = ConnectionError("connection closed, error 0x%x %r" % (event.error_code, event.reason_phrase))
+            if self.closed_by_them:
+                closed = Refused(event)
+            else:
+                closed = ConnectionError("connection closed here, error 0x%x %r"
+                                         % (event.error_code, event.reason_phrase))
             for reader in self._stream_readers.values():
                 reader.set_exception(closed)
             if not self.verified.done():
@@ -364,7 +398,13 @@ def main():
              "serve": lambda: serve(args)}
     try:
         print("OK %s" % asyncio.run(roles[args.role]()))
-    except Exception as error:  # the test reads the last line
+    except Refused as refused:  # the test reads the last line
+        print("REFUSED %s" % refused)
+        sys.exit(1)
+    except TimeoutError as error:
+        print("TIMEOUT %s" % error)
+        sys.exit(1)
+    except Exception as error:
         print("ERROR %s: %s" % (type(error).__name__, error))
         sys.exit(1)
 

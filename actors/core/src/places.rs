@@ -320,17 +320,19 @@ mod tests {
     fn a_place_moved_to_its_real_source_counts_there() {
         let mut slots = Places::new(3, 10);
         let now = Instant::now();
-        // Three places admitted under made-up names, all from one address.
-        let (a, made_up_a, _) = admitted(&mut slots, "id-a", now);
-        let (b, made_up_b, _) = admitted(&mut slots, "id-b", now);
-        let (_, honest, honest_activity) = admitted(&mut slots, "honest", now);
+        // The honest place comes first: the least recently used of all and
+        // the lowest ID, so it would go first if every source held one.
+        let (_, honest, _) = admitted(&mut slots, "honest", now);
+        // Two places admitted under made-up names, both from one address.
+        let later = now + Duration::from_secs(1);
+        let (a, made_up_a, _) = admitted(&mut slots, "id-a", later);
+        let (b, made_up_b, _) = admitted(&mut slots, "id-b", later);
         slots.move_to(a, "10.0.0.9");
         slots.move_to(b, "10.0.0.9");
-        // The honest place is the least recently used of all, but its
-        // source holds one place and 10.0.0.9 two.
-        honest_activity.completed(now);
-        let later = now + Duration::from_secs(1);
-        slots.admit("newcomer", later, CancellationToken::new());
+        // 10.0.0.9 now holds two places and the honest source one.
+        let latest = now + Duration::from_secs(2);
+        let admission = slots.admit("newcomer", latest, CancellationToken::new());
+        assert_eq!(admission.shed, Some(Shed::Cap));
         assert!(!honest.is_cancelled());
         assert!(made_up_a.is_cancelled() ^ made_up_b.is_cancelled());
     }
