@@ -53,7 +53,7 @@ pub fn pool(config: &Config, transport: &'static str) -> PoolSettings {
 /// `inbound-buffer-budget` ([`quic_window_budget`]; the Listener reading
 /// the streams has the other half): a quarter of the budget is split
 /// evenly over `quic-max-connections` (64 KiB each by default), the other
-/// quarter is lent in [`QUIC_LARGE_WINDOWS`] large windows (2 MiB each by
+/// quarter is lent in [`QUIC_LARGE_WINDOWS`] large windows (4 MiB each by
 /// default), at most two per source address at a time, so that every
 /// inbound connection together stays within its half. Windows are between
 /// 64 KiB and 16 MiB. A reply waiting in QUIC's send buffer is still
@@ -106,7 +106,7 @@ pub fn quic_window_budget(config: &Config) -> usize {
 /// How many inbound QUIC connections at once, at most two per source
 /// address, are lent large flow-control windows ([`quic`]).
 #[cfg(feature = "quic")]
-pub const QUIC_LARGE_WINDOWS: usize = 32;
+pub const QUIC_LARGE_WINDOWS: usize = 16;
 
 /// The Listener's limits: `max-inbound` and `max-inbound-per-ip`
 /// connections, `idle-timeout`, requests and replies within `timeout`
@@ -265,6 +265,6 @@ mod tests {
         );
         let defaults = quic(&Config::default());
         assert_eq!(defaults.receive_window, 64 << 10);
-        assert_eq!(defaults.large_receive_window, 2 << 20);
+        assert_eq!(defaults.large_receive_window, 4 << 20);
     }
 }
