@@ -1310,3 +1310,32 @@ mod authenticated {
         }
     }
 }
+
+#[actix_rt::test]
+async fn connections_that_never_finish_their_handshake_never_take_a_sessions_place() {
+    let config = RouterConfig {
+        max_sessions: 4,
+        max_handshakes: 8,
+        ..router_config(&["main"])
+    };
+    let router = Router::start(config, logging::discard()).await.unwrap();
+    let mut honest = joined_from("127.0.0.1", router.local_addr()).await;
+    still_served(&mut honest, 1, "honest").await;
+    // Sixteen addresses each open a connection and say nothing: each is a
+    // newcomer with one place, as the honest session is, and older.
+    let mut silent = Vec::new();
+    for i in 0..16 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(format!("127.0.2.{}:0", i + 1).parse().unwrap())
+            .unwrap();
+        silent.push(socket.connect(router.local_addr()).await.unwrap());
+    }
+    // The router accepts in order: once a later newcomer has its WELCOME,
+    // every silent connection was admitted (and every eviction decided).
+    let mut newcomer = joined_from("127.0.3.1", router.local_addr()).await;
+    still_served(&mut newcomer, 1, "newcomer").await;
+    // They took handshakes' places only: the honest session is still
+    // served.
+    still_served(&mut honest, 2, "honest.again").await;
+}
