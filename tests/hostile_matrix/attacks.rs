@@ -314,17 +314,7 @@ async fn run(
             }
             until_closed(stream).await
         }
-        Attack::LargeRequests => loop {
-            stream.write_all(&sizes.large_request).await?;
-            if one_call {
-                stream.shutdown().await?;
-            }
-            progress.sent.fetch_add(1, Ordering::Relaxed);
-            read_reply(stream).await?;
-            if one_call {
-                return Ok(());
-            }
-        },
+        Attack::LargeRequests => calls(stream, one_call, &sizes.large_request, progress).await,
         Attack::UnreadReplies => {
             let frame = format!(
                 "\x01{{\"FromID\":{n},\"Known\":null,\"SyncLimit\":{}}}\n",
@@ -340,18 +330,31 @@ async fn run(
             // it or the attack ends.
             futures::future::pending().await
         }
-        Attack::SmallFlood => loop {
+        Attack::SmallFlood => {
             let frame = format!("\x01{{\"FromID\":{n},\"Known\":null,\"SyncLimit\":0}}\n");
-            stream.write_all(frame.as_bytes()).await?;
-            if one_call {
-                stream.shutdown().await?;
-            }
-            progress.sent.fetch_add(1, Ordering::Relaxed);
-            read_reply(stream).await?;
-            if one_call {
-                return Ok(());
-            }
-        },
+            calls(stream, one_call, frame.as_bytes(), progress).await
+        }
+    }
+}
+
+/// Sends `request` and reads its reply, again and again (once on a
+/// connection of `one_call`).
+async fn calls(
+    stream: &mut BoxConnection,
+    one_call: bool,
+    request: &[u8],
+    progress: &Progress,
+) -> io::Result<()> {
+    loop {
+        stream.write_all(request).await?;
+        if one_call {
+            stream.shutdown().await?;
+        }
+        progress.sent.fetch_add(1, Ordering::Relaxed);
+        read_reply(stream).await?;
+        if one_call {
+            return Ok(());
+        }
     }
 }
 

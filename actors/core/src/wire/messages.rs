@@ -220,6 +220,20 @@ fn events_size_hint(events: Option<&[super::WireEvent]>) -> usize {
     })
 }
 
+/// The events, roots and peers of a frame, each a few hundred bytes of
+/// keys and hashes.
+fn frame_parts(frame: &super::Frame) -> usize {
+    frame.events.as_ref().map_or(0, Vec::len)
+        + frame.roots.as_ref().map_or(0, |roots| roots.len())
+        + frame.peers.as_ref().map_or(0, Vec::len)
+        + frame
+            .peer_sets
+            .iter()
+            .flatten()
+            .map(|(_, set)| set.as_ref().map_or(1, Vec::len))
+            .sum::<usize>()
+}
+
 /// The answer to a [`Command`]; its variant must match the command's.
 // A FastForward response is a few hundred bytes inline (its snapshot is on
 // the heap); boxing it would only make matching on it clumsier.
@@ -266,16 +280,7 @@ impl Response {
                 let transactions: usize = (response.block.body.transactions.iter().flatten())
                     .map(|tx| base64(tx.as_ref().map_or(0, Vec::len)) + 3)
                     .sum();
-                let frame = &response.frame;
-                let parts = frame.events.as_ref().map_or(0, Vec::len)
-                    + frame.roots.as_ref().map_or(0, |roots| roots.len())
-                    + frame.peers.as_ref().map_or(0, Vec::len)
-                    + frame
-                        .peer_sets
-                        .iter()
-                        .flatten()
-                        .map(|(_, set)| set.as_ref().map_or(1, Vec::len))
-                        .sum::<usize>();
+                let parts = frame_parts(&response.frame);
                 (4 * SMALL)
                     .saturating_add(base64(response.snapshot.as_ref().map_or(0, Vec::len)))
                     .saturating_add(transactions)
@@ -326,16 +331,7 @@ impl Response {
                 let transactions: usize = (response.block.body.transactions.iter().flatten())
                     .map(bytes)
                     .sum();
-                let frame = &response.frame;
-                let parts = frame.events.as_ref().map_or(0, Vec::len)
-                    + frame.roots.as_ref().map_or(0, |roots| roots.len())
-                    + frame.peers.as_ref().map_or(0, Vec::len)
-                    + frame
-                        .peer_sets
-                        .iter()
-                        .flatten()
-                        .map(|(_, set)| set.as_ref().map_or(1, Vec::len))
-                        .sum::<usize>();
+                let parts = frame_parts(&response.frame);
                 (4 * PART)
                     .saturating_add(response.snapshot.as_ref().map_or(0, Vec::len))
                     .saturating_add(transactions)
