@@ -236,10 +236,9 @@ impl AsyncWrite for QuicStream {
             this.finished = true;
             this.send.finish().map_err(io::Error::other)?;
         }
-        let End::Callee { activity, .. } = &this.end else {
+        if !matches!(this.end, End::Callee { .. }) {
             return Poll::Ready(Ok(()));
-        };
-        let activity = activity.clone();
+        }
         // A callee's reply is done once the caller has acknowledged all of
         // it: until then QUIC's send buffer holds it, which the Listener
         // keeps charged to its outbound budget meanwhile (within the
@@ -247,7 +246,9 @@ impl AsyncWrite for QuicStream {
         // call.
         match std::task::ready!(this.poll_stopped(cx)) {
             true => {
-                activity.completed(std::time::Instant::now());
+                if let End::Callee { activity, .. } = &this.end {
+                    activity.completed(std::time::Instant::now());
+                }
                 Poll::Ready(Ok(()))
             }
             false => Poll::Ready(Err(io::Error::new(

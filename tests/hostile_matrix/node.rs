@@ -106,10 +106,9 @@ impl NodeProcess {
 
     /// Whether the process is still running.
     pub fn alive(&self) -> bool {
-        std::path::Path::new(&format!("/proc/{}/status", self.child.id())).exists()
-            && !std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-                .unwrap_or_default()
-                .contains("State:\tZ")
+        // A process that exited is gone, or a zombie until reaped.
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .is_ok_and(|status| !status.contains("State:\tZ"))
     }
 }
 

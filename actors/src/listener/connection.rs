@@ -189,19 +189,17 @@ pub(super) async fn serve(
         // While the node is closing, the refusal above is still written.
         let evictable = !cx.shutdown.is_cancelled();
         let (reply, capacity) = charge_reply(reply, &mut sending, &cx, rpc_type);
+        let ok = reply.error.is_empty();
         let encoded = tokio::select! {
             biased;
             _ = &mut kicked, if evictable => return Ok(Ended::Kicked),
-            encoded = encode_reply(reply, capacity, sending.take(), &cx) => encoded?,
+            encoded = encode_reply(reply, capacity, &mut sending, &cx) => encoded?,
         };
         let (out, ok) = match encoded {
-            Encoded::Frame { frame, ok, charge } => {
-                sending.absorb(charge);
-                (frame, ok)
-            }
+            Some(frame) => (frame, ok),
             // The estimate fell short and the budget has no room for the
             // rest: the caller is told, in a frame within the allowance.
-            Encoded::OverBudget => {
+            None => {
                 debug!(cx.log, "no outbound budget for a reply"; "rpc" => %rpc_type);
                 let refusal = Reply::error(REPLIES_BACKED_UP);
                 (encode_small(&refusal)?, false)
@@ -262,20 +260,22 @@ fn request_charge(capacity: usize) -> usize {
 }
 
 /// Parses a request, on an I/O arbiter when it is large. Returns the
-/// command and at most how many bytes of memory it holds. What
-/// `reserved` holds for the request travels with the work and comes back
-/// with the result, so work left behind by a connection that ended still
-/// holds its charge until it is dropped.
+/// command and at most how many bytes of memory it holds. Work handed to
+/// an I/O arbiter takes what `reserved` holds for the request with it and
+/// brings it back with the result, so work left behind by a connection
+/// that ended still holds its charge until it is dropped.
 async fn decode_request(
     raw: RawRequest,
     reserved: &mut Reservation,
     cx: &Context,
 ) -> Result<(Command, usize), CodecError> {
-    let large = raw.len() > cx.limits.large_frame;
+    if raw.len() <= cx.limits.large_frame {
+        return raw.decode_measured();
+    }
     let charge = reserved.take();
     let (decoded, charge) = cx
         .io
-        .run(large, move || (raw.decode_measured(), charge))
+        .run(true, move || (raw.decode_measured(), charge))
         .await?;
     reserved.absorb(charge);
     decoded
@@ -307,41 +307,47 @@ fn charge_reply(
     }
 }
 
-/// An encoded reply.
-enum Encoded {
-    /// The frame, whether it is a success, and what it is charged.
-    Frame {
-        frame: BytesMut,
-        ok: bool,
-        charge: Reservation,
-    },
-    /// The frame outgrew its estimate and the budget has no room for it.
-    OverBudget,
-}
-
 /// Encodes `reply` into a buffer of `capacity` bytes (see
-/// [`reply_capacity`]), on an I/O arbiter when it is large. `charge`
-/// pays for the reply and its frame and travels with them; once the
-/// reply is encoded and dropped, it is fitted to the frame alone.
+/// [`reply_capacity`]), on an I/O arbiter when it is large. `sending`
+/// pays for the reply and its frame (work handed to an I/O arbiter takes
+/// the charge with it and brings it back); once the reply is encoded and
+/// dropped, the charge is fitted to the frame alone. `None`: the frame
+/// outgrew its estimate and the budget has no room for it.
 async fn encode_reply(
     reply: Reply,
     capacity: usize,
-    mut charge: Reservation,
+    sending: &mut Reservation,
     cx: &Context,
-) -> Result<Encoded, CodecError> {
-    let ok = reply.error.is_empty();
-    let encode = move || {
-        let mut frame = BytesMut::with_capacity(capacity);
-        let written = write_reply(&reply, &mut frame);
-        drop(reply);
-        written?;
-        if charge.try_grow(frame.capacity()).is_err() {
-            return Ok(Encoded::OverBudget);
-        }
-        charge.fit(frame.capacity());
-        Ok(Encoded::Frame { frame, ok, charge })
-    };
-    cx.io.run(capacity > cx.limits.large_frame, encode).await?
+) -> Result<Option<BytesMut>, CodecError> {
+    if capacity <= cx.limits.large_frame {
+        return encode_charged(reply, capacity, sending);
+    }
+    let mut charge = sending.take();
+    let (encoded, charge) = cx
+        .io
+        .run(true, move || {
+            (encode_charged(reply, capacity, &mut charge), charge)
+        })
+        .await?;
+    sending.absorb(charge);
+    encoded
+}
+
+/// [`encode_reply`]'s work, on whichever thread runs it.
+fn encode_charged(
+    reply: Reply,
+    capacity: usize,
+    charge: &mut Reservation,
+) -> Result<Option<BytesMut>, CodecError> {
+    let mut frame = BytesMut::with_capacity(capacity);
+    let written = write_reply(&reply, &mut frame);
+    drop(reply);
+    written?;
+    if charge.try_grow(frame.capacity()).is_err() {
+        return Ok(None);
+    }
+    charge.fit(frame.capacity());
+    Ok(Some(frame))
 }
 
 /// Encodes a small reply (a refusal) on this thread.
