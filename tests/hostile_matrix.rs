@@ -14,6 +14,8 @@ mod attacks;
 mod common;
 #[path = "hostile_matrix/node.rs"]
 mod node;
+#[path = "hostile_matrix/router.rs"]
+mod router;
 #[path = "hostile_matrix/table.rs"]
 mod table;
 
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use attacks::{Attack, Kind, Sizes, Target};
 use babble_net::secure::{NodeKey, PeerKey};
+use babble_net::signal::Signal;
 use babble_net::wire::{WireBody, WireEvent};
 use babble_net::*;
 use node::NodeProcess;
@@ -58,8 +61,15 @@ quic-max-connections-per-source = 32
 quic-max-handshakes = 16
 "#;
 
-/// The row of the attacks by made-up identities (WebRTC and the router).
-const MINTED_IDS: &str = "sessions, offers and channels from minted IDs";
+/// The router's column, and what its memory may grow by: each session's
+/// queue, a message being read and one being written, and tungstenite's
+/// read buffer (16 KiB); each handshake's request (at most 64 KiB); the
+/// same constant as a node's.
+const ROUTER: &str = "signaling router";
+const ROUTER_BOUND: u64 = router::MAX_SESSIONS
+    * (router::MAX_QUEUED + 2 * router::MAX_MESSAGE + (16 << 10))
+    + router::MAX_HANDSHAKES * (64 << 10)
+    + CONSTANT;
 
 /// How long each attack runs.
 const ATTACK: Duration = Duration::from_secs(3);
@@ -88,7 +98,7 @@ async fn every_attack_on_every_transport_leaves_an_honest_peer_served_within_the
         if !only.is_empty() && !kind.name().to_lowercase().contains(&only.to_lowercase()) {
             continue;
         }
-        for attack in Attack::ALL {
+        for attack in Attack::ON_NODES {
             for (sources, from) in [(&one, "one address"), (&many, "8 addresses")] {
                 // A node of its own for each cell: memory an allocator kept
                 // from one attack would hide the next one's.
@@ -124,7 +134,7 @@ async fn every_attack_on_every_transport_leaves_an_honest_peer_served_within_the
         }
         for from in ["one address", "8 addresses"] {
             cells.push(Cell {
-                attack: MINTED_IDS,
+                attack: Attack::MintedIds.name(),
                 sources: from,
                 transport: kind.name(),
                 outcome: Outcome::NotApplicable(
@@ -133,14 +143,26 @@ async fn every_attack_on_every_transport_leaves_an_honest_peer_served_within_the
             });
         }
     }
+    if only.is_empty() || ROUTER.contains(&only.to_lowercase()) {
+        cells.extend(router_cells(dir.path(), &one, &many).await);
+    }
     let bound = format!(
         "`inbound-buffer-budget` ({} MiB) + `outbound-buffer-budget` ({} MiB) + {} MiB \
          (each of the {MAX_INBOUND} inbound connections' first 64 KiB each way, a secure \
-         channel's buffers, the allocator's slack) = {} MiB",
+         channel's buffers, the allocator's slack) = {} MiB on a node; on the router, \
+         `max-sessions` ({}) × (`max-queued-bytes` ({} KiB) + 2 × `max-message-size` \
+         ({} KiB) + a 16 KiB read buffer) + `max-handshakes` ({}) × 64 KiB (a handshake's \
+         request) + {} MiB = {} MiB",
         INBOUND_BUDGET / MIB,
         OUTBOUND_BUDGET / MIB,
         CONSTANT / MIB,
-        BOUND / MIB
+        BOUND / MIB,
+        router::MAX_SESSIONS,
+        router::MAX_QUEUED >> 10,
+        router::MAX_MESSAGE >> 10,
+        router::MAX_HANDSHAKES,
+        CONSTANT / MIB,
+        ROUTER_BOUND / MIB
     );
     let table = table::markdown(&cells, &bound);
     // Only a whole run describes the matrix.
@@ -171,28 +193,22 @@ async fn cell(
     sources: &[String],
     sizes: &Sizes,
 ) -> (usize, u64) {
-    node.reset_peak();
-    let base = node.rss();
-    let until = Instant::now() + ATTACK;
-    let progress = attacks::start(attack, target, sources, CONNECTIONS, sizes, until);
-    // The honest peer calls once the attack is under way.
-    let under_way = Instant::now() + ATTACK;
-    while progress.opened.load(Ordering::Relaxed) < 16 && Instant::now() < under_way {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let mut served = 0;
-    for id in 0..HONEST_CALLS {
-        let request = SyncRequest {
-            from_id: id as u32,
-            ..Default::default()
-        };
-        match honest.sync(&target.addr, request).await {
-            Ok(_) => served += 1,
-            Err(err) => eprintln!("honest call {id} failed: {err}"),
+    let start = |until| attacks::start(attack, target, sources, CONNECTIONS, sizes, until);
+    let calls = async {
+        let mut served = 0;
+        for id in 0..HONEST_CALLS {
+            let request = SyncRequest {
+                from_id: id as u32,
+                ..Default::default()
+            };
+            match honest.sync(&target.addr, request).await {
+                Ok(_) => served += 1,
+                Err(err) => eprintln!("honest call {id} failed: {err}"),
+            }
         }
-    }
-    tokio::time::sleep_until(until.into()).await;
-    let growth = node.peak().saturating_sub(base);
+        served
+    };
+    let (served, growth) = measure(node, start, calls).await;
     if std::env::var("HOSTILE_MATRIX_TRACE").is_ok() {
         for budget in ["inbound", "outbound"] {
             let series = format!(
@@ -207,6 +223,80 @@ async fn cell(
         eprintln!("  rss at the end: {} KiB", node.rss() >> 10);
     }
     (served, growth)
+}
+
+/// Starts an attack (`start`, given when it must end), makes the honest
+/// calls (`honest`, the calls served) once it is under way, and waits for
+/// its end. Returns the calls served and the process's peak memory growth
+/// over what it held before the attack.
+async fn measure(
+    node: &NodeProcess,
+    start: impl FnOnce(Instant) -> Arc<attacks::Progress>,
+    honest: impl std::future::Future<Output = usize>,
+) -> (usize, u64) {
+    node.reset_peak();
+    let base = node.rss();
+    let until = Instant::now() + ATTACK;
+    let progress = start(until);
+    // The honest peer calls once the attack is under way.
+    while progress.opened.load(Ordering::Relaxed) < 16 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let served = honest.await;
+    tokio::time::sleep_until(until.into()).await;
+    (served, node.peak().saturating_sub(base))
+}
+
+/// The router's column: every attack on a `babble-signal` process of its
+/// own, while a node registered before it (`bob`) takes offers from a
+/// newcomer who joins while it lasts.
+async fn router_cells(dir: &Path, one: &[String], many: &[String]) -> Vec<Cell> {
+    let config = dir.join("router.toml");
+    std::fs::write(&config, router::ROUTER_FILE).unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_babble-signal"));
+    let mut cells = Vec::new();
+    for attack in Attack::ON_ROUTER {
+        for (sources, from) in [(one, "one address"), (many, "8 addresses")] {
+            let node = NodeProcess::router(binary, &config, &free_port());
+            let url = format!("ws://{}", node.addr);
+            let addr = node.addr.parse().unwrap();
+            let bob = router::callee(&url).await;
+            // A first newcomer before the attack: the router's first
+            // sessions and calls are made before any cell measures.
+            assert_eq!(router::newcomer_offers(&url, "warm", 1).await, 1);
+            let start = |until| router::start(attack, addr, sources, CONNECTIONS, until);
+            let calls = router::newcomer_offers(&url, "alice", HONEST_CALLS);
+            let (served, growth) = measure(&node, start, calls).await;
+            assert!(node.alive(), "the router died");
+            eprintln!(
+                "{ROUTER} / {} / {from}: {served}/{HONEST_CALLS} served, +{} KiB",
+                attack.name(),
+                growth >> 10
+            );
+            cells.push(Cell {
+                attack: attack.name(),
+                sources: from,
+                transport: ROUTER,
+                outcome: Outcome::Ran {
+                    served,
+                    calls: HONEST_CALLS,
+                    growth,
+                    bound: ROUTER_BOUND,
+                },
+            });
+            bob.close().await.ok();
+        }
+    }
+    cells
+}
+
+/// A port free a moment ago, for a process's metrics.
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
 }
 
 /// The node process of `kind`.
@@ -227,13 +317,7 @@ fn start_node(binary: &Path, config: &Path, dir: &Path, kind: Kind) -> NodeProce
             key,
         ]),
     }
-    // A port free a moment ago, for the node's metrics.
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    NodeProcess::start(binary, config, &metrics, &args)
+    NodeProcess::start(binary, config, &free_port(), &args)
 }
 
 /// An honest peer of the node's transport, calling from 127.0.0.1, with

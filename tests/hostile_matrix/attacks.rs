@@ -158,16 +158,30 @@ pub enum Attack {
     UnreadReplies,
     /// Valid small requests back to back (the fair share).
     SmallFlood,
+    /// Sessions, offers and channel opens from made-up IDs (where a
+    /// source can claim an ID: WebRTC and the router).
+    MintedIds,
 }
 
 impl Attack {
-    pub const ALL: [Attack; 6] = [
+    /// The attacks on a node: every one but [`Attack::MintedIds`].
+    pub const ON_NODES: [Attack; 6] = [
         Attack::HalfOpen,
         Attack::Trickle,
         Attack::Garbage,
         Attack::LargeRequests,
         Attack::UnreadReplies,
         Attack::SmallFlood,
+    ];
+    /// The attacks on the signaling router.
+    pub const ON_ROUTER: [Attack; 7] = [
+        Attack::HalfOpen,
+        Attack::Trickle,
+        Attack::Garbage,
+        Attack::LargeRequests,
+        Attack::UnreadReplies,
+        Attack::SmallFlood,
+        Attack::MintedIds,
     ];
 
     pub fn name(self) -> &'static str {
@@ -178,6 +192,7 @@ impl Attack {
             Attack::LargeRequests => "valid large requests, faster than answered",
             Attack::UnreadReplies => "replies never read",
             Attack::SmallFlood => "valid small requests flooding",
+            Attack::MintedIds => "sessions, offers and channels from minted IDs",
         }
     }
 }
@@ -334,6 +349,8 @@ async fn run(
             let frame = format!("\x01{{\"FromID\":{n},\"Known\":null,\"SyncLimit\":0}}\n");
             calls(stream, one_call, frame.as_bytes(), progress).await
         }
+        // A node's source is its address: there is no ID to mint.
+        Attack::MintedIds => Ok(()),
     }
 }
 

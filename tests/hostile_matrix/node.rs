@@ -25,12 +25,35 @@ impl NodeProcess {
     /// Starts `binary serve` with `args` and the node file `config`,
     /// exposing metrics on `metrics`; returns once it listens.
     pub fn start(binary: &Path, config: &Path, metrics: &str, args: &[String]) -> NodeProcess {
-        let mut child = Command::new(binary)
-            .arg("serve")
+        let mut command = Command::new(binary);
+        command.arg("serve").arg("--config").arg(config).args(args);
+        let mut process = NodeProcess::spawn(command, metrics, "rpcbench serve listening on ");
+        // "ADDR[ as KEY]"
+        if let Some((addr, key)) = process.addr.split_once(" as ") {
+            (process.addr, process.key) = (addr.to_owned(), Some(key.to_owned()));
+        }
+        process
+    }
+
+    /// Starts the signaling router `binary` (`babble-signal`) with the
+    /// settings file `config`; returns once it listens, its `addr` the
+    /// socket address (no scheme).
+    pub fn router(binary: &Path, config: &Path, metrics: &str) -> NodeProcess {
+        let mut command = Command::new(binary);
+        command
             .arg("--config")
             .arg(config)
+            .args(["--log-level", "error"]);
+        let mut process = NodeProcess::spawn(command, metrics, "babble-signal listening on ws://");
+        process.addr = process.addr.trim_end_matches('/').to_owned();
+        process
+    }
+
+    /// Spawns `command` exposing metrics on `metrics`, and waits for the
+    /// first line it prints, `prefix` followed by where it listens.
+    fn spawn(mut command: Command, metrics: &str, prefix: &str) -> NodeProcess {
+        let mut child = command
             .args(["--metrics-addr", metrics])
-            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -47,18 +70,14 @@ impl NodeProcess {
         let line = lines
             .recv_timeout(START_DEADLINE)
             .expect("the node said where it listens");
-        // "rpcbench serve listening on ADDR[ as KEY]"
-        let rest = line
-            .strip_prefix("rpcbench serve listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
-        let (addr, key) = match rest.split_once(" as ") {
-            Some((addr, key)) => (addr.to_owned(), Some(key.to_owned())),
-            None => (rest.to_owned(), None),
-        };
+        let addr = line
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_owned();
         NodeProcess {
             child,
             addr,
-            key,
+            key: None,
             metrics: metrics.to_owned(),
         }
     }

@@ -137,6 +137,9 @@ pub(super) fn dispatch(shared: &Shared, outbox: Outbox) {
 
 type Ws = WebSocketStream<BoxConnection>;
 
+/// The read buffer of each connection's WebSocket, in bytes.
+pub(super) const READ_BUFFER: usize = 16 * 1024;
+
 /// A connection's place under one of the router's caps (handshakes in
 /// progress, or joined sessions); given back when dropped.
 pub(super) struct Place {
@@ -296,7 +299,11 @@ async fn open(
         ),
         None => Box::new(tcp),
     };
+    // tungstenite allocates its read buffer up front, for every
+    // connection (128 KiB by default): signaling messages are a few KiB,
+    // and a larger one is still read whole, 16 KiB at a time.
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(shared.config.max_message_size))
         .max_frame_size(Some(shared.config.max_message_size));
     let mut ws =
