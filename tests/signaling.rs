@@ -1339,3 +1339,26 @@ async fn connections_that_never_finish_their_handshake_never_take_a_sessions_pla
     // served.
     still_served(&mut honest, 2, "honest.again").await;
 }
+
+#[actix_rt::test]
+async fn an_invocation_tells_the_callee_its_callers_address() {
+    let router = router(&["main"]).await;
+    let mut callee = joined_from("127.0.0.2", router.local_addr()).await;
+    still_served(&mut callee, 1, "callee").await;
+    let mut caller = joined_from("127.0.0.3", router.local_addr()).await;
+    caller
+        .send(WsMessage::Text(
+            r#"[48,1,{},"callee",["made-up","{}"]]"#.into(),
+        ))
+        .await
+        .unwrap();
+    let text = next_text(&mut callee).await.expect("an INVOCATION");
+    let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(message[0], 68, "{text}");
+    // The address the router saw, whatever ID the caller claims.
+    assert_eq!(
+        message[3][babble_net::signal::CALLER_ADDRESS],
+        "127.0.0.3",
+        "{text}"
+    );
+}

@@ -119,7 +119,7 @@ pub(super) async fn answer_offers(
 impl Answering {
     async fn answer(&self, offer: Offer) {
         let (from, signed) = (offer.from.clone(), offer.signed);
-        let Some(place) = Place::hold(&self.inbound, &from) else {
+        let Some(place) = Place::hold(&self.inbound, &offer.source) else {
             return offer.answer(Err("the WebRTC layer is closed".into()));
         };
         // Dropped unless added below, the new connection closes.
@@ -157,13 +157,20 @@ impl Answering {
                 });
             },
         );
-        let answered = tokio::time::timeout(self.connect_timeout, answering)
-            .await
-            .unwrap_or_else(|_| {
-                Err(engine::Error::Other(
-                    "no answer within the connect timeout (ICE gathering did not finish)".into(),
-                ))
-            });
+        let answered = tokio::select! {
+            answered = tokio::time::timeout(self.connect_timeout, answering) => answered,
+            () = offer.withdrawn() => {
+                // Its place went to a newcomer (or the session ended): the
+                // peer connection closes as it drops.
+                debug!(self.log, "an offer being answered was withdrawn"; "peer" => &from);
+                return;
+            }
+        };
+        let answered = answered.unwrap_or_else(|_| {
+            Err(engine::Error::Other(
+                "no answer within the connect timeout (ICE gathering did not finish)".into(),
+            ))
+        });
         match answered {
             Ok(answer) => {
                 debug!(self.log, "answered an offer"; "peer" => &from);

@@ -4,7 +4,8 @@
 //! ([`babble_net_core::places`]): at the cap, the place least recently
 //! used by a reply, among the sources holding the most, makes room.
 //!
-//! A place is admitted under the offer's `from` and moved to the peer's
+//! A place is admitted under the offer's source (the caller's address as
+//! the signaling router gave it, else its `from`) and moved to the peer's
 //! address on the link once it connects (the remote side of the pair ICE
 //! selected), so that IDs or keys made up behind one address share that
 //! address's places. A connection that does not connect within the
@@ -122,11 +123,11 @@ impl InboundLinks {
 }
 
 impl Place {
-    /// Holds a place for a connection offered by `from` (pruning dead
+    /// Holds a place for a connection offered from `source` (pruning dead
     /// connections first when full; at the cap the rule of
     /// [`babble_net_core::places`] makes room). `None` only if the
     /// layer is closed.
-    pub(super) fn hold(inbound: &Arc<Mutex<InboundLinks>>, from: &str) -> Option<Place> {
+    pub(super) fn hold(inbound: &Arc<Mutex<InboundLinks>>, source: &str) -> Option<Place> {
         let mut links = inbound.lock().expect("inbound lock");
         if links.shutdown.is_cancelled() {
             return None;
@@ -136,7 +137,7 @@ impl Place {
             links.prune();
         }
         let kick = links.shutdown.child_token();
-        let (id, kick, activity) = links.places.admit(from, Instant::now(), kick).slot?;
+        let (id, kick, activity) = links.places.admit(source, Instant::now(), kick).slot?;
         // The evicted place's connection, if any, closes on its kick.
         let evicted: Vec<u64> = links
             .links

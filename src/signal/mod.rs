@@ -10,6 +10,7 @@ pub mod router;
 use async_trait::async_trait;
 
 pub use babble_net_core::signaling::tls::{client_config, Trust};
+pub use babble_net_core::signaling::wamp::CALLER_ADDRESS;
 pub use babble_net_core::signaling::{
     Offer, SignalError, SignalSettings, SignalStatus, TlsFailure,
 };

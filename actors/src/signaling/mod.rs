@@ -137,10 +137,12 @@ impl Signaling {
                     session,
                     request,
                     from,
+                    source,
                     sdp,
                     signed,
+                    withdrawn,
                 } => {
-                    let (offer, answer) = Offer::new(from, sdp, signed);
+                    let (offer, answer) = Offer::placed(from, source, sdp, signed, withdrawn);
                     let actor = ctx.address();
                     // The answer (or the error of an offer dropped
                     // unanswered) goes back to the session it came on.

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use babble_net_core::identity::PeerKey;
-use babble_net_core::signaling::wamp::{code, random_id, uri, Message};
+use babble_net_core::signaling::wamp::{code, random_id, uri, Message, CALLER_ADDRESS};
 use serde_json::{json, Map};
 
 /// How a message must be handled when its session cannot take more.
@@ -400,7 +400,7 @@ impl Dealer {
             invocation,
             Invocation {
                 caller,
-                address,
+                address: address.clone(),
                 seq,
                 call_request: request,
                 callee,
@@ -420,7 +420,10 @@ impl Dealer {
             Message::Invocation {
                 request: invocation,
                 registration,
-                details: Map::new(),
+                // The callee counts offers being answered by address.
+                details: [(CALLER_ADDRESS.to_owned(), json!(&*address))]
+                    .into_iter()
+                    .collect(),
                 args,
                 kwargs,
             },

@@ -18,12 +18,14 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
+use super::answering::OffersAnswered;
 use super::error::SignalError;
 use super::replay::ReplayWindow;
 use super::settings::SignalSettings;
 use super::signed::{self, Sdp};
-use super::wamp::{code, uri, Message};
+use super::wamp::{code, uri, Message, CALLER_ADDRESS};
 
 /// Where the answer to an offer of ours goes.
 pub type AnswerSender = oneshot::Sender<Result<String, SignalError>>;
@@ -46,11 +48,18 @@ pub enum Action {
         request: u64,
         /// The offering peer's ID.
         from: String,
+        /// What its place counts under: its network address as the router
+        /// gave it, else `from`.
+        source: String,
         /// The offer, as SDP JSON.
         sdp: String,
         /// Whether `from`'s key was checked to have signed it (the client
         /// has a key, so it takes signed offers only).
         signed: bool,
+        /// Cancelled if the offer is withdrawn before it is answered (its
+        /// place went to a newcomer, or the session ended): answering it
+        /// is then wasted work.
+        withdrawn: CancellationToken,
     },
     /// Drop the connection (if any) and open a new one after `after`.
     Reconnect {
@@ -105,9 +114,8 @@ pub struct SignalClient {
     listeners: Vec<(Instant, ListenSender)>,
     calls: HashMap<u64, OutCall>,
     queued: VecDeque<QueuedOffer>,
-    /// Offers handed to the node and not answered yet: request to caller.
-    answering: HashMap<u64, String>,
-    answering_per_caller: HashMap<String, usize>,
+    /// Offers handed to the node and not answered yet.
+    answering: OffersAnswered,
     pause: Duration,
     last_heard: Instant,
     last_ping: Instant,
@@ -125,6 +133,7 @@ impl SignalClient {
     /// A client with `settings`, not connected yet.
     pub fn new(settings: SignalSettings, now: Instant) -> SignalClient {
         let pause = settings.reconnect_min;
+        let answering = OffersAnswered::new(settings.max_offers, settings.max_offers_per_caller);
         SignalClient {
             settings,
             link: RouterState::Down,
@@ -133,8 +142,7 @@ impl SignalClient {
             listeners: Vec::new(),
             calls: HashMap::new(),
             queued: VecDeque::new(),
-            answering: HashMap::new(),
-            answering_per_caller: HashMap::new(),
+            answering,
             pause,
             last_heard: now,
             last_ping: now,
@@ -300,10 +308,9 @@ impl SignalClient {
         if self.session() != Some(session) {
             return;
         }
-        let Some(caller) = self.answering.remove(&request) else {
+        let Some(caller) = self.answering.finish(request) else {
             return;
         };
-        self.release_caller(&caller);
         let message = match result {
             Ok(answer) => {
                 let mut args = Vec::with_capacity(2);
@@ -499,12 +506,15 @@ impl SignalClient {
                     let _ = reply.send(Err(call_error(target, timeout, error, message)));
                 }
             }
-            Message::Invocation { request, args, .. } => self.invoked(session, request, args, now),
+            Message::Invocation {
+                request,
+                args,
+                details,
+                ..
+            } => self.invoked(session, request, args, &details, now),
             Message::Interrupt { request, .. } => {
                 // The caller gave up: its answer would go nowhere.
-                if let Some(caller) = self.answering.remove(&request) {
-                    self.release_caller(&caller);
-                }
+                self.answering.finish(request);
             }
             Message::Goodbye { reason, .. } => {
                 self.actions.push_back(Action::Send(Message::Goodbye {
@@ -660,7 +670,14 @@ impl SignalClient {
 
     /// An offer from another peer, handed to the node unless it would go
     /// over the limits.
-    fn invoked(&mut self, session: u64, request: u64, args: Vec<Value>, now: Instant) {
+    fn invoked(
+        &mut self,
+        session: u64,
+        request: u64,
+        args: Vec<Value>,
+        details: &Map<String, Value>,
+        now: Instant,
+    ) {
         let signature = args.get(2).cloned();
         let mut args = args.into_iter();
         let (Some(Value::String(from)), Some(sdp)) = (args.next(), args.next()) else {
@@ -686,34 +703,44 @@ impl SignalClient {
                 return;
             }
         };
-        let from_caller = self.answering_per_caller.get(&from).copied().unwrap_or(0);
-        let refusal = if self.answering.contains_key(&request) {
-            Some("an offer with this request ID is being answered")
-        } else if self.answering.len() >= self.settings.max_offers {
-            Some("too many offers being answered")
-        } else if from_caller >= self.settings.max_offers_per_caller {
-            Some("too many offers from this peer being answered")
-        } else {
-            None
-        };
-        if let Some(why) = refusal {
+        if let Some(why) = self.answering.refusal(request, &from) {
             self.actions
                 .push_back(Action::Send(processing_error(request, why.to_owned())));
             return;
         }
+        // A replay is refused before it can take another offer's place.
         if let Err(why) = self.first_time(digest, &from, now) {
             self.actions
                 .push_back(Action::Send(processing_error(request, why)));
             return;
         }
-        *self.answering_per_caller.entry(from.clone()).or_default() += 1;
-        self.answering.insert(request, from.clone());
+        let address = details.get(CALLER_ADDRESS).and_then(Value::as_str);
+        let source = OffersAnswered::source(address, &from).to_owned();
+        let admitted = match self
+            .answering
+            .admit(request, &from, &source, now.into_std())
+        {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                self.actions
+                    .push_back(Action::Send(processing_error(request, why.to_owned())));
+                return;
+            }
+        };
+        if let Some(displaced) = admitted.displaced {
+            self.actions.push_back(Action::Send(processing_error(
+                displaced,
+                "withdrawn for an offer from an address with fewer offers being answered".into(),
+            )));
+        }
         self.actions.push_back(Action::Offer {
             session,
             request,
             from,
+            source,
             sdp,
             signed: self.settings.key.is_some(),
+            withdrawn: admitted.withdrawn,
         });
     }
 
@@ -772,15 +799,6 @@ impl SignalClient {
         }
     }
 
-    fn release_caller(&mut self, caller: &str) {
-        if let Some(count) = self.answering_per_caller.get_mut(caller) {
-            *count -= 1;
-            if *count == 0 {
-                self.answering_per_caller.remove(caller);
-            }
-        }
-    }
-
     fn fail_listeners(&mut self, error: &SignalError) {
         for (_, reply) in self.listeners.drain(..) {
             let _ = reply.send(Err(error.clone()));
@@ -802,7 +820,6 @@ impl SignalClient {
             let _ = call.reply.send(Err(SignalError::Disconnected));
         }
         self.answering.clear();
-        self.answering_per_caller.clear();
         if !self.closed {
             self.actions.push_back(Action::Reconnect {
                 why: why.to_owned(),
@@ -1103,26 +1120,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn offers_are_handed_out_within_the_limits_and_answered_once() {
-        let now = Instant::now();
-        let mut client = joined(now);
-        client.received(invocation(10, "alice"), now);
-        client.received(invocation(11, "alice"), now);
-        client.received(invocation(12, "alice"), now);
-        client.received(invocation(13, "bob"), now);
-        client.received(invocation(14, "carol"), now);
-        let handed = actions(&mut client);
-        let offered: Vec<u64> = handed
+    /// The requests of the offers in `actions` handed to the node, and of
+    /// those refused (or withdrawn) with `io.babble.processing_offer`.
+    fn offered_and_refused(actions: &[Action]) -> (Vec<u64>, Vec<u64>) {
+        let offered = actions
             .iter()
             .filter_map(|a| match a {
                 Action::Offer { request, .. } => Some(*request),
                 _ => None,
             })
             .collect();
-        // Two per caller, three in all.
-        assert_eq!(offered, vec![10, 11, 13]);
-        let refused: Vec<u64> = handed
+        let refused = actions
             .iter()
             .filter_map(|a| match a {
                 Action::Send(Message::Error { request, error, .. })
@@ -1133,22 +1141,102 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(refused, vec![12, 14]);
+        (offered, refused)
+    }
 
-        client.answer(77, 10, Ok("answer".into()));
+    #[test]
+    fn offers_are_handed_out_within_the_limits_and_answered_once() {
+        let now = Instant::now();
+        let mut client = joined(now);
+        client.received(invocation(10, "alice"), now);
+        client.received(invocation(11, "alice"), now);
+        client.received(invocation(12, "alice"), now);
+        client.received(invocation(13, "bob"), now);
+        client.received(invocation(14, "carol"), now);
+        let handed = actions(&mut client);
+        // Two per caller (12 refused), three in all: carol's offer takes
+        // the place of the oldest offer of the caller with the most (10,
+        // withdrawn and refused).
+        let (offered, refused) = offered_and_refused(&handed);
+        assert_eq!(offered, vec![10, 11, 13, 14]);
+        assert_eq!(refused, vec![12, 10]);
+        let withdrawn = |request: u64| {
+            handed.iter().any(|a| {
+                matches!(a, Action::Offer { request: r, withdrawn, .. }
+                    if *r == request && withdrawn.is_cancelled())
+            })
+        };
+        assert!(withdrawn(10) && !withdrawn(11) && !withdrawn(14));
+
+        // A withdrawn offer's answer goes nowhere.
+        client.answer(77, 10, Ok("late".into()));
+        assert!(sent(&mut client).is_empty());
+        client.answer(77, 11, Ok("answer".into()));
         assert!(matches!(
             &sent(&mut client)[..],
-            [Message::Yield { request: 10, .. }]
+            [Message::Yield { request: 11, .. }]
         ));
         // Only once; and not for another session.
-        client.answer(77, 10, Ok("again".into()));
-        client.answer(76, 11, Ok("stale".into()));
+        client.answer(77, 11, Ok("again".into()));
+        client.answer(76, 13, Ok("stale".into()));
         assert!(sent(&mut client).is_empty());
         // A slot is free again.
         client.received(invocation(15, "alice"), now);
         assert!(matches!(
             &actions(&mut client)[..],
             [Action::Offer { request: 15, .. }]
+        ));
+    }
+
+    #[test]
+    fn offers_count_by_the_address_the_router_gives_not_by_the_ids_they_claim() {
+        let now = Instant::now();
+        let mut client = joined(now);
+        let from_address = |request: u64, from: &str, address: &str| {
+            let Message::Invocation {
+                registration,
+                args,
+                kwargs,
+                ..
+            } = invocation(request, from)
+            else {
+                unreachable!()
+            };
+            Message::Invocation {
+                request,
+                registration,
+                details: [(CALLER_ADDRESS.to_owned(), json!(address))]
+                    .into_iter()
+                    .collect(),
+                args,
+                kwargs,
+            }
+        };
+        // The honest peer's offer first, then made-up IDs behind one
+        // address, more than there are places (three): each ID holds as
+        // little as the honest one, but their address holds the most, so
+        // the flood makes room among its own offers.
+        client.received(from_address(20, "alice", "10.0.0.1"), now);
+        for (request, id) in [(10, "m1"), (11, "m2"), (12, "m3"), (13, "m4")] {
+            client.received(from_address(request, id, "10.0.0.9"), now);
+        }
+        let handed = actions(&mut client);
+        let (offered, refused) = offered_and_refused(&handed);
+        assert_eq!(offered, vec![20, 10, 11, 12, 13]);
+        assert_eq!(refused, vec![10, 11]);
+        let source = handed.iter().find_map(|a| match a {
+            Action::Offer {
+                request: 20,
+                source,
+                ..
+            } => Some(source.clone()),
+            _ => None,
+        });
+        assert_eq!(source.as_deref(), Some("10.0.0.1"));
+        client.answer(77, 20, Ok("answer".into()));
+        assert!(matches!(
+            &sent(&mut client)[..],
+            [Message::Yield { request: 20, .. }]
         ));
     }
 

@@ -5,6 +5,7 @@
 //! over a WebSocket, the offers it hands the node ([`Offer`]), and the
 //! TLS settings of the connection ([`tls`]).
 
+mod answering;
 pub mod client;
 mod error;
 mod offer;

@@ -10,6 +10,12 @@ use serde_json::{json, Map, Value};
 /// The WebSocket subprotocol of WAMP over JSON.
 pub const SUBPROTOCOL: &str = "wamp.2.json";
 
+/// The INVOCATION detail in which babble-signal tells a callee its
+/// caller's network address (IPv4, or an IPv6 /64), so that offers being
+/// answered are counted by address rather than by the ID they claim
+/// (custom details are `_` and lowercase, as WAMP asks).
+pub const CALLER_ADDRESS: &str = "_babble_caller_address";
+
 /// Largest WAMP ID (2^53): IDs fit in a JavaScript number.
 pub const MAX_ID: u64 = 1 << 53;
 
