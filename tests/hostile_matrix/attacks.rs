@@ -21,6 +21,7 @@ pub enum Kind {
     Tcp,
     Noise,
     Quic,
+    WebRtc,
 }
 
 impl Kind {
@@ -29,6 +30,7 @@ impl Kind {
             Kind::Tcp => "TCP",
             Kind::Noise => "TCP + Noise",
             Kind::Quic => "QUIC",
+            Kind::WebRtc => "WebRTC",
         }
     }
 
@@ -37,6 +39,7 @@ impl Kind {
         match self {
             Kind::Tcp | Kind::Noise => "tcp",
             Kind::Quic => "quic",
+            Kind::WebRtc => "webrtc",
         }
     }
 }
@@ -45,8 +48,11 @@ impl Kind {
 #[derive(Clone)]
 pub struct Target {
     pub kind: Kind,
+    /// The node's address (on WebRTC, its ID).
     pub addr: String,
     pub key: Option<PeerKey>,
+    /// On WebRTC: where the attackers meet the node.
+    pub rtc: Option<Arc<crate::webrtc::Attackers>>,
 }
 
 impl Target {
@@ -55,6 +61,10 @@ impl Target {
     /// stream of one QUIC connection. With `small_window`, replies come in
     /// slowly: a 4 KiB receive buffer (TCP), a 64 KiB window (QUIC).
     pub fn layer(&self, source: &str, small_window: bool) -> Arc<dyn StreamLayer> {
+        if let Some(rtc) = &self.rtc {
+            // One peer connection per source, each dial a data channel.
+            return rtc.layer(source);
+        }
         let tcp = TcpFrom {
             source: source.to_owned(),
             small_window,
@@ -67,6 +77,7 @@ impl Target {
                 [(self.addr.clone(), self.key.expect("a keyed node"))],
                 false,
             )),
+            Kind::WebRtc => unreachable!("WebRTC layers are made ahead"),
             Kind::Quic => {
                 let mut limits = babble_net::limits::quic(&babble_net::Config::default());
                 if small_window {
@@ -173,8 +184,9 @@ impl Attack {
         Attack::UnreadReplies,
         Attack::SmallFlood,
     ];
-    /// The attacks on the signaling router.
-    pub const ON_ROUTER: [Attack; 7] = [
+    /// Every attack: those on WebRTC and the signaling router, where a
+    /// source can claim IDs.
+    pub const ALL: [Attack; 7] = [
         Attack::HalfOpen,
         Attack::Trickle,
         Attack::Garbage,
@@ -229,6 +241,10 @@ pub fn start(
     until: Instant,
 ) -> Arc<Progress> {
     let progress = Arc::new(Progress::default());
+    if let (Some(rtc), Attack::HalfOpen | Attack::MintedIds) = (&target.rtc, attack) {
+        rtc.start(attack, &target.addr, sources, connections, &progress, until);
+        return progress;
+    }
     if attack == Attack::HalfOpen && target.kind == Kind::Quic {
         // Handshakes that answer the Retry and go silent.
         let addr: SocketAddr = target.addr.parse().unwrap();
@@ -356,7 +372,7 @@ async fn run(
 
 /// Sends `request` and reads its reply, again and again (once on a
 /// connection of `one_call`).
-async fn calls(
+pub async fn calls(
     stream: &mut BoxConnection,
     one_call: bool,
     request: &[u8],

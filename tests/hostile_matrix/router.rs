@@ -229,7 +229,7 @@ async fn one_connection(
             }
             for k in 0..4 {
                 let from = format!("minted-{minted}-{k}");
-                calls_once(&mut ws, 10 + k, CALLEE, &from, OFFER).await?;
+                call_once(&mut ws, 10 + k, CALLEE, &from, OFFER).await?;
                 progress.sent.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
@@ -249,6 +249,13 @@ async fn upgrade(tcp: TcpStream, addr: SocketAddr) -> io::Result<Ws> {
         .await
         .map_err(io::Error::other)?;
     Ok(ws)
+}
+
+/// A session from the loopback address `source`, joined to the realm
+/// `main` of the router at `addr`.
+pub async fn joined_from(source: &str, addr: SocketAddr) -> io::Result<Ws> {
+    let tcp = tcp_from(source, addr, false).await?;
+    joined(tcp, addr).await
 }
 
 /// A session joined to the realm `main`.
@@ -296,7 +303,7 @@ async fn calls(
 }
 
 /// One offer, and its answer (or error).
-async fn calls_once(
+pub async fn call_once(
     ws: &mut Ws,
     request: u64,
     procedure: &str,
