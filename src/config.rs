@@ -331,6 +331,9 @@ impl Config {
         if self.quic && (self.webrtc || self.secure) {
             return fail("quic is a transport of its own: it cannot be combined with webrtc or secure (QUIC is always encrypted)");
         }
+        if self.webrtc && self.inbound_buffer_budget / 4 < self.max_request_size {
+            return fail("with webrtc, inbound-buffer-budget must hold four max-request-size requests (half of it is what the channels read ahead of the Listener)");
+        }
         if self.quic && self.inbound_buffer_budget / 4 < self.max_request_size {
             return fail("with quic, inbound-buffer-budget must hold four max-request-size requests (half of it is the connections' flow-control windows)");
         }

@@ -103,6 +103,14 @@ pub fn quic_window_budget(config: &Config) -> usize {
     config.inbound_buffer_budget / 2
 }
 
+/// The part of `inbound-buffer-budget` that WebRTC channels' read-ahead
+/// takes (half: what the stack hands over before the Listener reads it,
+/// see `rtc::read_ahead`); the Listener reading the channels has the rest.
+#[cfg(feature = "webrtc")]
+pub fn rtc_read_ahead_budget(config: &Config) -> usize {
+    config.inbound_buffer_budget / 2
+}
+
 /// How many inbound QUIC connections at once, at most two per source
 /// address, are lent large flow-control windows ([`quic`]).
 #[cfg(feature = "quic")]
@@ -115,14 +123,15 @@ pub const QUIC_LARGE_WINDOWS: usize = 16;
 /// secure handshake within `handshake-timeout`, frames above
 /// `large-frame` handled on the I/O threads.
 pub fn listener(config: &Config, transport: &'static str) -> ListenerLimits {
-    // Under QUIC, half of the inbound budget is the connections' windows.
-    #[cfg(feature = "quic")]
+    // Under QUIC, half of the inbound budget is the connections' windows;
+    // under WebRTC, half is what the channels' pumps read ahead.
     let buffer_budget = match transport {
+        #[cfg(feature = "quic")]
         "quic" => config.inbound_buffer_budget - quic_window_budget(config),
+        #[cfg(feature = "webrtc")]
+        "webrtc" => config.inbound_buffer_budget - rtc_read_ahead_budget(config),
         _ => config.inbound_buffer_budget,
     };
-    #[cfg(not(feature = "quic"))]
-    let buffer_budget = config.inbound_buffer_budget;
     ListenerLimits {
         max_inbound: config.max_inbound,
         max_inbound_per_ip: config.max_inbound_per_ip,
@@ -149,6 +158,7 @@ pub fn rtc(config: &Config) -> crate::rtc::RtcLimits {
         max_channels: config.webrtc_max_channels,
         prune_interval: std::time::Duration::from_secs(5),
         io_threads: config.io_threads,
+        read_ahead_budget: rtc_read_ahead_budget(config),
     }
 }
 
@@ -266,5 +276,25 @@ mod tests {
         let defaults = quic(&Config::default());
         assert_eq!(defaults.receive_window, 64 << 10);
         assert_eq!(defaults.large_receive_window, 4 << 20);
+    }
+
+    /// Under WebRTC, what the channels' pumps take ahead of the Listener
+    /// and what the Listener buffers share the inbound budget, and a
+    /// budget too small for both to hold requests is refused.
+    #[cfg(feature = "webrtc")]
+    #[test]
+    fn webrtc_read_ahead_and_the_listener_share_the_inbound_budget() {
+        let config = Config::default();
+        let read_ahead = rtc(&config).read_ahead_budget;
+        let listener = listener(&config, "webrtc").buffer_budget;
+        assert_eq!(read_ahead + listener, config.inbound_buffer_budget);
+        assert!(read_ahead >= 2 * config.max_request_size);
+        let tight = Config {
+            webrtc: true,
+            inbound_buffer_budget: 3 * config.max_request_size,
+            ..Config::default()
+        };
+        let err = tight.validate().unwrap_err().to_string();
+        assert!(err.contains("with webrtc"), "{err}");
     }
 }

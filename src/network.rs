@@ -132,7 +132,12 @@ impl NetworkTransport {
         config: &Config,
         log: Logger,
     ) -> Result<NetworkTransport, TransportError> {
-        config.validate()?;
+        // Checked as WebRTC's, whether or not the file says `webrtc`.
+        Config {
+            webrtc: true,
+            ..config.clone()
+        }
+        .validate()?;
         let log = log.new(o!("transport" => "webrtc"));
         crate::limits::warn_carried_over(config, &log);
         let limits = crate::limits::rtc(config);

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::channel::ChannelStream;
 use super::engine::{self, Engine};
 use super::inbound::{InboundLinks, Place};
+use super::read_ahead::ReadAhead;
 use crate::signal::Offer;
 
 /// A data channel a peer opened: the stream, the offer's `from`, and the
@@ -90,6 +91,8 @@ pub(super) struct Answering {
     /// Where channels wait for the Listener.
     pub(super) waiting: Arc<WaitingChannels>,
     pub(super) max_channels: usize,
+    /// What the pumps of answering channels hold for the Listener.
+    pub(super) read_ahead: Arc<ReadAhead>,
     pub(super) log: Logger,
 }
 
@@ -137,6 +140,8 @@ impl Answering {
             &offer.sdp,
             self.max_channels,
             activity,
+            &self.read_ahead,
+            &offer.source,
             move |stream, address| {
                 // A full queue waits, within a deadline and in a place of
                 // its own: the Listener takes channels as it can. A

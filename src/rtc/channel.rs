@@ -24,7 +24,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
@@ -34,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
 use super::gate::ChannelGate;
+use super::read_ahead::{Account, End, Next};
 use babble_net_core::places::Activity;
 
 /// Largest message written (RFC 8841's default `max-message-size`, which
@@ -182,17 +183,79 @@ pub struct ChannelStream {
     closed: bool,
     /// The message being handed to the stack.
     sending: Option<BoxFuture<'static, webrtc::error::Result<()>>>,
+    /// On a channel another peer opened: its account, whose inbox holds
+    /// what its pump took from the stack ahead of this reader (see
+    /// [`super::read_ahead`]).
+    ahead: Option<Arc<Account>>,
+}
+
+/// How long a pump keeps emptying the stack's queue of a channel nobody
+/// reads any more (closed to make room, or its reader gone) while the
+/// channel closes: until then the peer may still send, and the stack
+/// would queue it.
+const DISCARD_WHILE_CLOSING: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes every event of `channel` from the stack as it arrives into
+/// `account`'s inbox (each message charged first), until the channel
+/// closes. Once the channel is closed to make room or its reader is gone,
+/// it drops what still arrives until the stack says the channel closed,
+/// for at most [`DISCARD_WHILE_CLOSING`].
+async fn pump(channel: Arc<dyn DataChannel>, account: Weak<Account>) {
+    let mut discarding = false;
+    let give_up = tokio::time::sleep(DISCARD_WHILE_CLOSING);
+    tokio::pin!(give_up);
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = &mut give_up, if discarding => return,
+            event = channel.poll() => event,
+        };
+        let end = match event {
+            Some(DataChannelEvent::OnClose) | None => End::Finished { closed: true },
+            _ if discarding => continue,
+            Some(DataChannelEvent::OnMessage(message)) if message.data.is_empty() => continue,
+            Some(DataChannelEvent::OnMessage(message)) => {
+                let taken = account.upgrade().map(|account| account.push(message.data));
+                if taken != Some(true) {
+                    // Closed to make room (or its reader is gone).
+                    close_later(channel.clone());
+                    discarding = true;
+                    give_up
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + DISCARD_WHILE_CLOSING);
+                }
+                continue;
+            }
+            Some(DataChannelEvent::OnClosing) => End::Finished { closed: false },
+            Some(DataChannelEvent::OnError) => End::Failed("the data channel failed"),
+            // Open, buffered amounts: nothing for the reader.
+            Some(_) => continue,
+        };
+        if let Some(account) = account.upgrade() {
+            account.finish(end);
+        }
+        if matches!(end, End::Finished { closed: true }) {
+            return;
+        }
+        discarding = true;
+        give_up
+            .as_mut()
+            .reset(tokio::time::Instant::now() + DISCARD_WHILE_CLOSING);
+    }
 }
 
 impl ChannelStream {
     /// Wraps an open data channel, counted against its peer connection's
     /// limit when `slot` is given, and closed through its link's `gate`
-    /// when given; writes at most `message_size` bytes a message.
+    /// when given; writes at most `message_size` bytes a message. With an
+    /// `account`, a pump takes what arrives from the stack at once,
+    /// charged to it (see [`super::read_ahead`]).
     pub(super) async fn open(
         channel: Arc<dyn DataChannel>,
         slot: Option<ChannelSlot>,
         gate: Option<ChannelGate>,
         message_size: usize,
+        account: Option<Account>,
     ) -> Result<ChannelStream, webrtc::error::Error> {
         // The stack queues a "buffered amount low" event for the reader each
         // time the send buffer drains below this threshold (0 at first).
@@ -200,6 +263,13 @@ impl ChannelStream {
         // and a threshold the buffer can never exceed keeps such events from
         // filling the queue of a channel whose reader is busy writing.
         channel.set_buffered_amount_low_threshold(u32::MAX).await?;
+        let ahead = account.map(|account| {
+            let account = Arc::new(account);
+            // Weak: the reader owns the account, and dropping the reader
+            // empties its inbox at once.
+            tokio::spawn(pump(channel.clone(), Arc::downgrade(&account)));
+            account
+        });
         Ok(ChannelStream {
             channel,
             _slot: slot,
@@ -210,6 +280,7 @@ impl ChannelStream {
             end_of_stream: false,
             closed: false,
             sending: None,
+            ahead,
         })
     }
 }
@@ -245,6 +316,24 @@ impl AsyncRead for ChannelStream {
             }
             if self.end_of_stream {
                 return Poll::Ready(Ok(()));
+            }
+            if let Some(account) = self.ahead.as_ref() {
+                match ready!(account.poll_next(cx)) {
+                    // The reader holds at most this one message.
+                    Next::Data(data) => self.unread = data,
+                    Next::End(End::Finished { closed }) => {
+                        self.end_of_stream = true;
+                        self.closed |= closed;
+                    }
+                    Next::End(End::Failed(why)) => {
+                        self.end_of_stream = true;
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::ConnectionReset,
+                            why,
+                        )));
+                    }
+                }
+                continue;
             }
             let channel = self.channel.clone();
             let next = self

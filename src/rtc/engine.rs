@@ -25,6 +25,7 @@ use webrtc::peer_connection::{
 
 use super::channel::{self, close_later, ChannelSlot, ChannelStream};
 use super::gate::ChannelGate;
+use super::read_ahead::ReadAhead;
 use super::runtime::DriverRuntime;
 
 /// A STUN or TURN server.
@@ -321,12 +322,17 @@ impl PeerLink {
     /// side opens is handed to `on_channel` once open, with the peer's
     /// address on the link (see [`PeerLink::learn_remote_address`]); at
     /// `max_channels` open, a new one closes the one least recently used
-    /// by a reply. Each reply written on them marks `activity`.
+    /// by a reply. Each reply written on them marks `activity`. What
+    /// arrives on them is taken from the stack at once and charged to
+    /// `read_ahead` under the peer's address (`fallback_source` until it
+    /// is known).
     pub async fn answer<F>(
         &self,
         offer: &str,
         max_channels: usize,
         activity: Arc<Activity>,
+        read_ahead: &Arc<ReadAhead>,
+        fallback_source: &str,
         on_channel: F,
     ) -> Result<String, Error>
     where
@@ -335,6 +341,7 @@ impl PeerLink {
         let offer: RTCSessionDescription =
             serde_json::from_str(offer).map_err(|e| error(format!("malformed SDP offer: {e}")))?;
         let on_channel = Arc::new(on_channel);
+        let (read_ahead, fallback_source) = (read_ahead.clone(), Arc::<str>::from(fallback_source));
         let channels = self.channels.clone();
         let used = activity;
         let remote_address = self.remote_address.clone();
@@ -355,6 +362,7 @@ impl PeerLink {
             let on_channel = on_channel.clone();
             let connection = connection.clone();
             let remote_address = remote_address.clone();
+            let (read_ahead, fallback_source) = (read_ahead.clone(), fallback_source.clone());
             // Not awaited here: the stack waits for this handler.
             tokio::spawn(async move {
                 let Some(connection) = connection.upgrade() else {
@@ -362,8 +370,14 @@ impl PeerLink {
                 };
                 let message_size = message_size(&*connection).await;
                 let address = selected_remote(&*connection, &remote_address).await;
+                let source = address.map_or_else(
+                    || fallback_source.to_string(),
+                    |a| babble_net_core::source::source_address("", Some(a)),
+                );
+                let account = read_ahead.open(&source);
                 if let Ok(stream) =
-                    ChannelStream::open(channel, Some(slot), None, message_size).await
+                    ChannelStream::open(channel, Some(slot), None, message_size, Some(account))
+                        .await
                 {
                     on_channel(stream, address);
                 }
@@ -516,7 +530,7 @@ impl PendingChannel {
         }
         self.channel = None;
         let message_size = message_size(&*self.connection).await;
-        ChannelStream::open(channel, None, Some(self.gate.clone()), message_size).await
+        ChannelStream::open(channel, None, Some(self.gate.clone()), message_size, None).await
     }
 }
 

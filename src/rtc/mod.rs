@@ -37,6 +37,7 @@ mod dial;
 mod engine;
 mod gate;
 mod inbound;
+mod read_ahead;
 mod runtime;
 
 use std::collections::HashMap;
@@ -84,6 +85,10 @@ pub struct RtcLimits {
     /// and the peer connections they make are driven, there rather than on
     /// the thread that started the layer (0: on that thread).
     pub io_threads: usize,
+    /// Bytes taken from the stack on channels other peers opened, ahead of
+    /// the Listener reading them; at the cap the channel holding the most
+    /// of the source holding the most is closed.
+    pub read_ahead_budget: usize,
 }
 
 /// See the [module docs](self).
@@ -142,6 +147,7 @@ impl WebRtcStreamLayer {
             accepted: accepted_tx,
             waiting: Arc::default(),
             max_channels: limits.max_channels,
+            read_ahead: read_ahead::ReadAhead::new(limits.read_ahead_budget),
             log,
         };
         tokio::spawn(answer_offers(

@@ -44,14 +44,6 @@ impl Cell {
         }
     }
 
-    /// Whether every honest call was served (memory aside).
-    pub fn served_all(&self) -> bool {
-        match self.outcome {
-            Outcome::Ran { served, calls, .. } => served == calls,
-            Outcome::NotApplicable(_) => true,
-        }
-    }
-
     fn text(&self) -> String {
         match &self.outcome {
             Outcome::Ran {
