@@ -387,9 +387,12 @@ fn start_node(binary: &Path, config: &Path, dir: &Path, kind: Kind, rtc_url: &st
     NodeProcess::start(binary, config, &free_port(), &args)
 }
 
-/// An honest peer of the node's transport, calling from 127.0.0.1, with
-/// a timeout long enough for a test build on a loaded machine: what the
-/// matrix asks is whether it is served, not how fast.
+/// An honest peer of the node's transport, calling from 127.0.0.1 (on
+/// WebRTC, its link from 127.0.0.10: every signaling session of this
+/// process comes from 127.0.0.1, the made-up IDs' offers included, and
+/// the honest link must not share their address), with a timeout long
+/// enough for a test build on a loaded machine: what the matrix asks is
+/// whether it is served, not how fast.
 async fn honest_peer(target: &Target, dir: &Path, rtc_url: &str) -> NetworkTransport {
     let base = Config {
         bind_addr: "127.0.0.1:0".into(),
@@ -425,7 +428,7 @@ async fn honest_peer(target: &Target, dir: &Path, rtc_url: &str) -> NetworkTrans
             let id = format!("honest-{}", rand::random::<u32>());
             NetworkTransport::webrtc(
                 webrtc::signal(rtc_url, &id),
-                &webrtc::ice("127.0.0.1"),
+                &webrtc::ice("127.0.0.10"),
                 &base,
                 logging::discard(),
             )
