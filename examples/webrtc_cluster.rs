@@ -48,6 +48,11 @@ struct Args {
     /// node generates its key, which is its ID (docs/SECURITY.md).
     #[arg(long)]
     secure: bool,
+    /// The signaling server to meet through (`ws://HOST:PORT`, a running
+    /// `babble-signal --insecure`, realm `main`) instead of one started in
+    /// this process.
+    #[arg(long)]
+    signal_addr: Option<String>,
 }
 
 fn fail(message: String) -> ! {
@@ -66,18 +71,25 @@ async fn main() {
     let log = logging::terminal(level);
     common::serve_metrics(args.metrics_addr);
 
-    let router_config = RouterConfig {
-        listen: "127.0.0.1:0".into(),
-        insecure: true,
-        require_auth: args.secure,
-        ..RouterConfig::default()
+    let (router, signal_addr) = match args.signal_addr.clone() {
+        Some(addr) => (None, addr),
+        None => {
+            let router_config = RouterConfig {
+                listen: "127.0.0.1:0".into(),
+                insecure: true,
+                require_auth: args.secure,
+                ..RouterConfig::default()
+            };
+            let router = Router::start(router_config, log.clone())
+                .await
+                .unwrap_or_else(|e| fail(e.to_string()));
+            println!("signaling server on ws://{}/", router.local_addr());
+            let addr = format!("ws://{}", router.local_addr());
+            (Some(router), addr)
+        }
     };
-    let router = Router::start(router_config, log.clone())
-        .await
-        .unwrap_or_else(|e| fail(e.to_string()));
-    println!("signaling server on ws://{}/", router.local_addr());
     let config = Config {
-        signal_addr: format!("ws://{}", router.local_addr()),
+        signal_addr,
         // SCTP retransmits a lost packet after at least a second (its
         // minimum RTO): a WebRTC call needs a timeout above that to ride
         // out one loss (docs/WEBRTC.md).
@@ -168,7 +180,9 @@ async fn main() {
         nodes.iter().map(|(t, _)| t as &dyn Transport),
     )
     .await;
-    router.shutdown().await;
+    if let Some(router) = router {
+        router.shutdown().await;
+    }
     let transport = if args.secure {
         "webrtc+secure"
     } else {

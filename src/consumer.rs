@@ -58,9 +58,11 @@ pub(crate) struct Inbox {
 
 impl Inbox {
     /// Starts a Dispatcher on the current arbiter, with room for
-    /// `per_source` RPCs per source.
-    pub(crate) fn start(per_source: usize, log: Logger) -> Inbox {
-        let (queue, rx) = FairQueue::new(per_source);
+    /// `per_source` RPCs per source; the queue's gauges are labelled
+    /// `transport`.
+    pub(crate) fn start(per_source: usize, transport: &'static str, log: Logger) -> Inbox {
+        let gauges = babble_net_actors::metrics::QueueGauges::of(transport);
+        let (queue, rx) = FairQueue::with_gauges(per_source, gauges);
         let dispatcher = Dispatcher::new(queue.clone(), log).start();
         Inbox {
             dispatcher,

@@ -25,8 +25,9 @@ impl Endpoint {
     /// An endpoint with `config`; its Dispatcher starts on the current
     /// arbiter.
     pub(crate) fn new(config: &Config, transport: &'static str, log: Logger) -> Endpoint {
+        babble_net_actors::metrics::transport_started(transport);
         Endpoint {
-            inbox: Inbox::start(config.consumer_buffer, log.clone()),
+            inbox: Inbox::start(config.consumer_buffer, transport, log.clone()),
             shutdown: CancellationToken::new(),
             config: config.clone(),
             transport,

@@ -35,11 +35,39 @@ pub fn serve_prometheus(addr: std::net::SocketAddr) -> Result<(), String> {
 }
 
 /// The QUIC listener turned a handshake or connection away, or asked for
-/// a Retry: `reason` is `retry`, `handshakes`, `handshake`, `timeout`,
-/// `certificate` or `not_a_peer` (docs/METRICS.md).
+/// a Retry: `reason` is one of [`QUIC_REFUSALS`] (docs/METRICS.md).
 #[cfg(feature = "quic")]
 pub(crate) fn quic_refused(reason: &'static str) {
+    debug_assert!(QUIC_REFUSALS.contains(&reason), "{reason}");
     metrics::counter!("babble_net_quic_refused_total", "reason" => reason).increment(1);
+}
+
+/// Every `reason` of `babble_net_quic_refused_total`.
+#[cfg(feature = "quic")]
+const QUIC_REFUSALS: [&str; 9] = [
+    "retry",
+    "handshakes",
+    "handshake_shed",
+    "handshake_rate",
+    "states",
+    "handshake",
+    "timeout",
+    "certificate",
+    "not_a_peer",
+];
+
+/// A QUIC listener starts: its refusal and connection-shedding counters
+/// are shown at zero, so that rates over them have a value before the
+/// first refusal.
+#[cfg(feature = "quic")]
+pub(crate) fn quic_listener_started() {
+    for reason in QUIC_REFUSALS {
+        metrics::counter!("babble_net_quic_refused_total", "reason" => reason).increment(0);
+    }
+    for reason in ["cap", "per_ip"] {
+        metrics::counter!("babble_net_inbound_shed_total", "transport" => "quic_connection", "reason" => reason)
+            .increment(0);
+    }
 }
 
 /// A QUIC connection was evicted for a newcomer at a connection cap.

@@ -229,6 +229,69 @@ async fn scraped_counts_match_the_traffic() {
         )
     };
     assert!(bytes("out") > 0.0 && bytes("in") > 0.0);
+    // Counters shown at zero from the transport's start: a kind no call
+    // failed with, a reason nobody was shed for.
+    let shown = |name: &str, labels: &[(&str, &str)]| {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        samples.get(&(name.to_owned(), labels)).copied()
+    };
+    let handshake = [("transport", "tcp"), ("kind", "handshake")];
+    assert_eq!(shown("babble_net_rpc_errors_total", &handshake), Some(0.0));
+    let cap = [("transport", "tcp"), ("reason", "cap")];
+    assert_eq!(shown("babble_net_inbound_shed_total", &cap), Some(0.0));
+    let held = [("transport", "tcp"), ("budget", "outbound")];
+    assert_eq!(shown("babble_net_buffer_budget_bytes", &held), Some(0.0));
+    // The budgets' sizes, beside what they hold: one Listener (the
+    // caller's transport never listened).
+    let budget = |name, gauge| value(&samples, gauge, &[("transport", "tcp"), ("budget", name)]);
+    let defaults = Config::default();
+    assert_eq!(
+        budget("inbound", "babble_net_buffer_budget_limit_bytes"),
+        defaults.inbound_buffer_budget as f64
+    );
+    assert_eq!(
+        budget("outbound", "babble_net_buffer_budget_limit_bytes"),
+        defaults.outbound_buffer_budget as f64
+    );
+    let queue = |samples: &Samples, gauge| value(samples, gauge, &[("transport", "tcp")]);
+    let tcp = [("transport", "tcp")];
+    assert_eq!(shown("babble_net_fair_queue_requests", &tcp), Some(0.0));
+
+    // Requests nobody takes wait in the fair queue: the gauges count them
+    // and their one source, and take them back when the transport closes.
+    let idle = NetworkTransport::tcp(&local(Config::default()), logging::discard()).unwrap();
+    idle.listen().unwrap();
+    let idle_addr = idle.advertise_addr();
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let (caller, target) = (caller.clone(), idle_addr.clone());
+            actix_rt::spawn(async move { caller.sync(&target, SyncRequest::default()).await })
+        })
+        .collect();
+    let started = Instant::now();
+    loop {
+        let samples = parse(&scrape(&metrics_addr).await);
+        let requests = queue(&samples, "babble_net_fair_queue_requests");
+        if requests == 3.0 {
+            assert_eq!(queue(&samples, "babble_net_fair_queue_sources"), 1.0);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{requests} requests shown waiting, not 3"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    idle.close().await.unwrap();
+    for call in waiting {
+        assert!(call.await.unwrap().is_err(), "nobody answered");
+    }
+    let samples = parse(&scrape(&metrics_addr).await);
+    assert_eq!(queue(&samples, "babble_net_fair_queue_requests"), 0.0);
+    assert_eq!(queue(&samples, "babble_net_fair_queue_sources"), 0.0);
 }
 
 /// Where cargo put this build's executables (target/<profile>).

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// Held by each test while its commands run: they start whole clusters,
 /// and one test's 300-node simulation on both cores would starve another
 /// test's node processes into timeouts.
@@ -136,6 +138,8 @@ fn the_readme_cluster_commands_run_with_no_errors() {
     let clusters: Vec<Vec<String>> = readme_blocks()
         .into_iter()
         .chain(doc_blocks("docs/QUIC.md"))
+        // The monitoring block's cluster runs with its Prometheus, below.
+        .filter(|block| !block.iter().any(|c| c.starts_with("prometheus ")))
         .map(|block| {
             block
                 .into_iter()
@@ -218,6 +222,88 @@ fn the_documented_simulation_commands_run_and_recover() {
             "{command}: the halves exchanged again after the heal: {last}"
         );
     }
+}
+
+#[test]
+fn the_readme_monitoring_commands_bring_a_node_into_prometheus() {
+    let _alone = one_at_a_time();
+    if !common::interop::available_or_skip(
+        common::interop::has_program("prometheus"),
+        "prometheus (Debian's prometheus package)",
+    ) {
+        return;
+    }
+    let block = readme_blocks()
+        .into_iter()
+        .find(|block| block.iter().any(|c| c.starts_with("prometheus ")))
+        .expect("README shows how to start Prometheus");
+    let mut children = Vec::new();
+    let mut web = None;
+    for command in &block {
+        if command.contains("--example") {
+            children.push(spawn(command, root()));
+            continue;
+        }
+        let words: Vec<&str> = command.split_whitespace().collect();
+        web = words
+            .iter()
+            .find_map(|w| w.strip_prefix("--web.listen-address="))
+            .map(str::to_owned);
+        let child = Command::new(words[0])
+            .args(&words[1..])
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{command}: {e}"));
+        children.push(child);
+    }
+    struct Kill(Vec<Child>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for child in &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    let _children = Kill(children);
+    let web = web.expect("the Prometheus command names its address");
+    let prometheus = |path: &str| {
+        common::prometheus::get(&web, path)
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+    };
+    // The node is scraped (its series reach Prometheus) and the shipped
+    // rules are loaded.
+    let query = format!(
+        "/api/v1/query?query={}",
+        common::prometheus::encode("babble_net_rpcs_total{job=\"babble-net\"}")
+    );
+    common::prometheus::until(
+        Duration::from_secs(90),
+        "Prometheus holds the node's calls",
+        || {
+            prometheus(&query).is_some_and(|a| {
+                a["data"]["result"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty())
+            })
+        },
+    );
+    let rules = prometheus("/api/v1/rules").expect("Prometheus answers");
+    let loaded = rules["data"]["groups"]
+        .as_array()
+        .map(|groups| {
+            groups
+                .iter()
+                .map(|g| g["rules"].as_array().map_or(0, Vec::len))
+                .sum::<usize>()
+        })
+        .unwrap_or(0);
+    assert!(
+        loaded > 0,
+        "the rules of config/monitoring/rules.yml are loaded"
+    );
 }
 
 #[test]

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{NOT_CONSUMING, SHUTTING_DOWN};
+use crate::metrics::QueueGauges;
 use crate::rpc::Rpc;
 use crate::source::Source;
 use crate::wire::RpcType;
@@ -109,6 +110,9 @@ struct State {
     generation: u64,
     mode: Mode,
     waker: Option<Waker>,
+    /// RPCs waiting, all sources together.
+    waiting: usize,
+    gauges: QueueGauges,
 }
 
 /// See the [module docs](self).
@@ -120,8 +124,16 @@ pub struct FairQueue {
 
 impl FairQueue {
     /// An empty queue with room for `per_source` RPCs per source, and its
-    /// first receiver.
+    /// first receiver; no metrics.
     pub fn new(per_source: usize) -> (Arc<FairQueue>, QueueReceiver) {
+        Self::with_gauges(per_source, QueueGauges::none())
+    }
+
+    /// An empty queue with room for `per_source` RPCs per source, whose
+    /// depth the `gauges` show, and its first receiver.
+    pub fn with_gauges(per_source: usize, gauges: QueueGauges) -> (Arc<FairQueue>, QueueReceiver) {
+        gauges.requests.increment(0.0);
+        gauges.sources.increment(0.0);
         let queue = Arc::new(FairQueue {
             state: Mutex::new(State {
                 addresses: HashMap::new(),
@@ -129,6 +141,8 @@ impl FairQueue {
                 generation: 0,
                 mode: Mode::Receiving,
                 waker: None,
+                waiting: 0,
+                gauges,
             }),
             per_source: per_source.max(1),
             counters: Counters::default(),
@@ -278,6 +292,15 @@ impl FairQueue {
     }
 }
 
+impl Drop for State {
+    fn drop(&mut self) {
+        // A queue dropped with RPCs in it (they are refused as they drop)
+        // takes them out of the gauges.
+        self.gauges.requests.decrement(self.waiting as f64);
+        self.gauges.sources.decrement(self.turn.len() as f64);
+    }
+}
+
 impl State {
     fn refusal(&self) -> Option<&'static str> {
         match self.mode {
@@ -329,10 +352,13 @@ impl State {
         if key.rpcs.is_empty() {
             if address.turn.is_empty() {
                 self.turn.push_back(source.address.clone());
+                self.gauges.sources.increment(1.0);
             }
             address.turn.push_back(source.key.clone());
         }
         key.rpcs.push_back(queued);
+        self.waiting += 1;
+        self.gauges.requests.increment(1.0);
         self.waker.take()
     }
 
@@ -360,9 +386,14 @@ impl State {
         }
         if !address.turn.is_empty() {
             self.turn.push_back(name);
-        } else if address.keys.is_empty() {
-            self.addresses.remove(&name);
+        } else {
+            self.gauges.sources.decrement(1.0);
+            if address.keys.is_empty() {
+                self.addresses.remove(&name);
+            }
         }
+        self.waiting -= 1;
+        self.gauges.requests.decrement(1.0);
         Some(queued)
     }
 }

@@ -103,9 +103,102 @@ pub fn budget_held(transport: &'static str, budget: &'static str, delta: f64) {
         .increment(delta);
 }
 
+/// Every error kind a failed call is counted under (`kind` label).
+pub const ERROR_KINDS: [&str; 14] = [
+    "unanswered",
+    "refused",
+    "shutdown",
+    "timeout",
+    "unknown_peer",
+    "remote",
+    "connect",
+    "io",
+    "encode",
+    "decode",
+    "frame_too_large",
+    "config",
+    "handshake",
+    "other",
+];
+
+/// A transport of kind `transport` starts: its counters are shown at zero
+/// from now on, so a rate over them has a value (0) before the first event
+/// and the first event counts as an increase (a series that appears at 1
+/// hides its first increment from `rate` and `increase`).
+pub fn transport_started(transport: &'static str) {
+    for kind in ERROR_KINDS {
+        counter!("babble_net_rpc_errors_total", "transport" => transport, "kind" => kind)
+            .increment(0);
+    }
+    for result in ["ok", "error"] {
+        counter!("babble_net_dials_total", "transport" => transport, "result" => result)
+            .increment(0);
+    }
+    counter!("babble_net_pool_restarts_total", "transport" => transport).increment(0);
+}
+
+/// A Listener of `transport` starts: its shedding counters are shown at
+/// zero (see [`transport_started`]).
+pub fn listener_started(transport: &'static str) {
+    for reason in ["cap", "per_ip", "refused"] {
+        counter!("babble_net_inbound_shed_total", "transport" => transport, "reason" => reason)
+            .increment(0);
+    }
+    gauge!("babble_net_connections", "transport" => transport, "role" => "inbound").increment(0.0);
+}
+
+/// The size of a buffer `budget` of `transport`: shown while the budget
+/// exists (added when made, taken back when dropped), so that what is
+/// held can be read as a share of it. Several nodes in one process add up,
+/// as their holdings do.
+pub fn budget_limit(transport: &'static str, budget: &'static str, delta: f64) {
+    gauge!("babble_net_buffer_budget_limit_bytes", "transport" => transport, "budget" => budget)
+        .increment(delta);
+    // What is held is shown from the start (at zero), beside the limit.
+    budget_held(transport, budget, 0.0);
+}
+
+/// The gauges of a transport's fair queue (docs/METRICS.md): the requests
+/// waiting for the node, and the sources they come from. Handles taken
+/// once, when the queue is made, so the per-request cost is an atomic
+/// add: a recorder installed after a transport was made does not see its
+/// queue.
+#[derive(Clone)]
+pub struct QueueGauges {
+    /// `babble_net_fair_queue_requests`.
+    pub requests: metrics::Gauge,
+    /// `babble_net_fair_queue_sources`.
+    pub sources: metrics::Gauge,
+}
+
+impl QueueGauges {
+    /// The gauges of `transport`'s queue.
+    pub fn of(transport: &'static str) -> QueueGauges {
+        QueueGauges {
+            requests: gauge!("babble_net_fair_queue_requests", "transport" => transport),
+            sources: gauge!("babble_net_fair_queue_sources", "transport" => transport),
+        }
+    }
+
+    /// Gauges no recorder sees (tests, queues without a transport).
+    pub fn none() -> QueueGauges {
+        QueueGauges {
+            requests: metrics::Gauge::noop(),
+            sources: metrics::Gauge::noop(),
+        }
+    }
+}
+
 /// The signaling client is connected (1) or not (0).
 pub fn signal_connected(connected: bool) {
     gauge!("babble_net_signal_connected").set(if connected { 1.0 } else { 0.0 });
+}
+
+/// A signaling client starts, not connected yet; its reconnections are
+/// shown at zero.
+pub fn signal_client_started() {
+    gauge!("babble_net_signal_connected").set(0.0);
+    counter!("babble_net_signal_reconnects_total").increment(0);
 }
 
 /// The signaling client connects again after losing the router.

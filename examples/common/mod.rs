@@ -332,6 +332,11 @@ pub struct ToyNode {
     events: store::EventStore,
     /// Syncs in flight now.
     syncing: usize,
+    /// No new sync starts before then: a node waits as long as its last
+    /// sync took, so that a cluster whose machine is saturated (a large
+    /// cluster on a slow or debug build) slows its gossip down instead of
+    /// queueing calls until they time out.
+    quiet_until: std::time::Instant,
     stats: Arc<Stats>,
     gossip: Gossip,
     log: slog::Logger,
@@ -359,6 +364,7 @@ impl ToyNode {
             peers: Vec::new(),
             events: store::EventStore::new(gossip.max_events),
             syncing: 0,
+            quiet_until: std::time::Instant::now(),
             stats,
             gossip,
             log,
@@ -459,7 +465,7 @@ impl ToyNode {
         let Some(target) = self.peers.choose(&mut rand::rng()).cloned() else {
             return;
         };
-        if self.syncing >= self.gossip.max_syncs {
+        if self.syncing >= self.gossip.max_syncs || std::time::Instant::now() < self.quiet_until {
             self.stats.count(&self.stats.skipped);
             return;
         }
@@ -481,6 +487,7 @@ impl ToyNode {
                 .map(move |(target, result, made, took), node, ctx| {
                     let events = |r: &SyncResponse| r.events.as_ref().map_or(0, Vec::len);
                     node.record(&target, "sync", made, took, result.as_ref().map(events));
+                    node.quiet_until = node.quiet_until.max(std::time::Instant::now() + took);
                     match result {
                         Ok(response) => {
                             node.stats.count(&node.stats.syncs);

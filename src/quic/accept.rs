@@ -78,6 +78,7 @@ impl Acceptor {
         shutdown: CancellationToken,
         log: Logger,
     ) -> Acceptor {
+        crate::metrics::quic_listener_started();
         let places = Places::new(limits.max_connections, limits.max_connections_per_source);
         let handshakes = Places::new(
             limits.max_handshakes.saturating_mul(4),

@@ -99,6 +99,7 @@ pub struct Account {
 impl ReadAhead {
     /// A budget of `budget` bytes held ahead of readers.
     pub fn new(budget: usize) -> Arc<ReadAhead> {
+        metrics::budget_limit("webrtc", "read_ahead", budget as f64);
         Arc::new(ReadAhead {
             budget,
             state: Mutex::default(),
@@ -130,6 +131,12 @@ impl ReadAhead {
             id,
             inbox,
         }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        metrics::budget_limit("webrtc", "read_ahead", -(self.budget as f64));
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod interop;
 pub mod net;
+pub mod prometheus;
 pub mod quic_flood;
 pub mod signal;
 pub mod suite;

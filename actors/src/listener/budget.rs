@@ -38,6 +38,27 @@ pub(super) struct Budget {
     exhausted: &'static str,
     /// The labels of the gauge of what is held: transport and budget.
     labels: (&'static str, &'static str),
+    /// Shows the budget's size while any clone of it lives.
+    _limit: Arc<LimitShown>,
+}
+
+/// The size of a budget on its gauge, taken back when the budget goes.
+struct LimitShown {
+    bytes: usize,
+    labels: (&'static str, &'static str),
+}
+
+impl LimitShown {
+    fn new(bytes: usize, labels: (&'static str, &'static str)) -> LimitShown {
+        crate::metrics::budget_limit(labels.0, labels.1, bytes as f64);
+        LimitShown { bytes, labels }
+    }
+}
+
+impl Drop for LimitShown {
+    fn drop(&mut self) {
+        crate::metrics::budget_limit(self.labels.0, self.labels.1, -(self.bytes as f64));
+    }
 }
 
 impl Budget {
@@ -54,6 +75,7 @@ impl Budget {
             held,
             exhausted,
             labels,
+            _limit: Arc::new(LimitShown::new(bytes, labels)),
         }
     }
 

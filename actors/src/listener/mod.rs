@@ -163,6 +163,7 @@ impl Listener {
         log: Logger,
     ) -> Self {
         let slots = Places::new(limits.max_inbound, limits.max_inbound_per_ip);
+        crate::metrics::listener_started(limits.transport);
         let inbound = Budget::new(
             limits.buffer_budget,
             counters.buffered.clone(),

@@ -218,6 +218,7 @@ impl Actor for Signaling {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        crate::metrics::signal_client_started();
         self.connect(ctx);
     }
 }

@@ -211,6 +211,17 @@ pub struct Router {
     stopped: tokio::sync::watch::Receiver<bool>,
 }
 
+/// The router's counters and gauge, shown at zero from its start, so
+/// that rates over them have a value before the first event.
+fn shown_at_zero() {
+    metrics::gauge!("babble_net_signal_sessions").increment(0.0);
+    metrics::counter!("babble_net_signal_sessions_evicted_total").increment(0);
+    metrics::counter!("babble_net_signal_handshakes_evicted_total").increment(0);
+    for result in ["routed", "refused", "expired", "displaced"] {
+        metrics::counter!("babble_net_signal_calls_total", "result" => result).increment(0);
+    }
+}
+
 impl Router {
     /// Binds `config.listen` and starts serving in the background (on the
     /// current tokio runtime).
@@ -231,6 +242,7 @@ impl Router {
             }
         };
         config.validate()?;
+        shown_at_zero();
         let listener =
             TcpListener::bind(&config.listen)
                 .await
