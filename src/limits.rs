@@ -54,7 +54,8 @@ pub fn pool(config: &Config, transport: &'static str) -> PoolSettings {
 /// the streams has the other half): a quarter of the budget is split
 /// evenly over `quic-max-connections` (64 KiB each by default), the other
 /// quarter is lent in [`QUIC_LARGE_WINDOWS`] large windows (4 MiB each by
-/// default), at most two per source address at a time, so that every
+/// default), at most two per source address at a time (taken back from a
+/// connection idle for 10 s when a newcomer wants one), so that every
 /// inbound connection together stays within its half. Windows are between
 /// 64 KiB and 16 MiB. A reply waiting in QUIC's send buffer is still
 /// charged to `outbound-buffer-budget` by the Listener until the caller

@@ -268,7 +268,11 @@ async fn handshake(
         crate::metrics::quic_shed(reason);
         debug!(log, "shed a QUIC connection for a newcomer"; "source" => &source);
     }
-    let large = acceptor.windows.lend(&source);
+    let holder = super::windows::Holder {
+        kick: kick.clone(),
+        activity: activity.clone(),
+    };
+    let large = acceptor.windows.lend(&source, holder, Instant::now());
     if large.is_some() {
         let limits = &acceptor.limits;
         let window = VarInt::from_u64(limits.large_receive_window).unwrap_or(VarInt::MAX);

@@ -51,6 +51,11 @@ impl Activity {
         self.done.store(micros, Ordering::Relaxed);
     }
 
+    /// When the last RPC completed (or the place was taken, before any).
+    pub fn last_completed(&self) -> Instant {
+        self.base + std::time::Duration::from_micros(self.last_done())
+    }
+
     /// When the last RPC completed, in microseconds after `base`.
     fn last_done(&self) -> u64 {
         self.done.load(Ordering::Relaxed)
