@@ -333,9 +333,10 @@ pub struct ToyNode {
     /// Syncs in flight now.
     syncing: usize,
     /// No new sync starts before then: a node waits as long as its last
-    /// sync took, so that a cluster whose machine is saturated (a large
-    /// cluster on a slow or debug build) slows its gossip down instead of
-    /// queueing calls until they time out.
+    /// answered sync took, so that a cluster whose machine is saturated (a
+    /// large cluster on a slow or debug build) slows its gossip down
+    /// instead of queueing calls until they time out. (A failed call adds
+    /// no wait: a node calls again as soon as a partition heals.)
     quiet_until: std::time::Instant,
     stats: Arc<Stats>,
     gossip: Gossip,
@@ -487,7 +488,9 @@ impl ToyNode {
                 .map(move |(target, result, made, took), node, ctx| {
                     let events = |r: &SyncResponse| r.events.as_ref().map_or(0, Vec::len);
                     node.record(&target, "sync", made, took, result.as_ref().map(events));
-                    node.quiet_until = node.quiet_until.max(std::time::Instant::now() + took);
+                    if result.is_ok() {
+                        node.quiet_until = node.quiet_until.max(std::time::Instant::now() + took);
+                    }
                     match result {
                         Ok(response) => {
                             node.stats.count(&node.stats.syncs);
