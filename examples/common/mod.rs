@@ -33,6 +33,14 @@ use rand::seq::IndexedRandom;
 /// How long a newcomer keeps trying to reach its sponsor.
 const JOIN_RETRY: Duration = Duration::from_secs(10);
 
+/// How many times as long as its last answered sync took a node stays
+/// quiet before the next: a node then has a sync in flight at most a
+/// quarter of the time, so on a saturated machine the calls in flight (and
+/// the queues every call waits in) shrink to a quarter of what `max-syncs`
+/// allows, keeping them far from the 1 s timeout. On an idle machine a
+/// sync takes about a millisecond, well under the gossip period.
+const QUIET_PER_SYNC: u32 = 3;
+
 /// Counters of a whole cluster, printed once a second and at the end.
 #[derive(Default)]
 pub struct Stats {
@@ -332,8 +340,8 @@ pub struct ToyNode {
     events: store::EventStore,
     /// Syncs in flight now.
     syncing: usize,
-    /// No new sync starts before then: a node waits as long as its last
-    /// answered sync took, so that a cluster whose machine is saturated (a
+    /// No new sync starts before then: a node waits [`QUIET_PER_SYNC`]
+    /// times as long as its last answered sync took, so that a cluster whose machine is saturated (a
     /// large cluster on a slow or debug build) slows its gossip down
     /// instead of queueing calls until they time out. (A failed call adds
     /// no wait: a node calls again as soon as a partition heals.)
@@ -489,7 +497,9 @@ impl ToyNode {
                     let events = |r: &SyncResponse| r.events.as_ref().map_or(0, Vec::len);
                     node.record(&target, "sync", made, took, result.as_ref().map(events));
                     if result.is_ok() {
-                        node.quiet_until = node.quiet_until.max(std::time::Instant::now() + took);
+                        node.quiet_until = node
+                            .quiet_until
+                            .max(std::time::Instant::now() + took * QUIET_PER_SYNC);
                     }
                     match result {
                         Ok(response) => {
