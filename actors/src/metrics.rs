@@ -90,7 +90,8 @@ pub fn pool_restarted(transport: &'static str) {
 }
 
 /// An inbound connection was shed or refused by a limit: `reason` is
-/// `cap`, `per_ip` or `refused`.
+/// `cap`, `per_ip`, `refused`, or `unread_reply` (closed while its reply
+/// stalled, to make room in the outbound budget for another's).
 pub fn inbound_shed(transport: &'static str, reason: &'static str) {
     counter!("babble_net_inbound_shed_total", "transport" => transport, "reason" => reason)
         .increment(1);
@@ -140,7 +141,7 @@ pub fn transport_started(transport: &'static str) {
 /// A Listener of `transport` starts: its shedding counters are shown at
 /// zero (see [`transport_started`]).
 pub fn listener_started(transport: &'static str) {
-    for reason in ["cap", "per_ip", "refused"] {
+    for reason in ["cap", "per_ip", "refused", "unread_reply"] {
         counter!("babble_net_inbound_shed_total", "transport" => transport, "reason" => reason)
             .increment(0);
     }

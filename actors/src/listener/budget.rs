@@ -116,6 +116,11 @@ impl Reservation {
         self.permits.as_ref().map_or(0, |p| p.num_permits())
     }
 
+    /// Whether this share holds any of its budget.
+    pub(super) fn holds_any(&self) -> bool {
+        self.held() > 0
+    }
+
     /// The error of a share that cannot grow.
     fn exhausted(&self) -> std::io::Error {
         std::io::Error::new(std::io::ErrorKind::TimedOut, self.budget.exhausted)

@@ -21,8 +21,9 @@
 //! bytes and what they decode into), then the decoded request until it is
 //! answered; to the outbound one, the reply the node handed over and its
 //! frame until the frame is written. A reply the outbound budget has no
-//! room for is dropped at once and the caller told so
-//! ([`REPLIES_BACKED_UP`]).
+//! room for closes a connection of another address whose reply nobody
+//! reads, if there is one ([`super::stalled`]); otherwise it is dropped
+//! at once and the caller told so ([`REPLIES_BACKED_UP`]).
 
 use std::sync::Arc;
 
@@ -34,6 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::{Budget, Reservation};
+use super::stalled::StalledWriters;
 use super::ListenerLimits;
 use crate::codec::{reply_capacity, write_reply, CodecError, RawRequest, Reply, ServerCodec};
 use crate::deadline::DeadlineStream;
@@ -76,6 +78,8 @@ pub(super) struct Context {
     pub(super) inbound: Budget,
     /// The budget for encoded replies waiting to be written.
     pub(super) outbound: Budget,
+    /// The Listener's connections writing replies, for room in `outbound`.
+    pub(super) stalled: Arc<StalledWriters>,
     /// Where large requests are parsed and large replies encoded.
     pub(super) io: Arc<IoArbiters>,
     pub(super) shutdown: CancellationToken,
@@ -188,7 +192,11 @@ pub(super) async fn serve(
         debug!(cx.log, "answering"; "rpc" => %rpc_type, "error" => &reply.error);
         // While the node is closing, the refusal above is still written.
         let evictable = !cx.shutdown.is_cancelled();
-        let (reply, capacity) = charge_reply(reply, &mut sending, &cx, rpc_type);
+        let (reply, capacity) = tokio::select! {
+            biased;
+            _ = &mut kicked, if evictable => return Ok(Ended::Kicked),
+            charged = charge_reply(reply, &mut sending, &source, &cx, rpc_type) => charged,
+        };
         let ok = reply.error.is_empty();
         let encoded = tokio::select! {
             biased;
@@ -207,11 +215,14 @@ pub(super) async fn serve(
         };
         stream.restart_with_rate(cx.limits.timeout, cx.limits.min_rate);
         // A reply being written can be evicted too: a peer that never reads
-        // would otherwise hold its slot and its budget until the deadline.
+        // would otherwise hold its slot and its budget until the deadline;
+        // one whose write stalls can be closed for another's reply.
+        let writing = cx.stalled.writing(&source.address, &cx.kick, &sending);
+        let mut watched = writing.watch(&mut stream);
         tokio::select! {
             biased;
             _ = &mut kicked, if evictable => return Ok(Ended::Kicked),
-            written = crate::deadline::write_frame(&mut stream, &out) => match written {
+            written = crate::deadline::write_frame(&mut watched, &out) => match written {
                 Ok(()) => {}
                 // The caller went away while its answer was written: it
                 // gave up, as a hang-up while the node answers.
@@ -222,6 +233,7 @@ pub(super) async fn serve(
                 Err(e) => return Err(e.into()),
             },
         }
+        drop(writing);
         // The caller's next request may follow within microseconds.
         crate::spin::expect_io();
         let transport = cx.limits.transport;
@@ -284,20 +296,35 @@ async fn decode_request(
 /// Charges a reply the node handed over to the outbound budget, the reply
 /// as it is ([`Response::memory_hint`](crate::wire::Response::memory_hint))
 /// and its frame ([`reply_capacity`]): it is already in memory, so it
-/// cannot wait for room. A reply the budget has no room for is dropped at
-/// once, and the caller told why. Returns what is to be encoded and its
-/// estimated size.
-fn charge_reply(
+/// does not wait for room, except while connections of other addresses
+/// whose replies nobody reads are closed for it ([`super::stalled`]). A
+/// reply that gets no room is dropped, and the caller told why. Returns
+/// what is to be encoded and its estimated size.
+async fn charge_reply(
     reply: Reply,
     sending: &mut Reservation,
+    source: &Source,
     cx: &Context,
     rpc_type: crate::wire::RpcType,
 ) -> (Reply, usize) {
     let capacity = reply_capacity(&reply);
     let held = (reply.response.as_ref()).map_or(0, crate::wire::Response::memory_hint);
-    match sending.try_grow(capacity.saturating_add(held)) {
-        Ok(()) => (reply, capacity),
-        Err(_) => {
+    let bytes = capacity.saturating_add(held);
+    if sending.try_grow(bytes).is_ok() {
+        return (reply, capacity);
+    }
+    let transport = cx.limits.transport;
+    let closed = || {
+        debug!(cx.log, "closing a connection whose reply nobody reads, for this reply"; "rpc" => %rpc_type);
+        crate::metrics::inbound_shed(transport, "unread_reply");
+    };
+    let room = cx
+        .stalled
+        .make_room(&source.address, sending, bytes, closed)
+        .await;
+    match room {
+        true => (reply, capacity),
+        false => {
             debug!(cx.log, "no outbound budget for a reply"; "rpc" => %rpc_type, "bytes" => capacity);
             drop(reply);
             let refusal = Reply::error(REPLIES_BACKED_UP);

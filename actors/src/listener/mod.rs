@@ -26,6 +26,7 @@
 
 mod budget;
 mod connection;
+mod stalled;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -142,6 +143,8 @@ pub struct Listener {
     slots: Arc<Mutex<Places>>,
     inbound: Budget,
     outbound: Budget,
+    /// Connections writing replies, which a reply with no room may close.
+    stalled: Arc<stalled::StalledWriters>,
     /// Cancelled to stop accepting and close every inbound connection.
     shutdown: CancellationToken,
     /// Fires once the accept loop has ended (and released the layer).
@@ -184,6 +187,7 @@ impl Listener {
             slots: Arc::new(Mutex::new(slots)),
             inbound,
             outbound,
+            stalled: stalled::StalledWriters::new(),
             limits,
             shutdown,
             accept_done: None,
@@ -308,6 +312,7 @@ impl Handler<Accepted> for Listener {
             limits: self.limits.clone(),
             inbound: self.inbound.clone(),
             outbound: self.outbound.clone(),
+            stalled: self.stalled.clone(),
             io: self.io.clone(),
             shutdown: self.shutdown.clone(),
             log: log.clone(),
