@@ -80,6 +80,10 @@ pub struct Config {
     /// Trust the signaling server certificates in this PEM file (a CA, or
     /// the server's self-signed certificate) instead of the system's roots.
     pub signal_ca_file: Option<PathBuf>,
+    /// The local address the node's connection to the signaling server
+    /// is made from (`signal-bind`, on a host with several); unset: the
+    /// system's choice.
+    pub signal_bind: Option<std::net::IpAddr>,
     /// STUN/TURN server for WebRTC, such as `stun:stun.l.google.com:19302`.
     pub ice_addr: Option<String>,
     /// Username for the TURN server.
@@ -210,6 +214,7 @@ impl Default for Config {
             signal_skip_verify: false,
             signal_auth: false,
             signal_ca_file: None,
+            signal_bind: None,
             ice_addr: None,
             ice_username: None,
             ice_password: None,

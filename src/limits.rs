@@ -183,7 +183,7 @@ pub fn ice(config: &Config) -> crate::rtc::IceOptions {
 }
 
 /// The signaling client's settings for `id` (`signal-addr`,
-/// `signal-realm`), connecting within `signal-connect-timeout` and taking
+/// `signal-realm`, from `signal-bind`), connecting within `signal-connect-timeout` and taking
 /// signed offers no older than `offer-timeout`; `tls` and `key` as the
 /// caller made them from the configuration. Other limits are
 /// [`SignalSettings::new`]'s.
@@ -199,6 +199,7 @@ pub fn signal(
         connect_timeout: config.signal_connect_deadline(),
         max_offer_age: config.offer_deadline(),
         key,
+        bind_ip: config.signal_bind,
         ..SignalSettings::new(&config.signal_addr, &config.signal_realm, id)
     }
 }

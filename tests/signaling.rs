@@ -522,6 +522,35 @@ async fn one_address_cannot_hold_more_than_its_sessions() {
 }
 
 #[actix_rt::test]
+async fn a_client_bound_to_an_address_is_that_address_at_the_router() {
+    // One session per address: a second client from 127.0.0.1 would take
+    // the first one's place.
+    let config = RouterConfig {
+        max_sessions_per_address: 1,
+        ..router_config(&["main"])
+    };
+    let router = Router::start(config, logging::discard()).await.unwrap();
+    let addr = format!("ws://{}", router.local_addr());
+    let first = client(&addr, "main", "first", None);
+    first.listen().await.unwrap();
+    let session = first.status().await.unwrap().session;
+    let bound = WampSignal::new(
+        babble_net::signal::SignalSettings {
+            bind_ip: Some("127.0.0.2".parse().unwrap()),
+            ..settings(&addr, "main", "bound", None)
+        },
+        Duration::from_secs(5),
+        logging::discard(),
+    );
+    answer_offers(&bound, |_, _| Ok(ANSWER.into()));
+    bound.listen().await.unwrap();
+    // The bound client took its own address's place: the first kept its
+    // session, and reaches the bound one through the router.
+    assert_eq!(first.offer("bound", OFFER.into()).await.unwrap(), ANSWER);
+    assert_eq!(first.status().await.unwrap().session, session);
+}
+
+#[actix_rt::test]
 async fn a_session_that_registers_nothing_is_closed() {
     let config = RouterConfig {
         register_timeout: Duration::from_millis(300),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::stream::SplitSink;
 use futures::SinkExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -32,6 +32,35 @@ pub(super) async fn open(settings: &SignalSettings) -> Result<WsStream, SignalEr
         })?
 }
 
+/// A TCP connection to the router at `host`, from `bind` when given (to
+/// the first of the host's addresses of the same family).
+async fn connect_tcp(
+    host: &str,
+    port: u16,
+    bind: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(bind) = bind else {
+        return TcpStream::connect((host, port)).await;
+    };
+    let router = tokio::net::lookup_host((host, port))
+        .await?
+        .find(|addr| addr.is_ipv4() == bind.is_ipv4())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("{host} has no address of the family of the bind address {bind}"),
+            )
+        })?;
+    let socket = match bind {
+        std::net::IpAddr::V4(_) => TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind((bind, 0).into()).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("binding {bind} to reach the router: {e}"))
+    })?;
+    socket.connect(router).await
+}
+
 async fn upgrade(settings: &SignalSettings) -> Result<WsStream, SignalError> {
     let connect_error = |e: &dyn fmt::Display| SignalError::Connect(e.to_string());
     let url = settings.url();
@@ -55,7 +84,7 @@ async fn upgrade(settings: &SignalSettings) -> Result<WsStream, SignalError> {
         .uri()
         .port_u16()
         .unwrap_or(if url.starts_with("wss") { 443 } else { 80 });
-    let tcp = TcpStream::connect((host.as_str(), port))
+    let tcp = connect_tcp(&host, port, settings.bind_ip)
         .await
         .map_err(|e| connect_error(&e))?;
     tcp.set_nodelay(true).map_err(|e| connect_error(&e))?;

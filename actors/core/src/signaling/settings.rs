@@ -50,6 +50,10 @@ pub struct SignalSettings {
     /// With a key: signed offers and answers older (or newer) than this
     /// are refused as stale.
     pub max_offer_age: Duration,
+    /// The local address the connection to the router is made from (on a
+    /// host with several, the one the router should see); `None`: the
+    /// system's choice. Its family must be the router's.
+    pub bind_ip: Option<std::net::IpAddr>,
 }
 
 impl SignalSettings {
@@ -77,6 +81,7 @@ impl SignalSettings {
             max_offers_per_caller: 4,
             key: None,
             max_offer_age: Duration::from_secs(10),
+            bind_ip: None,
         }
     }
 
