@@ -129,11 +129,13 @@ async fn minted_peer(
     Ok(())
 }
 
-/// A WebRTC layer under a new made-up ID, its ICE bound to `source`.
+/// A WebRTC layer under a new made-up ID, its ICE and its signaling
+/// session bound to `source` (so the router gives the node `source` as
+/// its offers' caller).
 async fn rtc_layer(url: &str, source: &str) -> Arc<dyn StreamLayer> {
     let id = format!("attacker-{}", MINTED.fetch_add(1, Ordering::Relaxed));
     let layer = WebRtcStreamLayer::start(
-        signal(url, &id),
+        signal_from(url, &id, source),
         &ice(source),
         babble_net::limits::rtc(&Config::default()),
         logging::discard(),
@@ -169,8 +171,16 @@ async fn dead_offer(url: &str, source: &str) -> String {
 
 /// A signaling client from this process (127.0.0.1).
 pub fn signal(url: &str, id: &str) -> Arc<dyn Signal> {
+    signal_from(url, id, "127.0.0.1")
+}
+
+/// A signaling client connecting from `source`.
+fn signal_from(url: &str, id: &str, source: &str) -> Arc<dyn Signal> {
     Arc::new(WampSignal::new(
-        SignalSettings::new(url, "main", id),
+        SignalSettings {
+            bind_ip: Some(source.parse().expect("an IP address")),
+            ..SignalSettings::new(url, "main", id)
+        },
         Duration::from_secs(10),
         logging::discard(),
     ))
