@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use babble_net::*;
-use common::net::silent_server;
+use common::net::{free_addr, silent_server};
 use common::suite;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -84,12 +84,7 @@ fn local(config: Config) -> Config {
 
 #[actix_rt::test]
 async fn scraped_counts_match_the_traffic() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics_addr = format!("127.0.0.1:{port}");
+    let metrics_addr = free_addr();
     metrics::serve_prometheus(metrics_addr.parse().unwrap()).unwrap();
 
     let server = NetworkTransport::tcp(&local(Config::default()), logging::discard()).unwrap();
@@ -300,14 +295,6 @@ fn target_dir() -> std::path::PathBuf {
     test.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts `program` with `args` and waits (5 s at most) for the line
 /// saying it listens.
 fn start_listening(program: std::path::PathBuf, args: &[&str]) -> std::process::Child {
@@ -358,11 +345,7 @@ fn scrape_blocking(addr: &str) -> (String, String) {
 fn the_binaries_serve_metrics_with_metrics_addr() {
     let dir = target_dir();
     // rpcbench serve, after ten calls from rpcbench call.
-    let (port, metrics_port) = (free_port(), free_port());
-    let (listen, metrics_addr) = (
-        format!("127.0.0.1:{port}"),
-        format!("127.0.0.1:{metrics_port}"),
-    );
+    let (listen, metrics_addr) = (free_addr(), free_addr());
     let mut serve = start_listening(
         dir.join("examples").join("rpcbench"),
         &[
@@ -402,7 +385,7 @@ fn the_binaries_serve_metrics_with_metrics_addr() {
     assert_eq!(served, 10.0);
 
     // babble-signal answers its scrape.
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let metrics_addr = free_addr();
     let mut signal = start_listening(
         dir.join("babble-signal"),
         &[

@@ -11,11 +11,12 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use common::interop::{available_or_skip, example, has_program, rpcbench};
+use common::net::{free_addr, KillOnDrop};
 use common::prometheus::{monitoring_dir, until, until_ok, Prometheus};
 use serde_json::Value;
 
@@ -123,18 +124,9 @@ fn alert_names() -> Vec<String> {
         .collect()
 }
 
-/// Processes killed when dropped.
+/// The processes a test starts, killed when it ends.
 #[derive(Default)]
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+struct Processes(KillOnDrop);
 
 impl Processes {
     /// Starts `program` with `args`; returns the first line of its output
@@ -147,7 +139,7 @@ impl Processes {
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
         let stdout = child.stdout.take().unwrap();
-        self.0.push(child);
+        (self.0).0.push(child);
         let (tx, rx) = mpsc::channel();
         let wanted = wait_for.to_owned();
         std::thread::spawn(move || {
@@ -162,14 +154,6 @@ impl Processes {
         rx.recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("{} printed no {wait_for:?}", program.display()))
     }
-}
-
-fn free_addr() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
 }
 
 /// The shipped scrape configuration, pointed at this test's ports, scraped
@@ -372,7 +356,7 @@ fn a_real_prometheus_scraping_a_cluster_answers_every_panel_and_fires_the_flood_
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    processes.0.push(flood);
+    (processes.0).0.push(flood);
     until(
         Duration::from_secs(90),
         "BabbleNetInboundShed fires in Prometheus",

@@ -258,16 +258,7 @@ fn the_readme_monitoring_commands_bring_a_node_into_prometheus() {
             .unwrap_or_else(|e| panic!("{command}: {e}"));
         children.push(child);
     }
-    struct Kill(Vec<Child>);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            for child in &mut self.0 {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-    let _children = Kill(children);
+    let _children = common::net::KillOnDrop(children);
     let web = web.expect("the Prometheus command names its address");
     let prometheus = |path: &str| {
         common::prometheus::get(&web, path)

@@ -206,3 +206,62 @@ pub fn signal_client_started() {
 pub fn signal_reconnected() {
     counter!("babble_net_signal_reconnects_total").increment(1);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{RemoteError, DROPPED_WITHOUT_ANSWER, NOT_CONSUMING};
+    use babble_net_core::secure::HandshakeError;
+
+    #[test]
+    fn every_error_kind_is_shown_at_zero() {
+        let peer = || "p".to_owned();
+        let io = || std::io::Error::other("x");
+        let errors = [
+            TransportError::Remote(RemoteError::from_wire(DROPPED_WITHOUT_ANSWER.into())),
+            TransportError::Remote(RemoteError::from_wire(NOT_CONSUMING.into())),
+            TransportError::Shutdown,
+            TransportError::Timeout {
+                peer: peer(),
+                after: Duration::from_secs(1),
+            },
+            TransportError::UnknownPeer(peer()),
+            TransportError::Remote(RemoteError::from_wire("boom".into())),
+            TransportError::Connect {
+                peer: peer(),
+                source: io(),
+            },
+            TransportError::Io {
+                peer: peer(),
+                source: io(),
+            },
+            TransportError::Encode {
+                peer: peer(),
+                reason: "x".into(),
+            },
+            TransportError::Decode {
+                peer: peer(),
+                reason: "x".into(),
+            },
+            TransportError::FrameTooLarge {
+                peer: peer(),
+                max: 1,
+            },
+            TransportError::Config("x".into()),
+            TransportError::Handshake {
+                peer: peer(),
+                source: HandshakeError::Timeout(Duration::from_secs(1)),
+            },
+        ];
+        let kinds: Vec<&str> = errors.iter().map(error_kind).collect();
+        // Each kind once, and every one of them shown at zero.
+        let distinct: std::collections::HashSet<_> = kinds.iter().collect();
+        assert_eq!(distinct.len(), kinds.len(), "{kinds:?}");
+        for kind in &kinds {
+            assert!(ERROR_KINDS.contains(kind), "{kind} is not in ERROR_KINDS");
+        }
+        // The list names nothing else but the catch-all.
+        assert_eq!(ERROR_KINDS.len(), kinds.len() + 1);
+        assert_eq!(ERROR_KINDS.last(), Some(&"other"));
+    }
+}

@@ -78,3 +78,27 @@ pub fn sockets_on_port(port: u16) -> usize {
         })
         .count()
 }
+
+/// A free TCP address on 127.0.0.1 (`127.0.0.1:PORT`), for a child process
+/// to listen on.
+pub fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
+
+/// Child processes killed (and reaped) when this is dropped, so a failing
+/// test leaves none behind.
+#[derive(Default)]
+pub struct KillOnDrop(pub Vec<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
