@@ -220,10 +220,16 @@ fn millis_since(base: Instant) -> u64 {
 /// thread and back. Only a reply larger than `large_frame` is parsed on an
 /// I/O arbiter while the call waits. A call made outside any arbiter is
 /// made on the I/O arbiter of its target. So `max_pool` and `max_dials`
-/// hold per peer and calling thread.
+/// hold per peer and calling thread. A layer that drives its connections
+/// on an I/O thread (QUIC, [`StreamLayer::driven_on`]) has every call
+/// made there, where its stream's bytes are: the caller's thread sends
+/// the call and receives the decoded reply, one hop each way.
 #[derive(Clone)]
 pub struct PeerPools {
     layer: Arc<dyn StreamLayer>,
+    /// The I/O thread where the layer drives its connections, if it does
+    /// and the transport has I/O threads: calls are made there.
+    driven_on: Option<String>,
     settings: PoolSettings,
     /// Where large replies are parsed, and calls from outside any arbiter
     /// made.
@@ -254,8 +260,10 @@ impl PeerPools {
             settings.max_idle,
             shutdown.clone(),
         ));
+        let driven_on = layer.driven_on().filter(|_| !io.is_empty());
         PeerPools {
             layer,
+            driven_on,
             settings,
             io,
             pools,
@@ -333,11 +341,14 @@ impl PeerPools {
     }
 
     /// Sends `call` to `target` and returns its reply; see the module docs.
-    /// The exchange runs on the caller's thread when that is an actix
-    /// arbiter, else on the target's I/O arbiter while the caller waits.
+    /// The exchange runs where the layer drives its connections when it
+    /// says ([`StreamLayer::driven_on`]: QUIC), else on the caller's
+    /// thread when that is an actix arbiter, else on the target's I/O
+    /// arbiter; the caller waits for the reply.
     pub async fn call(&self, target: &str, call: Call) -> Result<Reply, TransportError> {
         let issued = Instant::now();
-        if actix_rt::Arbiter::try_current().is_some() {
+        let driven_on = self.driven_on.as_deref();
+        if driven_on.is_none() && actix_rt::Arbiter::try_current().is_some() {
             let (handle, in_flight) = self.get(target);
             let reply = exchange_call(handle, call, issued).await;
             drop(in_flight);
@@ -345,19 +356,22 @@ impl PeerPools {
         }
         let (tx, mut rx) = oneshot::channel();
         let (pools, target_owned) = (self.clone(), target.to_owned());
-        let running = self.io.for_key(target).spawn(async move {
-            let mut tx = tx;
-            let (handle, in_flight) = pools.get(&target_owned);
-            let reply = tokio::select! {
-                reply = exchange_call(handle, call, issued) => reply,
-                // The caller gave up (or the transport closed): the lease
-                // is dropped, cut short, and its connection closed.
-                _ = tx.closed() => return,
-                _ = pools.shutdown.cancelled() => Err(TransportError::Shutdown),
-            };
-            drop(in_flight);
-            let _ = tx.send(reply);
-        });
+        let running = self
+            .io
+            .for_key(driven_on.unwrap_or(target))
+            .spawn(async move {
+                let mut tx = tx;
+                let (handle, in_flight) = pools.get(&target_owned);
+                let reply = tokio::select! {
+                    reply = exchange_call(handle, call, issued) => reply,
+                    // The caller gave up (or the transport closed): the lease
+                    // is dropped, cut short, and its connection closed.
+                    _ = tx.closed() => return,
+                    _ = pools.shutdown.cancelled() => Err(TransportError::Shutdown),
+                };
+                drop(in_flight);
+                let _ = tx.send(reply);
+            });
         if !running {
             return Err(TransportError::Shutdown);
         }

@@ -14,7 +14,9 @@
 //!   callee writes the Go reply and finishes. Every TCP limit and deadline
 //!   of the Listener and the call applies per stream.
 //! * The endpoint and its connections are driven on an I/O thread
-//!   (module `runtime`); the node's thread only reads and writes stream bytes.
+//!   (module `runtime`), where their streams are served and their calls
+//!   made too ([`StreamLayer::driven_on`]): only decoded requests,
+//!   replies and answers cross to the node's thread.
 //!
 //! The limits ([`QuicLimits`]) and what a node sees when each is hit are
 //! in docs/QUIC.md.
@@ -164,7 +166,7 @@ pub struct QuicStreamLayer {
     /// The endpoint's socket, closed with the layer.
     socket: Arc<socket::ClosableSocket>,
     /// The I/O threads the endpoint runs on, kept while it does.
-    _io: Arc<IoArbiters>,
+    io: Arc<IoArbiters>,
 }
 
 /// How long a closing endpoint waits for its peers to hear of it before
@@ -252,7 +254,7 @@ impl QuicStreamLayer {
             shutdown,
             runtime,
             socket,
-            _io: io,
+            io,
         })
     }
 
@@ -402,6 +404,12 @@ impl StreamLayer for QuicStreamLayer {
 
     fn one_call_per_connection(&self) -> bool {
         true
+    }
+
+    fn driven_on(&self) -> Option<String> {
+        // The endpoint and every connection's driver run on the I/O
+        // thread of the advertised address (see `bind`).
+        (!self.io.is_empty()).then(|| self.advertise.clone())
     }
 
     fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, String)>> {

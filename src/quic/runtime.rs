@@ -1,9 +1,11 @@
 //! Where QUIC's own work runs: the endpoint's and every connection's
 //! driver (packets in and out, timers, loss recovery, crypto) on one of
-//! the transport's I/O threads, whichever thread makes the calls. The
-//! node's thread only reads and writes stream bytes, so a burst of
-//! packets never stalls it, and a slow node thread never delays
-//! acknowledgements.
+//! the transport's I/O threads, whichever thread makes the calls. Their
+//! streams are served and called on that thread too (see
+//! [`StreamLayer::driven_on`](babble_net_core::stream::StreamLayer::driven_on)),
+//! so a burst of packets never stalls the node's thread, a slow node
+//! thread never delays acknowledgements, and no connection's state is
+//! shared between two threads.
 
 use std::future::Future;
 use std::io;

@@ -121,6 +121,17 @@ pub trait StreamLayer: Send + Sync + 'static {
         false
     }
 
+    /// The key of the I/O thread that drives this layer's connections
+    /// (the key the transport's I/O threads are picked by), when they are
+    /// driven on one: its inbound connections are then taken in and served
+    /// there, and calls made there, so that a connection's bytes never
+    /// cross threads and only decoded requests and replies do (QUIC).
+    /// `None` (the default): inbound connections are served on the
+    /// Listener's thread and calls made on the caller's.
+    fn driven_on(&self) -> Option<String> {
+        None
+    }
+
     /// The `transport` label of the metrics of a transport on this layer
     /// (`tcp`, `webrtc`; `custom` unless the layer says).
     fn transport(&self) -> &'static str {

@@ -218,7 +218,7 @@ pub(super) async fn serve(
         // would otherwise hold its slot and its budget until the deadline;
         // one whose write stalls can be closed for another's reply.
         let writing = cx.stalled.writing(&source.address, &cx.kick, &sending);
-        let mut watched = writing.watch(&mut stream);
+        let mut watched = super::stalled::watch(&mut stream, writing.as_ref());
         tokio::select! {
             biased;
             _ = &mut kicked, if evictable => return Ok(Ended::Kicked),

@@ -11,6 +11,10 @@
 //! Connections are served on the Listener's own arbiter (the transport's),
 //! where the accept loop and the Dispatcher also run: a small request is
 //! read, parsed and answered there with no hand-off to another thread. A
+//! layer that drives its connections on an I/O thread (QUIC,
+//! [`StreamLayer::driven_on`]) has them accepted, taken in and served
+//! there instead: only the decoded request crosses to the Dispatcher's
+//! thread, through the fair queue, and its answer back. A
 //! request larger than `large_frame` is parsed, and a reply larger than it
 //! encoded, on the transport's I/O arbiters ([`IoArbiters`]) while the
 //! connection waits, so a large frame never stalls the node's thread.
@@ -134,6 +138,15 @@ impl ListenerCounters {
 
 /// See the [module docs](self).
 pub struct Listener {
+    intake: Arc<Intake>,
+    /// Fires once the accept loop has ended (and released the layer).
+    accept_done: Option<oneshot::Receiver<()>>,
+}
+
+/// What taking in a connection needs: the Listener's limits, places and
+/// budgets, shared with the thread that accepts (see [`Listener`]'s
+/// `started`).
+struct Intake {
     layer: Arc<dyn StreamLayer>,
     /// Where large frames are parsed and encoded.
     io: Arc<IoArbiters>,
@@ -147,8 +160,6 @@ pub struct Listener {
     stalled: Arc<stalled::StalledWriters>,
     /// Cancelled to stop accepting and close every inbound connection.
     shutdown: CancellationToken,
-    /// Fires once the accept loop has ended (and released the layer).
-    accept_done: Option<oneshot::Receiver<()>>,
     log: Logger,
 }
 
@@ -179,7 +190,7 @@ impl Listener {
             "the outbound buffer budget is exhausted",
             (limits.transport, "outbound"),
         );
-        Listener {
+        let intake = Intake {
             layer,
             io,
             queue,
@@ -190,8 +201,11 @@ impl Listener {
             stalled: stalled::StalledWriters::new(),
             limits,
             shutdown,
-            accept_done: None,
             log,
+        };
+        Listener {
+            intake: Arc::new(intake),
+            accept_done: None,
         }
     }
 }
@@ -200,19 +214,60 @@ impl Actor for Listener {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        info!(self.log, "listening"; "addr" => self.layer.local_addr());
+        let intake = &self.intake;
+        info!(intake.log, "listening"; "addr" => intake.layer.local_addr());
         let (done_tx, done_rx) = oneshot::channel();
         self.accept_done = Some(done_rx);
-        let accept = accept_loop(
-            self.layer.clone(),
-            self.shutdown.clone(),
-            ctx.address(),
-            self.log.clone(),
+        let (layer, shutdown, log) = (
+            intake.layer.clone(),
+            intake.shutdown.clone(),
+            intake.log.clone(),
         );
+        // A layer whose connections are driven on an I/O thread (QUIC)
+        // has them taken in and served there, where their bytes are: what
+        // crosses to this thread is the decoded request, through the fair
+        // queue (DESIGN.md, "Threads"). If the I/O threads have stopped,
+        // nothing is accepted and `done_tx` is dropped with the closure.
+        let driven_on = intake.layer.driven_on().filter(|_| !intake.io.is_empty());
+        if let Some(key) = driven_on {
+            let hand = Hand::Direct(intake.clone());
+            intake.io.for_key(&key).spawn_fn(move || {
+                actix_rt::spawn(async move {
+                    accept_loop(layer, shutdown, hand, log).await;
+                    let _ = done_tx.send(());
+                });
+            });
+            return;
+        }
+        let hand = Hand::Mailbox(ctx.address());
         actix_rt::spawn(async move {
-            accept.await;
+            accept_loop(layer, shutdown, hand, log).await;
             let _ = done_tx.send(());
         });
+    }
+}
+
+/// Where the accept loop hands what it accepts.
+enum Hand {
+    /// The Listener's mailbox, on its own thread.
+    Mailbox(Addr<Listener>),
+    /// Taken in on the accepting thread.
+    Direct(Arc<Intake>),
+}
+
+impl Hand {
+    /// Hands `inbound` over; `false` once the Listener is gone.
+    async fn over(&self, inbound: Inbound) -> bool {
+        match self {
+            // A bounded hand-off: while the Listener's mailbox is full,
+            // nothing more is accepted (the kernel's backlog holds the
+            // rest).
+            Hand::Mailbox(listener) => listener.send(Accepted(inbound)).await.is_ok(),
+            Hand::Direct(intake) => {
+                intake.take(inbound);
+                true
+            }
+        }
     }
 }
 
@@ -220,7 +275,7 @@ impl Actor for Listener {
 async fn accept_loop(
     layer: Arc<dyn StreamLayer>,
     shutdown: CancellationToken,
-    listener: Addr<Listener>,
+    hand: Hand,
     log: Logger,
 ) {
     const FIRST_PAUSE: Duration = Duration::from_millis(5);
@@ -234,10 +289,7 @@ async fn accept_loop(
         match accepted {
             Ok(inbound) => {
                 pause = FIRST_PAUSE;
-                // A bounded hand-off: while the Listener's mailbox is
-                // full, nothing more is accepted (the kernel's backlog
-                // holds the rest).
-                if listener.send(Accepted(inbound)).await.is_err() {
+                if !hand.over(inbound).await {
                     return;
                 }
             }
@@ -262,6 +314,14 @@ impl Handler<Accepted> for Listener {
     type Result = ();
 
     fn handle(&mut self, Accepted(accepted): Accepted, _: &mut Context<Self>) {
+        self.intake.take(accepted);
+    }
+}
+
+impl Intake {
+    /// Takes `accepted` in (a place for it, evicting another if need be)
+    /// and serves it on this thread.
+    fn take(&self, accepted: Inbound) {
         let counters = self.counters.clone();
         counters.accepted.fetch_add(1, Ordering::Relaxed);
         let log = self.log.new(slog::o!("peer" => accepted.remote.clone()));
@@ -352,8 +412,8 @@ impl Handler<StopListener> for Listener {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: StopListener, ctx: &mut Context<Self>) -> Self::Result {
-        self.shutdown.cancel();
-        self.layer.close();
+        self.intake.shutdown.cancel();
+        self.intake.layer.close();
         ctx.stop();
         let done = self.accept_done.take();
         Box::pin(async move {

@@ -50,9 +50,6 @@ pub(super) struct StalledWriters {
 
 struct Writer {
     address: Arc<str>,
-    /// Whether the reply holds budget (beyond the free allowance): only
-    /// closing such a writer makes room.
-    charged: bool,
     kick: CancellationToken,
     progress: Arc<AtomicU64>,
 }
@@ -76,28 +73,31 @@ impl StalledWriters {
     }
 
     /// Registers a connection from `address` (closed by cancelling
-    /// `kick`) starting to write a reply paid for by `charge`; it leaves
-    /// the registry when the returned value is dropped.
+    /// `kick`) starting to write a reply paid for by `charge`, if that
+    /// holds any of the budget (closing another writer makes no room);
+    /// it leaves the registry when the returned value is dropped.
     pub(super) fn writing(
         self: &Arc<Self>,
         address: &Arc<str>,
         kick: &CancellationToken,
         charge: &Reservation,
-    ) -> Writing {
+    ) -> Option<Writing> {
+        if !charge.holds_any() {
+            return None;
+        }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let progress = Arc::new(AtomicU64::new(self.now()));
         let writer = Writer {
             address: address.clone(),
-            charged: charge.holds_any(),
             kick: kick.clone(),
             progress: progress.clone(),
         };
         self.lock().insert(id, writer);
-        Writing {
+        Some(Writing {
             id,
             progress,
             registry: self.clone(),
-        }
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Writer>> {
@@ -112,7 +112,7 @@ impl StalledWriters {
         let mut writers = self.lock();
         let (id, _) = writers
             .iter()
-            .filter(|(_, w)| w.charged && &*w.address != address)
+            .filter(|(_, w)| &*w.address != address)
             .map(|(id, w)| (*id, w.progress.load(Ordering::Relaxed)))
             .filter(|(_, moved)| now.saturating_sub(*moved) >= stalled)
             .min_by_key(|(_, moved)| *moved)?;
@@ -155,14 +155,10 @@ pub(super) struct Writing {
     registry: Arc<StalledWriters>,
 }
 
-impl Writing {
-    /// `stream`, noting in the registry each time bytes move.
-    pub(super) fn watch<'a, S>(&'a self, stream: &'a mut S) -> Watched<'a, S> {
-        Watched {
-            stream,
-            writing: self,
-        }
-    }
+/// `stream`, noting in the registry each time bytes move (when
+/// `writing` is registered).
+pub(super) fn watch<'a, S>(stream: &'a mut S, writing: Option<&'a Writing>) -> Watched<'a, S> {
+    Watched { stream, writing }
 }
 
 impl Drop for Writing {
@@ -174,7 +170,7 @@ impl Drop for Writing {
 /// A stream whose writes tell [`StalledWriters`] that bytes moved.
 pub(super) struct Watched<'a, S> {
     stream: &'a mut S,
-    writing: &'a Writing,
+    writing: Option<&'a Writing>,
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
@@ -184,10 +180,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let polled = std::pin::Pin::new(&mut *self.stream).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            if n > 0 {
-                let now = self.writing.registry.now();
-                self.writing.progress.store(now, Ordering::Relaxed);
+        if let (Poll::Ready(Ok(n)), Some(writing)) = (&polled, self.writing) {
+            if *n > 0 {
+                let now = writing.registry.now();
+                writing.progress.store(now, Ordering::Relaxed);
             }
         }
         polled
@@ -231,25 +227,27 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_budget_makes_room_by_closing_the_longest_stalled_writer_of_another_address() {
-        let outbound = budget(1 << 20);
+        let outbound = budget((1 << 20) + 1024);
         let registry = StalledWriters::new();
         let (flooder, other, honest): (Arc<str>, Arc<str>, Arc<str>) =
             ("10.0.0.1".into(), "10.0.0.2".into(), "10.0.0.3".into());
-        // Two connections hold the whole budget with replies nobody reads;
-        // a third holds nothing and moves.
+        // Two connections hold the budget with replies nobody reads; a
+        // third holds a little of it and moves.
         let mut held = Vec::new();
         for (address, stalled_for) in [(&flooder, 2), (&other, 5)] {
             let kick = CancellationToken::new();
             let mut share = outbound.share();
             share.try_grow(FREE_BUFFER + (512 << 10)).unwrap();
-            let writing = registry.writing(address, &kick, &share);
+            let writing = registry.writing(address, &kick, &share).unwrap();
             stall(&writing, Duration::from_secs(stalled_for));
             held.push((kick, share, writing));
         }
         let moving_kick = CancellationToken::new();
         let mut moving_share = outbound.share();
-        moving_share.try_grow(FREE_BUFFER).unwrap();
-        let _moving = registry.writing(&"10.0.0.4".into(), &moving_kick, &moving_share);
+        moving_share.try_grow(FREE_BUFFER + 1024).unwrap();
+        let _moving = registry
+            .writing(&"10.0.0.4".into(), &moving_kick, &moving_share)
+            .unwrap();
 
         let mut sending = outbound.share();
         let wanted = FREE_BUFFER + (256 << 10);
@@ -287,12 +285,14 @@ mod tests {
         let kick = CancellationToken::new();
         let mut share = outbound.share();
         share.try_grow(FREE_BUFFER + (1 << 20)).unwrap();
-        let writing = registry.writing(&address, &kick, &share);
+        let writing = registry.writing(&address, &kick, &share).unwrap();
         stall(&writing, Duration::from_secs(5));
         let recent_kick = CancellationToken::new();
         let mut recent_share = outbound.share();
         recent_share.try_grow(FREE_BUFFER + 1024).unwrap();
-        let _recent = registry.writing(&"10.0.0.2".into(), &recent_kick, &recent_share);
+        let _recent = registry
+            .writing(&"10.0.0.2".into(), &recent_kick, &recent_share)
+            .unwrap();
 
         let mut sending = outbound.share();
         let wanted = FREE_BUFFER + (256 << 10);
@@ -325,7 +325,7 @@ mod tests {
         let kick = CancellationToken::new();
         let mut share = outbound.share();
         share.try_grow(FREE_BUFFER + 1024).unwrap();
-        let writing = registry.writing(&"10.0.0.1".into(), &kick, &share);
+        let writing = registry.writing(&"10.0.0.1".into(), &kick, &share).unwrap();
         stall(&writing, Duration::from_secs(5));
         let mut sending = outbound.share();
         assert!(
