@@ -9,8 +9,10 @@
 //! reading, while an honest reader, even a slow one, keeps bytes moving.
 //! So a reply that finds the budget full closes the connection, from
 //! another address, whose write has made no progress for longest (at
-//! least [`STALLED`]), and waits briefly for the budget it gives back,
-//! again while such connections remain and the wait lasts. One reply at a
+//! least [`STALLED`]; one that has not moved for less is watched until
+//! it has, or moves), and waits briefly for the budget it gives back,
+//! again while such connections remain, for at most
+//! [`ROOM_WAIT_TOTAL`]. One reply at a
 //! time waits so (the others are refused at once, as before): at most one
 //! reply beyond the budget is held while room is made.
 //!
@@ -104,19 +106,23 @@ impl StalledWriters {
         self.writers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes out of the registry the writer, not from `address`, that has
-    /// moved no byte for longest, if for at least [`STALLED`].
-    fn take_stalled(&self, address: &str) -> Option<CancellationToken> {
+    /// The writer, not from `address`, that has moved no byte for longest:
+    /// taken out of the registry if that is at least [`STALLED`], else how
+    /// long until it would be.
+    fn stalest(&self, address: &str) -> Option<Stalest> {
         let now = self.now();
         let stalled = STALLED.as_millis() as u64;
         let mut writers = self.lock();
-        let (id, _) = writers
+        let (id, moved) = writers
             .iter()
             .filter(|(_, w)| &*w.address != address)
             .map(|(id, w)| (*id, w.progress.load(Ordering::Relaxed)))
-            .filter(|(_, moved)| now.saturating_sub(*moved) >= stalled)
             .min_by_key(|(_, moved)| *moved)?;
-        writers.remove(&id).map(|w| w.kick)
+        let still = now.saturating_sub(moved);
+        if still < stalled {
+            return Some(Stalest::In(Duration::from_millis(stalled - still)));
+        }
+        writers.remove(&id).map(|w| Stalest::Stalled(w.kick))
     }
 
     /// Makes `bytes` fit in `sending` for a reply to `address` by closing
@@ -133,19 +139,35 @@ impl StalledWriters {
             return false;
         };
         let until = tokio::time::Instant::now() + ROOM_WAIT_TOTAL;
-        while let Some(kick) = self.take_stalled(address) {
-            kick.cancel();
-            closed();
+        loop {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
-            if sending.grow(bytes, ROOM_WAIT.min(left)).await.is_ok() {
-                return true;
-            }
             if left.is_zero() {
-                break;
+                return false;
+            }
+            match self.stalest(address) {
+                None => return false,
+                // A write that has not moved for a while yet (a flood
+                // that just began): the wait tells whether it moves.
+                Some(Stalest::In(wait)) => tokio::time::sleep(wait.min(left)).await,
+                Some(Stalest::Stalled(kick)) => {
+                    kick.cancel();
+                    closed();
+                    if sending.grow(bytes, ROOM_WAIT.min(left)).await.is_ok() {
+                        return true;
+                    }
+                }
             }
         }
-        false
     }
+}
+
+/// What [`StalledWriters::stalest`] found.
+enum Stalest {
+    /// A writer stalled, taken out of the registry: its connection's kick.
+    Stalled(CancellationToken),
+    /// The stalest writer will have stalled after this long, unless it
+    /// moves meanwhile.
+    In(Duration),
 }
 
 /// A connection's entry in [`StalledWriters`] while it writes a reply.
@@ -290,20 +312,34 @@ mod tests {
         let recent_kick = CancellationToken::new();
         let mut recent_share = outbound.share();
         recent_share.try_grow(FREE_BUFFER + 1024).unwrap();
-        let _recent = registry
+        let moving = registry
             .writing(&"10.0.0.2".into(), &recent_kick, &recent_share)
             .unwrap();
+        // The other writer moves bytes all along, as a reader's does.
+        let mover = {
+            let (progress, registry) = (moving.progress.clone(), registry.clone());
+            tokio::spawn(async move {
+                loop {
+                    progress.store(registry.now(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
 
         let mut sending = outbound.share();
         let wanted = FREE_BUFFER + (256 << 10);
         // Its own stalled connection is not closed for a reply to the
-        // same address, and the other writer moved a byte just now.
+        // same address, and the other writer keeps moving: after its
+        // whole wait, no room.
+        let started = tokio::time::Instant::now();
         assert!(
             !registry
                 .make_room(&address, &mut sending, wanted, || ())
                 .await
         );
+        assert!(started.elapsed() >= ROOM_WAIT_TOTAL);
         assert!(!kick.is_cancelled() && !recent_kick.is_cancelled());
+        mover.abort();
         // From another address, the stalled one is closed.
         let owner = tokio::spawn(async move {
             kick.cancelled().await;
@@ -315,6 +351,32 @@ mod tests {
                 .await
         );
         owner.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_write_stalled_for_less_than_the_threshold_is_watched_until_it_is() {
+        let outbound = budget(1 << 20);
+        let registry = StalledWriters::new();
+        let kick = CancellationToken::new();
+        let mut share = outbound.share();
+        share.try_grow(FREE_BUFFER + (1 << 20)).unwrap();
+        let writing = registry.writing(&"10.0.0.1".into(), &kick, &share).unwrap();
+        // A flood that began a moment ago: not stalled long enough yet.
+        stall(&writing, STALLED - Duration::from_millis(200));
+        let owner = tokio::spawn(async move {
+            kick.cancelled().await;
+            drop(share);
+        });
+        let mut sending = outbound.share();
+        let started = tokio::time::Instant::now();
+        assert!(
+            registry
+                .make_room("10.0.0.2", &mut sending, FREE_BUFFER + 1024, || ())
+                .await
+        );
+        owner.await.unwrap();
+        // Closed once it had stalled for the threshold, not before.
+        assert!(started.elapsed() >= Duration::from_millis(150));
     }
 
     #[tokio::test]
