@@ -248,12 +248,8 @@ async fn cell(
 ) -> (usize, u64) {
     let start = |until| attacks::start(attack, target, sources, CONNECTIONS, sizes, until);
     // Every other call asks for a large reply, as a node catching up
-    // does; on WebRTC under a flood of replies never read, small ones
-    // only (docs/SECURITY.md, "Not covered yet").
-    let large = match (target.kind, attack) {
-        (Kind::WebRtc, Attack::UnreadReplies) => 0,
-        _ => sizes.reply_events as i64,
-    };
+    // does.
+    let large = sizes.reply_events as i64;
     let calls = async {
         let mut served = 0;
         for id in 0..HONEST_CALLS {

@@ -195,6 +195,11 @@ impl Places {
         self.slots.len()
     }
 
+    /// Places `source` holds now.
+    pub fn held_by(&self, source: &str) -> usize {
+        self.per_source.get(source).copied().unwrap_or(0)
+    }
+
     fn remove(&mut self, id: u64) -> Option<Slot> {
         let slot = self.slots.remove(&id)?;
         if let Some(count) = self.per_source.get_mut(&slot.source) {

@@ -80,6 +80,8 @@ pub(super) struct Context {
     pub(super) outbound: Budget,
     /// The Listener's connections writing replies, for room in `outbound`.
     pub(super) stalled: Arc<StalledWriters>,
+    /// The Listener's places, by source: who may wait for room first.
+    pub(super) places: Arc<std::sync::Mutex<crate::places::Places>>,
     /// Where large requests are parsed and large replies encoded.
     pub(super) io: Arc<IoArbiters>,
     pub(super) shutdown: CancellationToken,
@@ -197,6 +199,12 @@ pub(super) async fn serve(
             _ = &mut kicked, if evictable => return Ok(Ended::Kicked),
             charged = charge_reply(reply, &mut sending, &source, &cx, rpc_type) => charged,
         };
+        // From here the reply holds outbound budget: while it does, this
+        // address is being served (another of its replies does not wait
+        // for room), and once its write stalls, the connection can be
+        // closed for another address's reply, as can one that never
+        // reads, which would hold its slot and budget until the deadline.
+        let writing = cx.stalled.writing(&source.address, &cx.kick, &sending);
         let ok = reply.error.is_empty();
         let encoded = tokio::select! {
             biased;
@@ -214,10 +222,6 @@ pub(super) async fn serve(
             }
         };
         stream.restart_with_rate(cx.limits.timeout, cx.limits.min_rate);
-        // A reply being written can be evicted too: a peer that never reads
-        // would otherwise hold its slot and its budget until the deadline;
-        // one whose write stalls can be closed for another's reply.
-        let writing = cx.stalled.writing(&source.address, &cx.kick, &sending);
         let mut watched = super::stalled::watch(&mut stream, writing.as_ref());
         tokio::select! {
             biased;
@@ -318,9 +322,12 @@ async fn charge_reply(
         debug!(cx.log, "closing a connection whose reply nobody reads, for this reply"; "rpc" => %rpc_type);
         crate::metrics::inbound_shed(transport, "unread_reply");
     };
+    let places = (cx.places.lock())
+        .map(|places| places.held_by(&source.address))
+        .unwrap_or(usize::MAX);
     let room = cx
         .stalled
-        .make_room(&source.address, sending, bytes, closed)
+        .make_room(&source.address, places, sending, bytes, closed)
         .await;
     match room {
         true => (reply, capacity),

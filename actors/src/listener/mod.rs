@@ -373,6 +373,7 @@ impl Intake {
             inbound: self.inbound.clone(),
             outbound: self.outbound.clone(),
             stalled: self.stalled.clone(),
+            places: self.slots.clone(),
             io: self.io.clone(),
             shutdown: self.shutdown.clone(),
             log: log.clone(),
