@@ -49,6 +49,8 @@ mod flood;
 mod quic_echo;
 #[path = "rpcbench/report.rs"]
 mod report;
+#[path = "rpcbench/rtc_echo.rs"]
+mod rtc_echo;
 #[path = "rpcbench/scale.rs"]
 mod scale;
 #[path = "rpcbench/ticker.rs"]
@@ -96,6 +98,9 @@ enum Role {
     /// The raw QUIC limit, client side: a workload's request and reply
     /// bytes over quinn alone.
     QuicEchoCall(QuicEchoCallArgs),
+    /// The raw WebRTC limit: a workload's request and reply bytes over
+    /// webrtc-rs data channels alone, both sides in this process.
+    RtcEcho(RtcEchoArgs),
     /// The in-memory codec limit: encode+decode rate of a Sync reply.
     Codec(CodecArgs),
     /// One server's latency and memory as the peers calling it grow.
@@ -419,6 +424,22 @@ struct QuicEchoServeArgs {
 }
 
 #[derive(Args)]
+struct RtcEchoArgs {
+    /// Whose request and reply bytes to carry: sync, eager, fastforward.
+    #[arg(long, default_value = "sync")]
+    rpc: String,
+    #[arg(long, default_value_t = 20000)]
+    calls: u64,
+    /// Callers at once, a data channel each.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 0)]
+    sync_limit: usize,
+    #[command(flatten)]
+    shape: ShapeArgs,
+}
+
+#[derive(Args)]
 struct QuicEchoCallArgs {
     #[arg(long)]
     target: String,
@@ -520,6 +541,20 @@ fn main() {
                 args.calls,
                 args.concurrency,
                 request_frame(&command),
+                reply_frame(&reply).len(),
+            )
+            .unwrap_or_else(|e| fail(e));
+            println!("{}", report.json());
+        }
+        Role::RtcEcho(args) => {
+            let shape = args.shape.shape();
+            let command = workload::request(&args.rpc, args.sync_limit, shape)
+                .unwrap_or_else(|| fail(format!("unknown --rpc {}", args.rpc)));
+            let reply = Reply::ok(workload::answer(&command, shape, &workload::snapshot()));
+            let report = rtc_echo::call(
+                args.calls,
+                args.concurrency,
+                request_frame(&command).len(),
                 reply_frame(&reply).len(),
             )
             .unwrap_or_else(|e| fail(e));
