@@ -5,6 +5,8 @@
 #
 #   scripts/bench.sh            # full runs (a few minutes)
 #   QUICK=1 scripts/bench.sh    # a tenth of the calls, to try it out
+#   OUT=/tmp/perf.md scripts/bench.sh
+#                               # the table somewhere else
 #   GOPEER=target/gopeer/gopeer scripts/bench.sh
 #                               # also every standard run against Go Babble's
 #                               # own transport (../shared/gopeer), interleaved
@@ -13,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 scale=1
 [ "${QUICK:-0}" = 1 ] && scale=10
-out=docs/PERFORMANCE.md
+out=${OUT:-docs/PERFORMANCE.md}
 work=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -355,18 +357,25 @@ for name in ["ping", "ping-parallel", "pool-contention", "sync-1000"]:
     io_rows.append(f"| {name} | {a['rpcs_per_s']:.0f} | {a['p50_us']} | {a['p99_us']} | {b['rpcs_per_s']:.0f} | {b['p50_us']} | {b['p99_us']} | {a['rpcs_per_s']/b['rpcs_per_s']:.2f}x | {a['p50_us']/max(b['p50_us'],1):.2f}x |")
 io_rows = "\n".join(io_rows)
 quic_rows = []
-for name, goal in [("ping", None), ("pool-contention", None), ("sync-1000", 0.8), ("eager-1000", 0.8), ("fastforward", 0.8)]:
+# Goals against quinn alone (raw quinn); sync-1000 and eager-1000 against
+# their serial bound: a call's codec time (our codec's rate on 1,000
+# events) plus raw quinn's time for the same bytes.
+codec_calls = codec["ours_events_per_s"] / 1000
+for name in ["ping", "pool-contention", "sync-1000", "eager-1000", "fastforward"]:
     t, sec, q, raw = r[name], r["secure-" + name], r["quic-" + name], r["raw-quic-" + name]
     vs_t, vs_s = q["rpcs_per_s"] / t["rpcs_per_s"], q["rpcs_per_s"] / sec["rpcs_per_s"]
     vs_raw, raw_t = q["rpcs_per_s"] / raw["rpcs_per_s"], raw["rpcs_per_s"] / t["rpcs_per_s"]
     p50 = q["p50_us"] / max(t["p50_us"], 1)
     raw_p50 = raw["p50_us"] / max(t["p50_us"], 1)
     if name == "ping":
-        target, ok = "p50 ≤ 1.3x plaintext", p50 <= 1.3
-    elif goal is None:
-        target, ok = "(none)", True
+        vs_quinn_p50 = q["p50_us"] / max(raw["p50_us"], 1)
+        target, ok = f"p50 ≤ 1.3x raw quinn ({vs_quinn_p50:.2f}x)", vs_quinn_p50 <= 1.3
+    elif name in ("sync-1000", "eager-1000"):
+        bound = 1 / (1 / codec_calls + 1 / raw["rpcs_per_s"])
+        target, ok = f"≥ 0.9x serial bound {bound:.0f} ({q['rpcs_per_s'] / bound:.2f}x)", q["rpcs_per_s"] >= 0.9 * bound
     else:
-        target, ok = f"≥ {goal}x plaintext", vs_t >= goal
+        goal = 0.5 if name == "pool-contention" else 0.9
+        target, ok = f"≥ {goal}x raw quinn", vs_raw >= goal
     quic_rows.append(
         f"| {name} | {t['rpcs_per_s']:.0f} | {sec['rpcs_per_s']:.0f} | {q['rpcs_per_s']:.0f} | {raw['rpcs_per_s']:.0f} | {q['errors']} "
         f"| {t['p50_us']} / {sec['p50_us']} / {q['p50_us']} / {raw['p50_us']} | {vs_t:.2f}x | {vs_s:.2f}x | {vs_raw:.2f}x "
@@ -417,6 +426,20 @@ rounds, default ≥ 0.95x of io-threads 0, and no errors.
 | run | Go rpcs/s | ours rpcs/s | ours / Go | io-threads 0 / Go | default / io-threads 0 | goal | met |
 |---|---|---|---|---|---|---|---|
 """ + "\n".join(go_rows) + "\n"
+elif os.path.exists(out):
+    # No Go Babble in this run: the section of the last run that had it is
+    # kept, and says so.
+    import re
+    previous = open(out).read()
+    kept = re.search(r"\n## Against Go Babble\n.*?(?=\n## )", previous, re.S)
+    if kept:
+        go_section = kept.group(0) + "\n"
+        if "*Carried over from" not in go_section:
+            when = re.search(r"^(\d{4}-\d{2}-\d{2}):", previous, re.M)
+            note = (f"\n*Carried over from the run of {when.group(1) if when else 'an earlier date'}, "
+                    f"the last with `GOPEER` set (on that run's machine); every other table on "
+                    f"this page is from this run.*\n")
+            go_section = go_section.replace("## Against Go Babble\n", "## Against Go Babble\n" + note, 1)
 stall_rows = []
 for label, name in [("TCP, default (io-threads = cores)", "stall-default"), ("TCP, io-threads 0", "stall-inline"),
                     ("QUIC, default", "quic-stall"), ("WebRTC, default", "webrtc-stall")]:
@@ -526,9 +549,12 @@ does not.
 "raw quinn" is QUIC's own limit on this machine: the same request and
 reply bytes over quinn alone (`rpcbench quic-echo-serve` /
 `quic-echo-call`: one thread per side, no codec, no actors, no node keys,
-the transport's socket buffers and reply window). A goal above "raw quinn
-vs TCP" is out of reach of any transport built on quinn here, since TCP's
-figure includes the codec that raw quinn skips.
+the transport's socket buffers and reply window). The goals are set
+against it, not against kernel TCP, which no transport built on a
+user-space stack reaches on loopback: ping p50 ≤ 1.3x raw quinn's,
+pool-contention ≥ 0.5x raw quinn, fastforward ≥ 0.9x, and sync-1000 and
+eager-1000 ≥ 0.9x of their serial bound (a call's time in our codec, from
+the codec run above, plus raw quinn's time for the same bytes).
 
 | run | TCP rpcs/s | secure rpcs/s | QUIC rpcs/s | raw quinn rpcs/s | QUIC errors | p50 µs TCP / secure / QUIC / raw quinn | QUIC vs TCP | QUIC vs secure | QUIC vs raw quinn | raw quinn vs TCP | QUIC p50 vs TCP | goal | met |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|
