@@ -295,11 +295,17 @@ pub fn call(
         .await?;
         let mut channels = Vec::new();
         for n in 0..concurrency {
-            channels.push(connection.create_data_channel(&format!("c{n}"), None).await?);
+            channels.push(
+                connection
+                    .create_data_channel(&format!("c{n}"), None)
+                    .await?,
+            );
         }
         let offer = connection.create_offer(None).await?;
         let offer = described(&connection, offer, &mut gathered).await?;
-        offer_tx.send(offer).map_err(|_| "the answering side failed")?;
+        offer_tx
+            .send(offer)
+            .map_err(|_| "the answering side failed")?;
         connection.set_remote_description(answer_rx.await?).await?;
         for channel in &channels {
             loop {
