@@ -857,3 +857,65 @@ async fn a_peer_evicted_at_the_cap_is_served_on_a_new_connection_at_its_next_cal
         .expect("served on a new connection");
     assert!(evicted.pool_stats("server").await.dials > dials);
 }
+
+#[actix_rt::test]
+async fn a_called_peer_sending_what_nobody_asked_for_is_cut_at_the_read_ahead_budget() {
+    use babble_net::stream::StreamLayer;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let router = common::signal::router(&["main"]).await;
+    let addr = format!("ws://{}", router.local_addr());
+    let start = |id: &'static str, limits: RtcLimits| {
+        let signal: Arc<dyn Signal> = Arc::new(client(&addr, "main", id, None));
+        async move {
+            WebRtcStreamLayer::start(signal, &loopback(), limits, logging::discard())
+                .await
+                .unwrap()
+        }
+    };
+    const BUDGET: usize = 1 << 20;
+    let caller = start(
+        "caller",
+        RtcLimits {
+            read_ahead_budget: BUDGET,
+            ..limits()
+        },
+    )
+    .await;
+    let called = start("called", limits()).await;
+    let (accepted, dialled) = futures::join!(
+        called.accept(),
+        caller.dial("called", Duration::from_secs(10))
+    );
+    let (mut theirs, _) = accepted.unwrap();
+    let mut ours = dialled.unwrap();
+    // The called peer sends 4 MiB on the caller's channel, where no reply
+    // is due, while the caller reads nothing: the stack alone would queue
+    // all of it (up to 256 messages a channel).
+    let junk = vec![0x5a; 4 << 20];
+    let sending = async {
+        theirs.write_all(&junk).await?;
+        theirs.flush().await
+    };
+    // Written, or refused once the caller closed the channel.
+    let _ = tokio::time::timeout(Duration::from_secs(20), sending).await;
+    let mut got = 0;
+    let mut buf = vec![0; 64 << 10];
+    let ended = loop {
+        match ours.read(&mut buf).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => got += n,
+            Err(e) => break Err(e),
+        }
+        if got == junk.len() {
+            break Ok(());
+        }
+    };
+    assert!(
+        got <= BUDGET,
+        "the caller held {got} bytes it never asked for, beyond its {BUDGET}-byte read-ahead budget"
+    );
+    assert!(
+        ended.is_err(),
+        "the channel was closed to make room: {ended:?}"
+    );
+}

@@ -183,7 +183,7 @@ pub struct ChannelStream {
     closed: bool,
     /// The message being handed to the stack.
     sending: Option<BoxFuture<'static, webrtc::error::Result<()>>>,
-    /// On a channel another peer opened: its account, whose inbox holds
+    /// Its account, whose inbox holds
     /// what its pump took from the stack ahead of this reader (see
     /// [`super::read_ahead`]).
     ahead: Option<Arc<Account>>,

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::channel::ChannelStream;
 use super::engine::{self, Engine, PeerLink};
+use super::read_ahead::ReadAhead;
 use crate::signal::{Signal, SignalError};
 
 /// What a dial needs; shared, because a dial outlives the call that
@@ -22,6 +23,9 @@ pub(super) struct Dialer {
     pub(super) connect_timeout: Duration,
     pub(super) signal: Arc<dyn Signal>,
     pub(super) engine: Arc<Engine>,
+    /// What the channels this node opens receive ahead of their reader,
+    /// charged with the answering side's (see [`super::read_ahead`]).
+    pub(super) read_ahead: Arc<ReadAhead>,
     /// The peer connection to each peer we dial, behind a lock per peer so
     /// that concurrent dials share one connection.
     pub(super) outbound: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<PeerLink>>>>>,
@@ -87,12 +91,15 @@ impl Dialer {
         budget: Duration,
     ) -> io::Result<ChannelStream> {
         let label = format!("babble-{}", self.next_label.fetch_add(1, Ordering::Relaxed));
+        // A called peer's channels count together, apart from any address.
+        let source = format!("called {target}");
         // The lock is held until the channel is open, so that concurrent
         // dials to one peer share one peer connection.
         let mut link = self.locked_slot(&target).await;
         if let Some(existing) = link.as_ref() {
             if existing.is_usable() {
-                let reuse = tokio::time::timeout(budget / 4, existing.new_channel(&label)).await;
+                let opening = existing.new_channel(&label, &self.read_ahead, &source);
+                let reuse = tokio::time::timeout(budget / 4, opening).await;
                 match reuse {
                     Ok(opened) => return opened.map_err(other),
                     Err(_) => debug!(self.log, "no channel opens on the peer connection: \
@@ -114,7 +121,10 @@ impl Dialer {
             .await
             .map_err(signal_error)?;
         peer.accept_answer(&answer).await.map_err(other)?;
-        let opened = pending.opened().await.map_err(other)?;
+        let opened = pending
+            .opened(&self.read_ahead, &source)
+            .await
+            .map_err(other)?;
         *link = Some(peer);
         Ok(opened)
     }

@@ -281,13 +281,21 @@ impl PeerLink {
 
     /// Opens a new data channel on a link already connected, keeping it
     /// apart from the channels being closed (see [`super::gate`]); opens it
-    /// once more if the stack closes it before it opens anyway.
-    pub async fn new_channel(&self, label: &str) -> Result<ChannelStream, Error> {
+    /// once more if the stack closes it before it opens anyway. What
+    /// arrives on it is taken from the stack at once, charged to
+    /// `read_ahead` under `source` (see [`PendingChannel::opened`]).
+    pub async fn new_channel(
+        &self,
+        label: &str,
+        read_ahead: &Arc<ReadAhead>,
+        source: &str,
+    ) -> Result<ChannelStream, Error> {
         let mut tries = 0;
         loop {
             let opening = self.gate.open().await;
             let watch = OpenWatch(&self.open_abandoned, false);
-            let opened = self.open_channel(label).await?.opened().await;
+            let pending = self.open_channel(label).await?;
+            let opened = pending.opened(read_ahead, source).await;
             watch.done();
             match opened {
                 Err(err) if tries == 0 && err.to_string() == CLOSED_BEFORE_OPENING => {
@@ -512,8 +520,16 @@ async fn selected_remote(
 impl PendingChannel {
     /// Waits until the channel is open and returns it as a byte stream.
     /// Nothing is sent before that: a send on a channel that is not open
-    /// may be lost.
-    pub async fn opened(mut self) -> Result<ChannelStream, Error> {
+    /// may be lost. From then on what arrives on it is taken from the
+    /// stack at once, charged to `read_ahead` under `source`, as on a
+    /// channel another peer opened: the peer this node called could
+    /// otherwise make the stack queue 256 messages a channel, outside
+    /// every budget, by sending what nobody asked for.
+    pub async fn opened(
+        mut self,
+        read_ahead: &Arc<ReadAhead>,
+        source: &str,
+    ) -> Result<ChannelStream, Error> {
         let channel = self.channel.clone().expect("taken only here");
         loop {
             match channel.poll().await {
@@ -530,7 +546,15 @@ impl PendingChannel {
         }
         self.channel = None;
         let message_size = message_size(&*self.connection).await;
-        ChannelStream::open(channel, None, Some(self.gate.clone()), message_size, None).await
+        let account = read_ahead.open(source);
+        ChannelStream::open(
+            channel,
+            None,
+            Some(self.gate.clone()),
+            message_size,
+            Some(account),
+        )
+        .await
     }
 }
 

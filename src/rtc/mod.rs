@@ -85,9 +85,11 @@ pub struct RtcLimits {
     /// and the peer connections they make are driven, there rather than on
     /// the thread that started the layer (0: on that thread).
     pub io_threads: usize,
-    /// Bytes taken from the stack on channels other peers opened, ahead of
-    /// the Listener reading them; at the cap the channel holding the most
-    /// of the source holding the most is closed.
+    /// Bytes taken from the stack ahead of their reader, on channels other
+    /// peers opened (until the Listener reads them) and on channels this
+    /// node opened (until its call reads the reply); at the cap the
+    /// channel holding the most of the source holding the most is closed
+    /// (a called peer's channels count as one source).
     pub read_ahead_budget: usize,
 }
 
@@ -124,11 +126,15 @@ impl WebRtcStreamLayer {
             })?;
         let (accepted_tx, accepted) = mpsc::channel(ACCEPT_QUEUE);
         let shutdown = CancellationToken::new();
+        // One budget for what channels receive ahead of their readers,
+        // whoever opened them.
+        let read_ahead = read_ahead::ReadAhead::new(limits.read_ahead_budget);
         let dialer = Arc::new(Dialer {
             id: signal.id(),
             connect_timeout: limits.connect_timeout,
             signal,
             engine: engine.clone(),
+            read_ahead: read_ahead.clone(),
             outbound: Mutex::new(HashMap::new()),
             next_label: AtomicU64::new(0),
             shutdown: shutdown.clone(),
@@ -147,7 +153,7 @@ impl WebRtcStreamLayer {
             accepted: accepted_tx,
             waiting: Arc::default(),
             max_channels: limits.max_channels,
-            read_ahead: read_ahead::ReadAhead::new(limits.read_ahead_budget),
+            read_ahead,
             log,
         };
         tokio::spawn(answer_offers(

@@ -1,15 +1,18 @@
-//! What the WebRTC stack receives on a channel another peer opened, taken
-//! from the stack as it arrives and held here, charged to a budget, until
-//! the Listener reads it.
+//! What the WebRTC stack receives on a data channel, taken from the stack
+//! as it arrives and held here, charged to a budget, until its reader
+//! takes it: the Listener on a channel another peer opened, a call on a
+//! channel this node opened.
 //!
 //! Why: the stack hands each data channel's messages to a queue of 256
 //! (16 MiB at 64 KiB a message), whether or not anyone reads the channel,
 //! and only a full queue makes it stop taking data from the peer. That
 //! length is fixed in the stack. A peer sending on many channels faster
 //! than the node reads them would make the node hold those queues outside
-//! every budget. So each answering channel has a pump that empties the
-//! stack's queue at once, charging every message here before keeping it
-//! in the channel's inbox.
+//! every budget; so could a peer this node calls, on the channels the node
+//! opened, by sending what nobody asked for. So each channel has a pump
+//! that empties the stack's queue at once, charging every message here
+//! before keeping it in the channel's inbox. A called peer's channels
+//! count under one source of their own (`called ID`).
 //!
 //! At the budget, the rule of every cap of babble-net applies
 //! ([`babble_net_core::places`]): room is made by closing the channel
