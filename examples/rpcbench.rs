@@ -423,20 +423,38 @@ struct QuicEchoServeArgs {
     cert_file: std::path::PathBuf,
 }
 
+/// What a raw-stack role carries: a workload's request and reply bytes.
 #[derive(Args)]
-struct RtcEchoArgs {
+struct RawWorkloadArgs {
     /// Whose request and reply bytes to carry: sync, eager, fastforward.
     #[arg(long, default_value = "sync")]
     rpc: String,
     #[arg(long, default_value_t = 20000)]
     calls: u64,
-    /// Callers at once, a data channel each.
+    /// Callers at once (a stream, or a data channel, each).
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
     #[arg(long, default_value_t = 0)]
     sync_limit: usize,
     #[command(flatten)]
     shape: ShapeArgs,
+}
+
+impl RawWorkloadArgs {
+    /// The request's frame and the length of its reply's frame.
+    fn frames(&self) -> (Vec<u8>, usize) {
+        let shape = self.shape.shape();
+        let command = workload::request(&self.rpc, self.sync_limit, shape)
+            .unwrap_or_else(|| fail(format!("unknown --rpc {}", self.rpc)));
+        let reply = Reply::ok(workload::answer(&command, shape, &workload::snapshot()));
+        (request_frame(&command), reply_frame(&reply).len())
+    }
+}
+
+#[derive(Args)]
+struct RtcEchoArgs {
+    #[command(flatten)]
+    workload: RawWorkloadArgs,
 }
 
 #[derive(Args)]
@@ -446,17 +464,8 @@ struct QuicEchoCallArgs {
     /// The server's certificate, as `quic-echo-serve` wrote it.
     #[arg(long)]
     cert_file: std::path::PathBuf,
-    /// Whose request and reply bytes to carry: sync, eager, fastforward.
-    #[arg(long, default_value = "sync")]
-    rpc: String,
-    #[arg(long, default_value_t = 20000)]
-    calls: u64,
-    #[arg(long, default_value_t = 1)]
-    concurrency: usize,
-    #[arg(long, default_value_t = 0)]
-    sync_limit: usize,
     #[command(flatten)]
-    shape: ShapeArgs,
+    workload: RawWorkloadArgs,
 }
 
 #[derive(Args)]
@@ -531,31 +540,25 @@ fn main() {
             quic_echo::serve(&args.listen, &args.cert_file).unwrap_or_else(|e| fail(e));
         }
         Role::QuicEchoCall(args) => {
-            let shape = args.shape.shape();
-            let command = workload::request(&args.rpc, args.sync_limit, shape)
-                .unwrap_or_else(|| fail(format!("unknown --rpc {}", args.rpc)));
-            let reply = Reply::ok(workload::answer(&command, shape, &workload::snapshot()));
+            let (request, reply_len) = args.workload.frames();
             let report = quic_echo::call(
                 &args.target,
                 &args.cert_file,
-                args.calls,
-                args.concurrency,
-                request_frame(&command),
-                reply_frame(&reply).len(),
+                args.workload.calls,
+                args.workload.concurrency,
+                request,
+                reply_len,
             )
             .unwrap_or_else(|e| fail(e));
             println!("{}", report.json());
         }
         Role::RtcEcho(args) => {
-            let shape = args.shape.shape();
-            let command = workload::request(&args.rpc, args.sync_limit, shape)
-                .unwrap_or_else(|| fail(format!("unknown --rpc {}", args.rpc)));
-            let reply = Reply::ok(workload::answer(&command, shape, &workload::snapshot()));
+            let (request, reply_len) = args.workload.frames();
             let report = rtc_echo::call(
-                args.calls,
-                args.concurrency,
-                request_frame(&command).len(),
-                reply_frame(&reply).len(),
+                args.workload.calls,
+                args.workload.concurrency,
+                request.len(),
+                reply_len,
             )
             .unwrap_or_else(|e| fail(e));
             println!("{}", report.json());
