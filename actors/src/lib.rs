@@ -30,6 +30,7 @@
 // The protocols these actors run, from the crate that defines them.
 pub use babble_net_core::{codec, error, identity, places, rpc, source, stats, stream, wire};
 
+pub mod allocator;
 pub mod deadline;
 pub mod dispatcher;
 pub mod fair_queue;

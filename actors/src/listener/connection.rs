@@ -334,6 +334,12 @@ async fn charge_reply(
         false => {
             debug!(cx.log, "no outbound budget for a reply"; "rpc" => %rpc_type, "bytes" => capacity);
             drop(reply);
+            // The budget is full: the refused reply's memory goes back to
+            // the system, so what the process keeps follows what the
+            // budget holds ([`crate::allocator`]).
+            if bytes >= crate::allocator::LARGE_REPLY {
+                crate::allocator::give_back_freed_memory();
+            }
             let refusal = Reply::error(REPLIES_BACKED_UP);
             let capacity = reply_capacity(&refusal);
             (refusal, capacity)
