@@ -148,6 +148,14 @@ impl PeerKey {
         self.compressed.to_vec()
     }
 
+    /// The compressed form, in lower-case hex (66 characters): the name
+    /// under which a verified key is a source of requests.
+    pub fn compressed_hex(&self) -> String {
+        let mut text = [0u8; 66];
+        hex::encode_to_slice(self.compressed, &mut text).expect("66 bytes hold 33 in hex");
+        std::str::from_utf8(&text).expect("hex is ASCII").to_owned()
+    }
+
     /// Whether `signature` (DER) is this key's signature of
     /// SHA-256(`message`).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {

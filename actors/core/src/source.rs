@@ -79,7 +79,7 @@ impl Source {
             // The compressed form names the key as well, and costs no
             // point decompression (a square root on the curve), which a
             // transport making a connection per call pays per call.
-            (Some(key), _) => Some(hex::encode(key.to_compressed()).into()),
+            (Some(key), _) => Some(key.compressed_hex().into()),
             (None, Some(link)) => Some(link.to_string().into()),
             (None, None) => None,
         };

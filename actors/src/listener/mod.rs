@@ -383,7 +383,10 @@ impl Intake {
             &cx.remote,
             self.limits.handshake_timeout,
         );
-        let reader = connection::serve(upgrading, cx);
+        // Boxed where it is made: the connection's future is kilobytes,
+        // and a QUIC node makes one per call; spawning then moves a
+        // pointer, not the future.
+        let reader = Box::pin(connection::serve(upgrading, cx));
         // Served here, on the node's side (see the module docs).
         actix_rt::spawn(async move {
             match reader.await {
