@@ -3,12 +3,13 @@
 //! channels its peer opens handed to the Listener.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use babble_net_actors::io_arbiters::IoArbiters;
 use babble_net_core::places::Places;
 use babble_net_core::source::source_address;
+use babble_net_core::stream::{Inbound, TakeInbound};
 use slog::{debug, warn, Logger};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -93,6 +94,12 @@ pub(super) struct Answering {
     pub(super) max_channels: usize,
     /// What the pumps of answering channels hold for the Listener.
     pub(super) read_ahead: Arc<ReadAhead>,
+    /// The Listener's hand, once it takes channels where they are driven
+    /// (see [`StreamLayer::take_where_driven`]): then a channel is taken in
+    /// on its peer connection's thread instead of waiting in `accepted`.
+    ///
+    /// [`StreamLayer::take_where_driven`]: babble_net_core::stream::StreamLayer::take_where_driven
+    pub(super) take: Arc<OnceLock<TakeInbound>>,
     pub(super) log: Logger,
 }
 
@@ -119,6 +126,29 @@ pub(super) async fn answer_offers(
     }
 }
 
+/// Hands a channel to the Listener on this thread, the one that drives
+/// its peer connection, within the thread's arbiter (the stack calls from
+/// a task of its own, outside the arbiter's local set). A channel that
+/// cannot be handed over is dropped, which closes it.
+fn take_here(
+    take: &TakeInbound,
+    stream: ChannelStream,
+    remote: String,
+    address: Option<SocketAddr>,
+) {
+    let Some(arbiter) = actix_rt::Arbiter::try_current() else {
+        return;
+    };
+    let inbound = Inbound {
+        connection: Box::new(stream),
+        remote,
+        address,
+        peer_key: None,
+    };
+    let take = take.clone();
+    arbiter.spawn_fn(move || take(inbound));
+}
+
 impl Answering {
     async fn answer(&self, offer: Offer) {
         let (from, signed) = (offer.from.clone(), offer.signed);
@@ -134,6 +164,7 @@ impl Answering {
         };
         let (accepted, remote) = (self.accepted.clone(), from.clone());
         let waiting = self.waiting.clone();
+        let take = self.take.clone();
         let connect_timeout = self.connect_timeout;
         let activity = place.activity();
         let answering = peer.answer(
@@ -143,6 +174,9 @@ impl Answering {
             &self.read_ahead,
             &offer.source,
             move |stream, address| {
+                if let Some(take) = take.get() {
+                    return take_here(take, stream, remote.clone(), address);
+                }
                 // A full queue waits, within a deadline and in a place of
                 // its own: the Listener takes channels as it can. A
                 // channel given up on, or evicted for another's, is closed.

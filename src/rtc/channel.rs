@@ -187,7 +187,18 @@ pub struct ChannelStream {
     /// what its pump took from the stack ahead of this reader (see
     /// [`super::read_ahead`]).
     ahead: Option<Arc<Account>>,
+    /// Bytes taken since the writer last let other tasks run.
+    written_since_yield: usize,
+    /// The writer's turn being given to the thread's other tasks.
+    turn: Option<BoxFuture<'static, ()>>,
 }
+
+/// Bytes a writer hands to the stack before it lets the thread's other
+/// tasks run: the peer connection's driver runs on the thread that serves
+/// its channels, so a reply is sent while the rest of it is written
+/// rather than after (measured on a 1.4 MB FastForward reply: 1 MiB
+/// between turns was slower than this).
+const YIELD_EVERY: usize = 256 * 1024;
 
 /// How long a pump keeps emptying the stack's queue of a channel nobody
 /// reads any more (closed to make room, or its reader gone) while the
@@ -281,6 +292,8 @@ impl ChannelStream {
             closed: false,
             sending: None,
             ahead,
+            written_since_yield: 0,
+            turn: None,
         })
     }
 }
@@ -389,12 +402,23 @@ impl AsyncWrite for ChannelStream {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        if self.written_since_yield >= YIELD_EVERY {
+            // A turn for the driver (see `YIELD_EVERY`), after the runtime
+            // polled its I/O (the peer's acknowledgements open the window).
+            let turn = self
+                .turn
+                .get_or_insert_with(|| Box::pin(tokio::task::yield_now()));
+            ready!(turn.as_mut().poll(cx));
+            self.turn = None;
+            self.written_since_yield = 0;
+        }
         // An answering channel writes replies: its link is in use.
         if let Some(slot) = &self._slot {
             slot.touch();
         }
         let message = BytesMut::from(&data[..data.len().min(self.message_size)]);
         let len = message.len();
+        self.written_since_yield += len;
         let channel = self.channel.clone();
         self.sending = Some(Box::pin(async move { channel.send(message).await }));
         // Started now: most messages are taken at once.

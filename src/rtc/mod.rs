@@ -43,11 +43,11 @@ mod runtime;
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use babble_net_actors::io_arbiters::IoArbiters;
-use babble_net_core::stream::{BoxConnection, Inbound, StreamLayer};
+use babble_net_core::stream::{BoxConnection, Inbound, StreamLayer, TakeInbound};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use slog::{o, warn, Logger};
@@ -98,6 +98,10 @@ pub struct WebRtcStreamLayer {
     dialer: Arc<Dialer>,
     inbound: Arc<Mutex<InboundLinks>>,
     accepted: tokio::sync::Mutex<mpsc::Receiver<Accepted>>,
+    /// The Listener's hand, when it takes channels where they are driven.
+    take: Arc<OnceLock<TakeInbound>>,
+    /// Peer connections are driven on I/O threads (`io-threads` > 0).
+    driven_apart: bool,
 }
 
 impl WebRtcStreamLayer {
@@ -145,6 +149,8 @@ impl WebRtcStreamLayer {
             dialer,
             inbound: Arc::new(Mutex::new(inbound)),
             accepted: tokio::sync::Mutex::new(accepted),
+            take: Arc::default(),
+            driven_apart: limits.io_threads > 0,
         };
         let answering = Answering {
             connect_timeout: limits.connect_timeout,
@@ -154,6 +160,7 @@ impl WebRtcStreamLayer {
             waiting: Arc::default(),
             max_channels: limits.max_channels,
             read_ahead,
+            take: layer.take.clone(),
             log,
         };
         tokio::spawn(answer_offers(
@@ -216,6 +223,12 @@ impl StreamLayer for WebRtcStreamLayer {
             Ok((inbound.connection, inbound.remote))
         }
         .boxed()
+    }
+
+    /// With I/O threads, each answered peer connection is driven on the
+    /// thread of its peer: its channels are served there too.
+    fn take_where_driven(&self, take: TakeInbound) -> bool {
+        self.driven_apart && self.take.set(take).is_ok()
     }
 
     fn accept_inbound(&self) -> BoxFuture<'_, io::Result<Inbound>> {

@@ -18,6 +18,10 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Connection for T {}
 /// travel through the same actors.
 pub type BoxConnection = Box<dyn Connection>;
 
+/// Takes an inbound connection in, on the thread where it is driven (see
+/// [`StreamLayer::take_where_driven`]).
+pub type TakeInbound = std::sync::Arc<dyn Fn(Inbound) + Send + Sync>;
+
 /// An inbound connection, as a layer accepts it.
 pub struct Inbound {
     /// The connection.
@@ -130,6 +134,20 @@ pub trait StreamLayer: Send + Sync + 'static {
     /// Listener's thread and calls made on the caller's.
     fn driven_on(&self) -> Option<String> {
         None
+    }
+
+    /// Lets the layer hand each inbound connection to `take` itself, on
+    /// the thread that drives it, instead of through
+    /// [`accept_inbound`](Self::accept_inbound): for a layer whose
+    /// connections are driven on several I/O threads (WebRTC: each peer
+    /// connection on the thread of its peer), so that a connection's bytes
+    /// never cross threads and only decoded requests and replies do.
+    /// `take` must be called from a task of an actix arbiter (its local
+    /// set). Returns whether the layer will; by default `false`, and
+    /// connections are accepted through `accept_inbound`.
+    fn take_where_driven(&self, take: TakeInbound) -> bool {
+        let _ = take;
+        false
     }
 
     /// The `transport` label of the metrics of a transport on this layer

@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fair_queue::FairQueue;
 use crate::io_arbiters::IoArbiters;
 use crate::places::{Places, Shed};
-use crate::stream::{Inbound, StreamLayer};
+use crate::stream::{Inbound, StreamLayer, TakeInbound};
 use budget::Budget;
 use connection::Ended;
 
@@ -228,6 +228,22 @@ impl Actor for Listener {
         // crosses to this thread is the decoded request, through the fair
         // queue (DESIGN.md, "Threads"). If the I/O threads have stopped,
         // nothing is accepted and `done_tx` is dropped with the closure.
+        // A layer whose connections are driven on several I/O threads
+        // (WebRTC) hands each to the Listener itself, on its thread. Weak:
+        // the layer keeps the hand, and the Listener the layer.
+        let weak = Arc::downgrade(intake);
+        let take: TakeInbound = Arc::new(move |inbound| {
+            if let Some(intake) = weak.upgrade() {
+                intake.take(inbound);
+            }
+        });
+        if !intake.io.is_empty() && intake.layer.take_where_driven(take) {
+            actix_rt::spawn(async move {
+                shutdown.cancelled().await;
+                let _ = done_tx.send(());
+            });
+            return;
+        }
         let driven_on = intake.layer.driven_on().filter(|_| !intake.io.is_empty());
         if let Some(key) = driven_on {
             let hand = Hand::Direct(intake.clone());
@@ -322,6 +338,10 @@ impl Intake {
     /// Takes `accepted` in (a place for it, evicting another if need be)
     /// and serves it on this thread.
     fn take(&self, accepted: Inbound) {
+        if self.shutdown.is_cancelled() {
+            // Closing: a connection handed over now is dropped (closed).
+            return;
+        }
         let counters = self.counters.clone();
         counters.accepted.fetch_add(1, Ordering::Relaxed);
         let log = self.log.new(slog::o!("peer" => accepted.remote.clone()));
