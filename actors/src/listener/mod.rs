@@ -13,8 +13,10 @@
 //! read, parsed and answered there with no hand-off to another thread. A
 //! layer that drives its connections on an I/O thread (QUIC,
 //! [`StreamLayer::driven_on`]) has them accepted, taken in and served
-//! there instead: only the decoded request crosses to the Dispatcher's
-//! thread, through the fair queue, and its answer back. A
+//! there instead, and one that drives them on several (WebRTC: each peer
+//! connection on its peer's, [`StreamLayer::take_where_driven`]) hands
+//! each in on its thread: only the decoded request crosses to the
+//! Dispatcher's thread, through the fair queue, and its answer back. A
 //! request larger than `large_frame` is parsed, and a reply larger than it
 //! encoded, on the transport's I/O arbiters ([`IoArbiters`]) while the
 //! connection waits, so a large frame never stalls the node's thread.
@@ -223,12 +225,10 @@ impl Actor for Listener {
             intake.shutdown.clone(),
             intake.log.clone(),
         );
-        // A layer whose connections are driven on an I/O thread (QUIC)
-        // has them taken in and served there, where their bytes are: what
-        // crosses to this thread is the decoded request, through the fair
-        // queue (DESIGN.md, "Threads"). If the I/O threads have stopped,
-        // nothing is accepted and `done_tx` is dropped with the closure.
-        // A layer whose connections are driven on several I/O threads
+        // A layer whose connections are driven on I/O threads has them
+        // taken in and served there, where their bytes are: what crosses
+        // to this thread is the decoded request, through the fair queue
+        // (DESIGN.md, "Threads"). One driving them on several threads
         // (WebRTC) hands each to the Listener itself, on its thread. Weak:
         // the layer keeps the hand, and the Listener the layer.
         let weak = Arc::downgrade(intake);
@@ -244,6 +244,9 @@ impl Actor for Listener {
             });
             return;
         }
+        // One driving them all on one thread (QUIC) has its accept loop
+        // run there. If the I/O threads have stopped, nothing is accepted
+        // and `done_tx` is dropped with the closure.
         let driven_on = intake.layer.driven_on().filter(|_| !intake.io.is_empty());
         if let Some(key) = driven_on {
             let hand = Hand::Direct(intake.clone());
