@@ -244,6 +244,11 @@ impl Drop for ClosesOnDrop {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let _ = connection.close().await;
+                // A peer connection holds megabytes (its SCTP and DTLS
+                // state); those of peers evicted at the cap go back to the
+                // system rather than stay with the allocator.
+                drop(connection);
+                babble_net_actors::allocator::give_back_freed_memory();
             });
         }
     }
