@@ -294,7 +294,10 @@ impl Transport for NetworkTransport {
         let rpc_type = command.rpc_type();
         let endpoint = &self.inner.endpoint;
         let large = command.size_hint() > endpoint.config.large_frame;
-        let exchange = async {
+        // Pinned where it is made: the exchange's future is kilobytes, and
+        // handing it to `endpoint.call` by value would copy it there and
+        // again into its `select!`, on every call.
+        let exchange = std::pin::pin!(async {
             let encode = move || {
                 let mut frame = BytesMut::new();
                 encode_request(&command, &mut frame).map(|()| frame)
@@ -312,7 +315,7 @@ impl Transport for NetworkTransport {
             };
             let reply = self.inner.pools.call(target, call).await?;
             reply_to_result(reply, rpc_type)
-        };
+        });
         endpoint.call(target, rpc_type, exchange).await
     }
 

@@ -1,4 +1,5 @@
-//! Giving freed memory back to the system when a budget refuses a reply.
+//! Giving freed memory back to the system when a budget refuses a reply,
+//! or a peer's connection state of megabytes is freed.
 //!
 //! The budgets bound what a node *holds* for its peers, but its resident
 //! memory is what the allocator keeps. A large reply is mostly many small
@@ -14,10 +15,15 @@
 //! bytes or more and the reply is dropped, the Listener asks the
 //! allocator to give back the free pages of its heaps at once
 //! ([`give_back_freed_memory`]): the same flood then grows the process by
-//! 210-230 MiB. Not at other times: pages given back are faulted in again
-//! by the next reply, which costs (trimming after every large reply, even
-//! with the budget half full, slowed 16 concurrent 14 MB Syncs by a
+//! 210-230 MiB. Not after every reply: pages given back are faulted in
+//! again by the next reply, which costs (trimming after every large reply,
+//! even with the budget half full, slowed 16 concurrent 14 MB Syncs by a
 //! quarter), and a node whose budget has room has no memory to spare for.
+//!
+//! The WebRTC layer gives memory back too, once per closed peer connection
+//! (never per call): a peer connection's SCTP and DTLS state is megabytes,
+//! and peers that open connections and never finish them, torn down at the
+//! cap, would otherwise leave theirs with the allocator.
 
 /// The size from which a refused reply's memory is given back.
 pub const LARGE_REPLY: usize = 1 << 20;

@@ -474,7 +474,10 @@ async fn exchange_call(
 ) -> Result<Reply, TransportError> {
     let PoolHandle { pool, peer, .. } = handle;
     if peer.one_call {
-        return call_on_own_connection(&peer, &pool, &call).await;
+        // Boxed: this path's future is kilobytes, and carrying it inline
+        // would make every pooled call's future (moved as it is made and
+        // awaited) as large.
+        return Box::pin(call_on_own_connection(&peer, &pool, &call)).await;
     }
     let (lease, reused) = checkout(&peer, &pool, &call, issued, false).await?;
     match exchange(lease, &call).await {

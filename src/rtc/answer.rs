@@ -135,8 +135,13 @@ fn take_here(
     stream: ChannelStream,
     remote: String,
     address: Option<SocketAddr>,
+    log: &Logger,
 ) {
+    // Peer connections are driven on the layer's I/O arbiters, so there
+    // is always one here while the layer runs; without it (the arbiter
+    // has stopped: the node is closing) the channel closes as it drops.
     let Some(arbiter) = actix_rt::Arbiter::try_current() else {
+        debug!(log, "closing a data channel: no arbiter to serve it on"; "peer" => &remote);
         return;
     };
     let inbound = Inbound {
@@ -146,7 +151,9 @@ fn take_here(
         peer_key: None,
     };
     let take = take.clone();
-    arbiter.spawn_fn(move || take(inbound));
+    if !arbiter.spawn_fn(move || take(inbound)) {
+        debug!(log, "closing a data channel: its arbiter has stopped");
+    }
 }
 
 impl Answering {
@@ -165,6 +172,7 @@ impl Answering {
         let (accepted, remote) = (self.accepted.clone(), from.clone());
         let waiting = self.waiting.clone();
         let take = self.take.clone();
+        let log = self.log.clone();
         let connect_timeout = self.connect_timeout;
         let activity = place.activity();
         let answering = peer.answer(
@@ -175,7 +183,7 @@ impl Answering {
             &offer.source,
             move |stream, address| {
                 if let Some(take) = take.get() {
-                    return take_here(take, stream, remote.clone(), address);
+                    return take_here(take, stream, remote.clone(), address, &log);
                 }
                 // A full queue waits, within a deadline and in a place of
                 // its own: the Listener takes channels as it can. A
