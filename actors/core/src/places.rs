@@ -144,7 +144,7 @@ impl Places {
                 kick: kick.clone(),
             },
         );
-        *self.per_source.entry(source.to_owned()).or_default() += 1;
+        self.count_in(source);
         Admission {
             slot: Some((id, kick, activity)),
             shed: need,
@@ -187,7 +187,18 @@ impl Places {
                 self.per_source.remove(&old);
             }
         }
-        *self.per_source.entry(source.to_owned()).or_default() += 1;
+        self.count_in(source);
+    }
+
+    /// One more place held by `source` (its name copied only when it is
+    /// new: a transport making a connection per call admits one per call).
+    fn count_in(&mut self, source: &str) {
+        match self.per_source.get_mut(source) {
+            Some(count) => *count += 1,
+            None => {
+                self.per_source.insert(source.to_owned(), 1);
+            }
+        }
     }
 
     /// Places held now.
