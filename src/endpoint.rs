@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use actix::Recipient;
+use babble_net_actors::call_metrics::{CallMetrics, Direction};
 use slog::{debug, Logger};
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,8 @@ pub(crate) struct Endpoint {
     pub(crate) config: Config,
     /// The `transport` label of the metrics.
     pub(crate) transport: &'static str,
+    /// The series recorded for every call.
+    pub(crate) metrics: CallMetrics,
     pub(crate) log: Logger,
 }
 
@@ -30,6 +33,7 @@ impl Endpoint {
             inbox: Inbox::start(config.consumer_buffer, transport, log.clone()),
             shutdown: CancellationToken::new(),
             config: config.clone(),
+            metrics: CallMetrics::new(transport),
             transport,
             log,
         }
@@ -57,13 +61,8 @@ impl Endpoint {
             _ = self.shutdown.cancelled() => Err(TransportError::Shutdown),
         };
         let ok = result.is_ok();
-        babble_net_actors::metrics::rpc_done(
-            self.transport,
-            "out",
-            rpc_type,
-            ok,
-            started.elapsed(),
-        );
+        self.metrics
+            .rpc_done(Direction::Out, rpc_type, ok, started.elapsed());
         if let Err(error) = &result {
             babble_net_actors::metrics::call_failed(self.transport, error);
         }

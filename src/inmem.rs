@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use actix::Recipient;
 use async_trait::async_trait;
+use babble_net_actors::call_metrics::Direction;
 use babble_net_actors::fair_queue::FairQueue;
 use babble_net_core::source::Source;
 use babble_net_core::stats::DispatchStats;
@@ -210,9 +211,8 @@ impl InmemTransport {
             let reply = reply.await;
             // The peer's side of the exchange, as its Listener would count
             // it on a network transport.
-            babble_net_actors::metrics::rpc_done(
-                "inmem",
-                "in",
+            self.inner.endpoint.metrics.rpc_done(
+                Direction::In,
                 rpc_type,
                 reply.error.is_empty(),
                 served.elapsed(),

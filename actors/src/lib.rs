@@ -31,6 +31,7 @@
 pub use babble_net_core::{codec, error, identity, places, rpc, source, stats, stream, wire};
 
 pub mod allocator;
+pub mod call_metrics;
 pub mod deadline;
 pub mod dispatcher;
 pub mod fair_queue;

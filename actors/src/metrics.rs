@@ -1,14 +1,14 @@
 //! What the transports report to the `metrics` facade: every name and
-//! label in one place (docs/METRICS.md describes them for operators).
+//! label here or, for the series recorded on every call, in
+//! [`crate::call_metrics`] (docs/METRICS.md describes them for operators).
 //!
 //! The facade costs an atomic load per call when the application installs
-//! no recorder; with one, each update is a lookup in the recorder. Labels
+//! no recorder; with one, each update here is a lookup in the recorder
+//! (each in `call_metrics` the first time only). Labels
 //! have a bounded number of values: the transport, the RPC type, a
 //! direction, a result, an error kind. Peers are never a label.
 
-use std::time::Duration;
-
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge};
 
 use crate::error::TransportError;
 use crate::wire::RpcType;
@@ -43,45 +43,10 @@ pub fn error_kind(error: &TransportError) -> &'static str {
     }
 }
 
-/// An RPC ended: `direction` is `out` (a call this node made, from the
-/// call to its answer) or `in` (one it served, from the request decoded to
-/// the reply written).
-pub fn rpc_done(
-    transport: &'static str,
-    direction: &'static str,
-    rpc: RpcType,
-    ok: bool,
-    took: Duration,
-) {
-    let rpc = rpc_label(rpc);
-    let result = if ok { "ok" } else { "error" };
-    counter!("babble_net_rpcs_total", "transport" => transport, "direction" => direction, "rpc" => rpc, "result" => result)
-        .increment(1);
-    histogram!("babble_net_rpc_duration_seconds", "transport" => transport, "direction" => direction, "rpc" => rpc)
-        .record(took.as_secs_f64());
-}
-
 /// A call this node made failed.
 pub fn call_failed(transport: &'static str, error: &TransportError) {
     counter!("babble_net_rpc_errors_total", "transport" => transport, "kind" => error_kind(error))
         .increment(1);
-}
-
-/// Bytes of frames sent (`out`) or received (`in`).
-pub fn bytes(transport: &'static str, direction: &'static str, bytes: usize) {
-    counter!("babble_net_bytes_total", "transport" => transport, "direction" => direction)
-        .increment(bytes as u64);
-}
-
-/// Open connections of a `role` (`inbound`, `pooled`) changed by `delta`.
-pub fn connections(transport: &'static str, role: &'static str, delta: f64) {
-    gauge!("babble_net_connections", "transport" => transport, "role" => role).increment(delta);
-}
-
-/// A dial ended.
-pub fn dialled(transport: &'static str, ok: bool) {
-    let result = if ok { "ok" } else { "error" };
-    counter!("babble_net_dials_total", "transport" => transport, "result" => result).increment(1);
 }
 
 /// A pool was emptied because its peer seemed gone.
@@ -212,6 +177,7 @@ mod tests {
     use super::*;
     use crate::error::{RemoteError, DROPPED_WITHOUT_ANSWER, NOT_CONSUMING};
     use babble_net_core::secure::HandshakeError;
+    use std::time::Duration;
 
     #[test]
     fn every_error_kind_is_shown_at_zero() {

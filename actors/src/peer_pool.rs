@@ -58,6 +58,7 @@ use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use crate::call_metrics::{CallMetrics, Direction, Role};
 use crate::codec::{ClientCodec, CodecError, RawReply, Reply};
 use crate::deadline::DeadlineStream;
 use crate::error::TransportError;
@@ -170,7 +171,8 @@ pub struct Call {
 /// callers.
 struct PeerInfo {
     target: String,
-    transport: &'static str,
+    /// The pools' series (shared by every pool of the transport).
+    metrics: Arc<CallMetrics>,
     layer: Arc<dyn StreamLayer>,
     max_reply_size: usize,
     min_rate: u64,
@@ -234,6 +236,8 @@ pub struct PeerPools {
     /// Where large replies are parsed, and calls from outside any arbiter
     /// made.
     io: Arc<IoArbiters>,
+    /// The series of every pool's calls and connections.
+    metrics: Arc<CallMetrics>,
     pools: PoolTable,
     /// When the pools started: `last_used` counts from it.
     base: Instant,
@@ -264,6 +268,7 @@ impl PeerPools {
         PeerPools {
             layer,
             driven_on,
+            metrics: Arc::new(CallMetrics::new(settings.transport)),
             settings,
             io,
             pools,
@@ -305,7 +310,7 @@ impl PeerPools {
     fn start(&self, target: &str) -> PoolHandle {
         let peer = Arc::new(PeerInfo {
             target: target.to_owned(),
-            transport: self.settings.transport,
+            metrics: self.metrics.clone(),
             layer: self.layer.clone(),
             max_reply_size: self.settings.max_reply_size,
             min_rate: self.settings.min_rate,
@@ -314,8 +319,9 @@ impl PeerPools {
             io: self.io.clone(),
             log: self.log.new(slog::o!("peer" => target.to_owned())),
         });
-        let (settings, shutdown, log) = (
+        let (settings, metrics, shutdown, log) = (
             self.settings.clone(),
+            self.metrics.clone(),
             self.shutdown.clone(),
             peer.log.clone(),
         );
@@ -329,6 +335,7 @@ impl PeerPools {
             failed_dial: None,
             counted_idle: 0,
             stats: PoolStats::default(),
+            metrics,
             shutdown,
             log,
         });
@@ -503,7 +510,7 @@ async fn call_on_own_connection(
 ) -> Result<Reply, TransportError> {
     let open = || async {
         let opened = dial(peer, pool, call.timeout).await;
-        crate::metrics::dialled(peer.transport, opened.is_ok());
+        peer.metrics.dialled(opened.is_ok());
         opened
     };
     match exchange(open().await?, call).await {
@@ -544,7 +551,7 @@ async fn checkout(
         Grant::Dial => {
             let began = Instant::now();
             let dialled = dial(peer, pool, timeout).await;
-            crate::metrics::dialled(peer.transport, dialled.is_ok());
+            peer.metrics.dialled(dialled.is_ok());
             let failure = dialled.as_ref().err().cloned();
             pool.do_send(Dialled { began, failure });
             Ok((dialled?, false))
@@ -645,8 +652,7 @@ async fn exchange(mut lease: Lease, call: &Call) -> Result<Reply, Failure> {
             .map_err(|e| before_reply(e.into()))?;
     }
     crate::spin::expect_io();
-    let transport = lease.transport;
-    crate::metrics::bytes(transport, "out", call.frame.len());
+    lease.metrics.bytes(Direction::Out, call.frame.len());
     let read_before = framed.get_ref().read_total();
     let reply = loop {
         match framed.next().await {
@@ -662,7 +668,7 @@ async fn exchange(mut lease: Lease, call: &Call) -> Result<Reply, Failure> {
         }
     };
     let read = framed.get_ref().read_total() - read_before;
-    crate::metrics::bytes(transport, "in", read as usize);
+    lease.metrics.bytes(Direction::In, read as usize);
     // Anything after the reply but whitespace means the peer is out of
     // step with us (or the reply never came): the connection is not reused.
     let nothing_after = framed.read_buffer().iter().all(u8::is_ascii_whitespace);
@@ -743,7 +749,7 @@ struct Lease {
     min_rate: u64,
     large_frame: usize,
     io: Arc<IoArbiters>,
-    transport: &'static str,
+    metrics: Arc<CallMetrics>,
     outcome: Outcome,
     /// The connection may carry another call (not a connection of one
     /// call).
@@ -758,7 +764,7 @@ impl Lease {
             min_rate: peer.min_rate,
             large_frame: peer.large_frame,
             io: peer.io.clone(),
-            transport: peer.transport,
+            metrics: peer.metrics.clone(),
             outcome: Outcome::Cut,
             reusable: true,
         }
@@ -827,6 +833,7 @@ pub struct PeerPool {
     /// Idle connections last counted in the `pooled` connections gauge.
     counted_idle: usize,
     stats: PoolStats,
+    metrics: Arc<CallMetrics>,
     shutdown: CancellationToken,
     log: Logger,
 }
@@ -870,7 +877,7 @@ impl PeerPool {
         let now = self.idle.len();
         if now != self.counted_idle {
             let delta = now as f64 - self.counted_idle as f64;
-            crate::metrics::connections(self.settings.transport, "pooled", delta);
+            self.metrics.connections(Role::Pooled, delta);
             self.counted_idle = now;
         }
     }

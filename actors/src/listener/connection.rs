@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::budget::{Budget, Reservation};
 use super::stalled::StalledWriters;
 use super::ListenerLimits;
+use crate::call_metrics::{CallMetrics, Direction};
 use crate::codec::{reply_capacity, write_reply, CodecError, RawRequest, Reply, ServerCodec};
 use crate::deadline::DeadlineStream;
 use crate::error::{REPLIES_BACKED_UP, SHUTTING_DOWN};
@@ -84,6 +85,8 @@ pub(super) struct Context {
     pub(super) places: Arc<std::sync::Mutex<crate::places::Places>>,
     /// Where large requests are parsed and large replies encoded.
     pub(super) io: Arc<IoArbiters>,
+    /// The Listener's series, recorded for each request.
+    pub(super) metrics: Arc<CallMetrics>,
     pub(super) shutdown: CancellationToken,
     pub(super) log: Logger,
 }
@@ -159,11 +162,8 @@ pub(super) async fn serve(
         reserved.fit(buf.capacity() + decoded);
         let decoded_at = std::time::Instant::now();
         let read_total = stream.read_total();
-        crate::metrics::bytes(
-            cx.limits.transport,
-            "in",
-            (read_total - read_before) as usize,
-        );
+        cx.metrics
+            .bytes(Direction::In, (read_total - read_before) as usize);
         read_before = read_total;
         let rpc_type = command.rpc_type();
         let (mut rpc, pending) = Rpc::new(command, Some(cx.remote.clone()));
@@ -240,9 +240,9 @@ pub(super) async fn serve(
         drop(writing);
         // The caller's next request may follow within microseconds.
         crate::spin::expect_io();
-        let transport = cx.limits.transport;
-        crate::metrics::bytes(transport, "out", out.len());
-        crate::metrics::rpc_done(transport, "in", rpc_type, ok, decoded_at.elapsed());
+        cx.metrics.bytes(Direction::Out, out.len());
+        cx.metrics
+            .rpc_done(Direction::In, rpc_type, ok, decoded_at.elapsed());
         drop(out);
         if cx.one_call {
             // The reply is the stream's last byte: finishing is how the

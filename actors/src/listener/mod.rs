@@ -43,6 +43,7 @@ use slog::{debug, info, warn, Logger};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::call_metrics::{CallMetrics, Role};
 use crate::fair_queue::FairQueue;
 use crate::io_arbiters::IoArbiters;
 use crate::places::{Places, Shed};
@@ -160,6 +161,8 @@ struct Intake {
     outbound: Budget,
     /// Connections writing replies, which a reply with no room may close.
     stalled: Arc<stalled::StalledWriters>,
+    /// The series recorded for every connection and request.
+    metrics: Arc<CallMetrics>,
     /// Cancelled to stop accepting and close every inbound connection.
     shutdown: CancellationToken,
     log: Logger,
@@ -201,6 +204,7 @@ impl Listener {
             inbound,
             outbound,
             stalled: stalled::StalledWriters::new(),
+            metrics: Arc::new(CallMetrics::new(limits.transport)),
             limits,
             shutdown,
             log,
@@ -381,9 +385,9 @@ impl Intake {
             debug!(log, "shed a connection for a newcomer"; "cap" => cap, "source" => &source);
         }
         counters.open.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::connections(transport, "inbound", 1.0);
+        self.metrics.connections(Role::Inbound, 1.0);
         debug!(log, "connection accepted");
-        let slots = self.slots.clone();
+        let (slots, metrics) = (self.slots.clone(), self.metrics.clone());
         let cx = connection::Context {
             remote: accepted.remote,
             address: accepted.address,
@@ -398,6 +402,7 @@ impl Intake {
             stalled: self.stalled.clone(),
             places: self.slots.clone(),
             io: self.io.clone(),
+            metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
             log: log.clone(),
         };
@@ -424,7 +429,7 @@ impl Intake {
             }
             slots.lock().expect("slots lock").release(id);
             counters.open.fetch_sub(1, Ordering::Relaxed);
-            crate::metrics::connections(transport, "inbound", -1.0);
+            metrics.connections(Role::Inbound, -1.0);
         });
     }
 }
