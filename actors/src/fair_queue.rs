@@ -10,8 +10,11 @@
 //! Each source (address and key) has room for `per_source` RPCs; a
 //! connection whose source is full waits before queueing, so it reads no
 //! further request, and the pressure stays with that source. The queue
-//! holds at most `per_source` RPCs per source, and a source exists only
-//! while it has RPCs waiting or connections waiting for room.
+//! holds at most `per_source` RPCs per source. A source with neither RPCs
+//! nor connections waiting keeps its (empty) entry until idle sources
+//! number more than 64 plus twice the sources with RPCs waiting, when the
+//! next RPC to arrive has them forgotten: a source's next request, often
+//! microseconds after its last, finds its entry made.
 //!
 //! An RPC whose caller has gone (its connection shed or closed) while it
 //! waited is dropped rather than handed to the node.
@@ -37,6 +40,10 @@ use crate::wire::RpcType;
 /// [`QueueReceiver::poll_recv`]): a newly arrived source's request waits
 /// about this long, plus the RPC being handled, before it is read.
 const YIELD_AFTER: Duration = Duration::from_micros(200);
+
+/// Idle sources (nothing waiting) kept beyond twice the busy ones before
+/// the queue forgets them (see the module docs).
+const IDLE_SOURCES_KEPT: usize = 64;
 
 pub use babble_net_core::stats::DispatchStats;
 
@@ -312,7 +319,7 @@ impl State {
 
     /// The room of `source`'s queue, made if new.
     fn room_of(&mut self, source: &Source, per_source: usize) -> Arc<Semaphore> {
-        if self.addresses.len() > 2 * self.turn.len() + 64 {
+        if self.addresses.len() > 2 * self.turn.len() + IDLE_SOURCES_KEPT {
             self.prune();
         }
         let address = self.addresses.entry(source.address.clone()).or_default();
@@ -327,8 +334,8 @@ impl State {
             .clone()
     }
 
-    /// Forgets the sources nobody uses any more (a sender gave up waiting
-    /// for room and left its source's queue empty).
+    /// Forgets the sources nobody uses any more: nothing waits in their
+    /// queue or for room in it.
     fn prune(&mut self) {
         self.addresses.retain(|_, address| {
             address
@@ -378,19 +385,16 @@ impl State {
             .get_mut(&key_name)
             .expect("a key in turn is kept");
         let queued = key.rpcs.pop_front().expect("a key in turn has an RPC");
+        // A source left with nothing waiting keeps its entry (its next
+        // request, often microseconds away, finds it made); `room_of`
+        // prunes the idle ones when they outnumber the busy ones.
         if !key.rpcs.is_empty() {
             address.turn.push_back(key_name);
-        } else if Arc::strong_count(&key.room) == 2 {
-            // Only the map and the RPC just taken hold it: nobody waits.
-            address.keys.remove(&key_name);
         }
         if !address.turn.is_empty() {
             self.turn.push_back(name);
         } else {
             self.gauges.sources.decrement(1.0);
-            if address.keys.is_empty() {
-                self.addresses.remove(&name);
-            }
         }
         self.waiting -= 1;
         self.gauges.requests.decrement(1.0);
@@ -561,7 +565,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn abandoned_rpcs_are_skipped_and_sources_forgotten() {
+    async fn abandoned_rpcs_are_skipped_and_idle_sources_forgotten_past_the_bound() {
         let (queue, mut receiver) = FairQueue::new(4);
         let (gone, reply) = rpc(1);
         queue.push(&source("10.0.0.2", None), gone).await;
@@ -569,8 +573,22 @@ mod tests {
         let (kept, _reply) = rpc(2);
         queue.push(&source("10.0.0.3", None), kept).await;
         assert_eq!(ids(&mut receiver, 1).await, vec![2]);
-        assert!(queue.lock().addresses.is_empty());
         assert!(futures::poll!(Box::pin(receiver.recv())).is_pending());
+        // Idle sources keep their entries, up to the bound...
+        let mut replies = Vec::new();
+        for i in 0..IDLE_SOURCES_KEPT as u32 {
+            let (rpc, reply) = rpc(10 + i);
+            queue.push(&source(&format!("10.1.0.{i}"), None), rpc).await;
+            replies.push(reply);
+        }
+        ids(&mut receiver, IDLE_SOURCES_KEPT).await;
+        assert_eq!(queue.lock().addresses.len(), IDLE_SOURCES_KEPT + 2);
+        // ...and are forgotten when the next RPC comes past it.
+        let (next, _next_reply) = rpc(3);
+        queue.push(&source("10.0.0.4", None), next).await;
+        let state = queue.lock();
+        assert_eq!(state.addresses.len(), 1);
+        assert!(state.addresses.contains_key("10.0.0.4"));
     }
 
     #[tokio::test]
