@@ -71,6 +71,22 @@ fn ipv4_text(v4: Ipv4Addr) -> String {
     text
 }
 
+/// The source this thread named last, and what it was named from: a
+/// transport making a connection per call (QUIC: a stream each) names
+/// the same source for every call of a connection, twice (when the
+/// connection is taken in, and when it is served), and naming takes four
+/// allocations.
+struct LastSource {
+    remote: String,
+    address: Option<SocketAddr>,
+    key: Option<PeerKey>,
+    source: Source,
+}
+
+thread_local! {
+    static LAST_SOURCE: std::cell::RefCell<Option<LastSource>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Where a request comes from, for fair service: its address, and within
 /// it the key the channel verified, if any.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -96,6 +112,26 @@ impl Source {
     /// address the layer gave is told apart by that address (a WebRTC
     /// link's, port included) within its IP's share.
     pub fn of(remote: &str, address: Option<SocketAddr>, key: Option<&PeerKey>) -> Source {
+        LAST_SOURCE.with(|last| {
+            let mut last = last.borrow_mut();
+            if let Some(known) = last
+                .as_ref()
+                .filter(|l| l.remote == remote && l.address == address && l.key.as_ref() == key)
+            {
+                return known.source.clone();
+            }
+            let source = Source::named(remote, address, key);
+            *last = Some(LastSource {
+                remote: remote.to_owned(),
+                address,
+                key: key.copied(),
+                source: source.clone(),
+            });
+            source
+        })
+    }
+
+    fn named(remote: &str, address: Option<SocketAddr>, key: Option<&PeerKey>) -> Source {
         let key = match (key, address) {
             // The compressed form names the key as well, and costs no
             // point decompression (a square root on the curve), which a
@@ -114,6 +150,21 @@ impl Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_named_again_is_the_same_and_a_different_one_is_not_confused() {
+        let key = Some(crate::identity::NodeKey::generate().public());
+        let a: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:4000".parse().unwrap();
+        let first = Source::of("10.0.0.1:4000", Some(a), key.as_ref());
+        assert_eq!(first, Source::named("10.0.0.1:4000", Some(a), key.as_ref()));
+        assert_eq!(Source::of("10.0.0.1:4000", Some(a), key.as_ref()), first);
+        // Each part of what a source is named from counts.
+        assert_eq!(Source::of("10.0.0.1:4000", Some(b), key.as_ref()).address.as_ref(), "10.0.0.2");
+        assert_eq!(Source::of("10.0.0.1:4000", Some(a), None).key, Some("10.0.0.1:4000".into()));
+        assert_eq!(Source::of("peer-x", None, None).address.as_ref(), "peer-x");
+        assert_eq!(Source::of("10.0.0.1:4000", Some(a), key.as_ref()), first);
+    }
 
     #[test]
     fn ipv4_text_is_what_display_writes() {

@@ -352,7 +352,14 @@ impl Intake {
         let counters = self.counters.clone();
         counters.accepted.fetch_add(1, Ordering::Relaxed);
         let log = self.log.new(slog::o!("peer" => accepted.remote.clone()));
-        let source = crate::source::source_address(&accepted.remote, accepted.address);
+        // Named as the connection will be served (see `Source::of`); its
+        // places count by address.
+        let source = crate::source::Source::of(
+            &accepted.remote,
+            accepted.address,
+            accepted.peer_key.as_ref(),
+        )
+        .address;
         let kick = self.shutdown.child_token();
         let admission =
             self.slots
@@ -382,7 +389,7 @@ impl Intake {
                     Shed::SourceCap => "per_ip",
                 },
             );
-            debug!(log, "shed a connection for a newcomer"; "cap" => cap, "source" => &source);
+            debug!(log, "shed a connection for a newcomer"; "cap" => cap, "source" => &*source);
         }
         counters.open.fetch_add(1, Ordering::Relaxed);
         self.metrics.connections(Role::Inbound, 1.0);
