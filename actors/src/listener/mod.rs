@@ -219,7 +219,7 @@ impl Listener {
 impl Actor for Listener {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
+    fn started(&mut self, _: &mut Context<Self>) {
         let intake = &self.intake;
         info!(intake.log, "listening"; "addr" => intake.layer.local_addr());
         let (done_tx, done_rx) = oneshot::channel();
@@ -252,43 +252,23 @@ impl Actor for Listener {
         // run there. If the I/O threads have stopped, nothing is accepted
         // and `done_tx` is dropped with the closure.
         let driven_on = intake.layer.driven_on().filter(|_| !intake.io.is_empty());
-        if let Some(key) = driven_on {
-            let hand = Hand::Direct(intake.clone());
-            intake.io.for_key(&key).spawn_fn(move || {
-                actix_rt::spawn(async move {
-                    accept_loop(layer, shutdown, hand, log).await;
-                    let _ = done_tx.send(());
+        // Otherwise the accept loop runs here. Either way it takes each
+        // connection in where it runs, before it accepts the next.
+        let intake = intake.clone();
+        let accepting = move || {
+            actix_rt::spawn(async move {
+                accept_loop(layer, shutdown, intake, log).await;
+                let _ = done_tx.send(());
+            })
+        };
+        match driven_on {
+            Some(key) => {
+                self.intake.io.for_key(&key).spawn_fn(move || {
+                    accepting();
                 });
-            });
-            return;
-        }
-        let hand = Hand::Mailbox(ctx.address());
-        actix_rt::spawn(async move {
-            accept_loop(layer, shutdown, hand, log).await;
-            let _ = done_tx.send(());
-        });
-    }
-}
-
-/// Where the accept loop hands what it accepts.
-enum Hand {
-    /// The Listener's mailbox, on its own thread.
-    Mailbox(Addr<Listener>),
-    /// Taken in on the accepting thread.
-    Direct(Arc<Intake>),
-}
-
-impl Hand {
-    /// Hands `inbound` over; `false` once the Listener is gone.
-    async fn over(&self, inbound: Inbound) -> bool {
-        match self {
-            // A bounded hand-off: while the Listener's mailbox is full,
-            // nothing more is accepted (the kernel's backlog holds the
-            // rest).
-            Hand::Mailbox(listener) => listener.send(Accepted(inbound)).await.is_ok(),
-            Hand::Direct(intake) => {
-                intake.take(inbound);
-                true
+            }
+            None => {
+                accepting();
             }
         }
     }
@@ -298,7 +278,7 @@ impl Hand {
 async fn accept_loop(
     layer: Arc<dyn StreamLayer>,
     shutdown: CancellationToken,
-    hand: Hand,
+    intake: Arc<Intake>,
     log: Logger,
 ) {
     const FIRST_PAUSE: Duration = Duration::from_millis(5);
@@ -312,9 +292,7 @@ async fn accept_loop(
         match accepted {
             Ok(inbound) => {
                 pause = FIRST_PAUSE;
-                if !hand.over(inbound).await {
-                    return;
-                }
+                intake.take(inbound);
             }
             Err(err) => {
                 warn!(log, "accept failed, retrying"; "error" => %err, "pause" => ?pause);
@@ -325,19 +303,6 @@ async fn accept_loop(
                 pause = (pause * 2).min(LONGEST_PAUSE);
             }
         }
-    }
-}
-
-/// A new inbound connection.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Accepted(Inbound);
-
-impl Handler<Accepted> for Listener {
-    type Result = ();
-
-    fn handle(&mut self, Accepted(accepted): Accepted, _: &mut Context<Self>) {
-        self.intake.take(accepted);
     }
 }
 
