@@ -160,8 +160,16 @@ mod tests {
         assert_eq!(first, Source::named("10.0.0.1:4000", Some(a), key.as_ref()));
         assert_eq!(Source::of("10.0.0.1:4000", Some(a), key.as_ref()), first);
         // Each part of what a source is named from counts.
-        assert_eq!(Source::of("10.0.0.1:4000", Some(b), key.as_ref()).address.as_ref(), "10.0.0.2");
-        assert_eq!(Source::of("10.0.0.1:4000", Some(a), None).key, Some("10.0.0.1:4000".into()));
+        assert_eq!(
+            Source::of("10.0.0.1:4000", Some(b), key.as_ref())
+                .address
+                .as_ref(),
+            "10.0.0.2"
+        );
+        assert_eq!(
+            Source::of("10.0.0.1:4000", Some(a), None).key,
+            Some("10.0.0.1:4000".into())
+        );
         assert_eq!(Source::of("peer-x", None, None).address.as_ref(), "peer-x");
         assert_eq!(Source::of("10.0.0.1:4000", Some(a), key.as_ref()), first);
     }
