@@ -80,10 +80,23 @@ impl IoArbiters {
         if self.handles.is_empty() {
             return &self.home;
         }
+        &self.handles[self.index_for_key(key)]
+    }
+
+    /// The position in [`arbiters`](Self::arbiters) of the arbiter
+    /// [`for_key`](Self::for_key) picks (0 when the set is empty), for
+    /// work kept per arbiter.
+    pub fn index_for_key(&self, key: &str) -> usize {
         // Keyed with this process's random keys: a peer cannot choose IDs
         // that land on the thread of a given honest peer.
         let hash = self.placement.hash_one(key);
-        &self.handles[hash as usize % self.handles.len()]
+        hash as usize % self.handles.len().max(1)
+    }
+
+    /// Every arbiter of the set, in a fixed order (none when work stays on
+    /// the caller's arbiter).
+    pub fn arbiters(&self) -> &[ArbiterHandle] {
+        &self.handles
     }
 
     /// The next arbiter, round robin.

@@ -222,16 +222,17 @@ fn millis_since(base: Instant) -> u64 {
 /// thread and back. Only a reply larger than `large_frame` is parsed on an
 /// I/O arbiter while the call waits. A call made outside any arbiter is
 /// made on the I/O arbiter of its target. So `max_pool` and `max_dials`
-/// hold per peer and calling thread. A layer that drives its connections
-/// on an I/O thread (QUIC, [`StreamLayer::driven_on`]) has every call
-/// made there, where its stream's bytes are: the caller's thread sends
-/// the call and receives the decoded reply, one hop each way.
+/// hold per peer and calling thread. A layer that drives its connection
+/// to a peer on the I/O thread of the peer's address (QUIC,
+/// [`StreamLayer::calls_where_driven`]) has every call to it made there,
+/// where its stream's bytes are: the caller's thread sends the call and
+/// receives the decoded reply, one hop each way.
 #[derive(Clone)]
 pub struct PeerPools {
     layer: Arc<dyn StreamLayer>,
-    /// The I/O thread where the layer drives its connections, if it does
-    /// and the transport has I/O threads: calls are made there.
-    driven_on: Option<String>,
+    /// Whether calls are made on the I/O thread of their target, where the
+    /// layer drives the connection to it.
+    where_driven: bool,
     settings: PoolSettings,
     /// Where large replies are parsed, and calls from outside any arbiter
     /// made.
@@ -264,10 +265,10 @@ impl PeerPools {
             settings.max_idle,
             shutdown.clone(),
         ));
-        let driven_on = layer.driven_on().filter(|_| !io.is_empty());
+        let where_driven = layer.calls_where_driven() && !io.is_empty();
         PeerPools {
             layer,
-            driven_on,
+            where_driven,
             metrics: Arc::new(CallMetrics::new(settings.transport)),
             settings,
             io,
@@ -348,14 +349,14 @@ impl PeerPools {
     }
 
     /// Sends `call` to `target` and returns its reply; see the module docs.
-    /// The exchange runs where the layer drives its connections when it
-    /// says ([`StreamLayer::driven_on`]: QUIC), else on the caller's
-    /// thread when that is an actix arbiter, else on the target's I/O
-    /// arbiter; the caller waits for the reply.
+    /// The exchange runs on the caller's thread when that is an actix
+    /// arbiter, else on the target's I/O arbiter, and there always when
+    /// the layer drives its connection to the target there
+    /// ([`StreamLayer::calls_where_driven`]: QUIC); the caller waits for
+    /// the reply.
     pub async fn call(&self, target: &str, call: Call) -> Result<Reply, TransportError> {
         let issued = Instant::now();
-        let driven_on = self.driven_on.as_deref();
-        if driven_on.is_none() && actix_rt::Arbiter::try_current().is_some() {
+        if !self.where_driven && actix_rt::Arbiter::try_current().is_some() {
             let (handle, in_flight) = self.get(target);
             let reply = exchange_call(handle, call, issued).await;
             drop(in_flight);
@@ -363,22 +364,19 @@ impl PeerPools {
         }
         let (tx, mut rx) = oneshot::channel();
         let (pools, target_owned) = (self.clone(), target.to_owned());
-        let running = self
-            .io
-            .for_key(driven_on.unwrap_or(target))
-            .spawn(async move {
-                let mut tx = tx;
-                let (handle, in_flight) = pools.get(&target_owned);
-                let reply = tokio::select! {
-                    reply = exchange_call(handle, call, issued) => reply,
-                    // The caller gave up (or the transport closed): the lease
-                    // is dropped, cut short, and its connection closed.
-                    _ = tx.closed() => return,
-                    _ = pools.shutdown.cancelled() => Err(TransportError::Shutdown),
-                };
-                drop(in_flight);
-                let _ = tx.send(reply);
-            });
+        let running = self.io.for_key(target).spawn(async move {
+            let mut tx = tx;
+            let (handle, in_flight) = pools.get(&target_owned);
+            let reply = tokio::select! {
+                reply = exchange_call(handle, call, issued) => reply,
+                // The caller gave up (or the transport closed): the lease
+                // is dropped, cut short, and its connection closed.
+                _ = tx.closed() => return,
+                _ = pools.shutdown.cancelled() => Err(TransportError::Shutdown),
+            };
+            drop(in_flight);
+            let _ = tx.send(reply);
+        });
         if !running {
             return Err(TransportError::Shutdown);
         }

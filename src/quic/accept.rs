@@ -33,31 +33,37 @@
 //!   opening streams keeps no place fresh.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use babble_net_actors::io_arbiters::IoArbiters;
 use babble_net_core::identity::PeerKey;
 use babble_net_core::places::{Activity, Places};
 use babble_net_core::secure::Acceptance;
 use babble_net_core::source::source_address;
-use babble_net_core::stream::Inbound;
+use babble_net_core::stream::{Inbound, TakeInbound};
 use quinn::{Connection, Endpoint, Incoming, VarInt};
 use slog::{debug, warn, Logger};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::handshake_rate::{HandshakeRate, Verdict};
+use super::lanes::Lane;
 use super::stream::QuicStream;
 use super::windows::LargeWindows;
 use super::{tls, Closed, QuicLimits};
 
-/// What the accepting side shares between its tasks.
+/// What the accepting side shares between its tasks (on every lane).
 pub(super) struct Acceptor {
-    pub(super) endpoint: Endpoint,
+    /// Every lane's accepting endpoint.
+    endpoints: Vec<Endpoint>,
     pub(super) limits: QuicLimits,
     pub(super) accept: Acceptance,
-    /// Where streams go to the Listener.
+    /// Where streams go to the Listener, unless it takes them where they
+    /// are driven (through `take`).
     pub(super) streams: mpsc::Sender<Inbound>,
+    /// The Listener's hand, once it takes streams on the lanes' threads.
+    pub(super) take: OnceLock<TakeInbound>,
     pub(super) shutdown: CancellationToken,
     pub(super) log: Logger,
     /// Handshakes in progress, as places.
@@ -71,7 +77,7 @@ pub(super) struct Acceptor {
 
 impl Acceptor {
     pub(super) fn new(
-        endpoint: Endpoint,
+        endpoints: Vec<Endpoint>,
         limits: QuicLimits,
         accept: Acceptance,
         streams: mpsc::Sender<Inbound>,
@@ -87,7 +93,8 @@ impl Acceptor {
         let windows = LargeWindows::new(&limits);
         let rate = HandshakeRate::new(handshakes_per_source(&limits));
         Acceptor {
-            endpoint,
+            endpoints,
+            take: OnceLock::new(),
             limits,
             accept,
             streams,
@@ -114,6 +121,31 @@ impl Acceptor {
     pub(super) fn handshakes(&self) -> usize {
         self.handshakes.lock().expect("handshakes lock").held()
     }
+
+    /// Connections the accepting endpoints hold, open or closing.
+    fn open_connections(&self) -> usize {
+        self.endpoints.iter().map(Endpoint::open_connections).sum()
+    }
+}
+
+/// Starts each lane's accept loop on its thread: within the thread's
+/// arbiter when the layer has I/O threads, so that streams can be handed
+/// to the Listener there; else on this thread's runtime, handing streams
+/// over through the layer's queue.
+pub(super) fn start(acceptor: &Arc<Acceptor>, lanes: &[Lane], io: &IoArbiters) {
+    for (at, lane) in lanes.iter().enumerate() {
+        let Some(endpoint) = lane.accepting.clone() else {
+            continue;
+        };
+        match io.arbiters().get(at) {
+            Some(arbiter) => {
+                arbiter.spawn(accept_loop(acceptor.clone(), endpoint, true));
+            }
+            None => lane
+                .runtime
+                .spawn(accept_loop(acceptor.clone(), endpoint, false)),
+        }
+    }
 }
 
 /// Handshakes one source address may have in progress at once: a quarter
@@ -122,12 +154,14 @@ pub fn handshakes_per_source(limits: &QuicLimits) -> usize {
     (limits.max_handshakes / 4).max(1)
 }
 
-/// Takes handshakes until the endpoint or the transport closes; runs on
-/// the QUIC runtime, as does every task it starts.
-pub(super) async fn accept_loop(acceptor: Arc<Acceptor>) {
+/// Takes `endpoint`'s handshakes until it or the transport closes; runs
+/// on its lane's thread, as does every task it starts. Run `local`ly
+/// (within an arbiter's local set), a handshake's task is too, so that its
+/// streams can be handed to the Listener there.
+async fn accept_loop(acceptor: Arc<Acceptor>, endpoint: Endpoint, local: bool) {
     loop {
         let incoming = tokio::select! {
-            incoming = acceptor.endpoint.accept() => match incoming {
+            incoming = endpoint.accept() => match incoming {
                 Some(incoming) => incoming,
                 None => return,
             },
@@ -135,7 +169,7 @@ pub(super) async fn accept_loop(acceptor: Arc<Acceptor>) {
         };
         // Closed connections drain in the endpoint, keeping their state:
         // when open and closing ones reach their bound, nobody starts.
-        if acceptor.endpoint.open_connections() >= acceptor.limits.connection_states {
+        if acceptor.open_connections() >= acceptor.limits.connection_states {
             crate::metrics::quic_refused("states");
             incoming.refuse();
             continue;
@@ -187,7 +221,11 @@ pub(super) async fn accept_loop(acceptor: Arc<Acceptor>) {
             acceptor: acceptor.clone(),
             id,
         };
-        tokio::spawn(handshake(acceptor.clone(), incoming, handshaking, kick));
+        let handshake = handshake(acceptor.clone(), incoming, handshaking, kick);
+        match local {
+            true => drop(tokio::task::spawn_local(handshake)),
+            false => drop(tokio::spawn(handshake)),
+        }
     }
 }
 
@@ -310,6 +348,10 @@ async fn serve_streams(
             address: Some(remote),
             peer_key: Some(key),
         };
+        if let Some(take) = acceptor.take.get() {
+            take(inbound);
+            continue;
+        }
         tokio::select! {
             biased;
             _ = kick.cancelled() => return evicted(acceptor, connection),

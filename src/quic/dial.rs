@@ -1,6 +1,7 @@
 //! The dialling side of QUIC: one connection per peer address, made once
-//! (calls to a peer that arrive while it is made wait for it), checked
-//! against the key expected there, and a stream per call on it.
+//! (calls to a peer that arrive while it is made wait for it) from the
+//! lane of that address, checked against the key expected there, and a
+//! stream per call on it.
 //!
 //! A connection that closed (idle, the peer went away) is replaced by the
 //! next call; the map holds one entry per address called, and entries
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use babble_net_actors::io_arbiters::IoArbiters;
 use babble_net_core::identity::PeerKey;
 use babble_net_core::quic::SERVER_NAME;
 use babble_net_core::secure::HandshakeError;
@@ -21,14 +23,17 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::Instant;
 
 use super::stream::{connection_error, QuicStream};
-use super::{refused, tls, Closed, QuicLimits};
+use super::{refused, tls, Closed};
 
 /// A peer address's connection, once made.
 type Slot = Arc<AsyncMutex<Option<Connection>>>;
 
 /// See the [module docs](self).
 pub(super) struct Dialer {
-    endpoint: Endpoint,
+    /// Each lane's dialling endpoint.
+    endpoints: Vec<Endpoint>,
+    /// Which lane a peer address is dialled on.
+    io: Arc<IoArbiters>,
     client: ClientConfig,
     /// The key expected at each peer address.
     expected: HashMap<String, PeerKey>,
@@ -40,14 +45,15 @@ pub(super) struct Dialer {
 
 impl Dialer {
     pub(super) fn new(
-        endpoint: Endpoint,
+        endpoints: Vec<Endpoint>,
+        io: Arc<IoArbiters>,
         client: ClientConfig,
         expected: HashMap<String, PeerKey>,
-        _limits: QuicLimits,
         log: Logger,
     ) -> Dialer {
         Dialer {
-            endpoint,
+            endpoints,
+            io,
             client,
             expected,
             connections: Mutex::default(),
@@ -143,8 +149,10 @@ impl Dialer {
                     format!("{address} does not resolve"),
                 )
             })?;
-        let connecting = self
-            .endpoint
+        // On the lane where calls to `address` are made: the connection
+        // is driven where its streams are used.
+        let lane = self.io.index_for_key(address) % self.endpoints.len();
+        let connecting = self.endpoints[lane]
             .connect_with(self.client.clone(), remote, SERVER_NAME)
             .map_err(io::Error::other)?;
         let connection = connecting.await.map_err(handshake_failed)?;

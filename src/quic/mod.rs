@@ -13,10 +13,12 @@
 //! * On a stream the caller writes one Go request frame and finishes; the
 //!   callee writes the Go reply and finishes. Every TCP limit and deadline
 //!   of the Listener and the call applies per stream.
-//! * The endpoint and its connections are driven on an I/O thread
-//!   (module `runtime`), where their streams are served and their calls
-//!   made too ([`StreamLayer::driven_on`]): only decoded requests,
-//!   replies and answers cross to the node's thread.
+//! * Its endpoints and connections are driven on the I/O threads, a lane
+//!   on each (module `lanes`): a connection's streams are served and its
+//!   calls made on its lane's thread too
+//!   ([`StreamLayer::take_where_driven`],
+//!   [`StreamLayer::calls_where_driven`]): only decoded requests, replies
+//!   and answers cross to the node's thread.
 //!
 //! The limits ([`QuicLimits`]) and what a node sees when each is hit are
 //! in docs/QUIC.md.
@@ -24,6 +26,7 @@
 mod accept;
 mod dial;
 mod handshake_rate;
+mod lanes;
 mod runtime;
 mod socket;
 mod stream;
@@ -39,7 +42,7 @@ use std::time::Duration;
 use babble_net_actors::io_arbiters::IoArbiters;
 use babble_net_core::identity::{NodeKey, PeerKey};
 use babble_net_core::secure::{Acceptance, HandshakeError};
-use babble_net_core::stream::{BoxConnection, Inbound, StreamLayer};
+use babble_net_core::stream::{BoxConnection, Inbound, StreamLayer, TakeInbound};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
@@ -153,19 +156,17 @@ impl Closed {
 
 /// See the [module docs](self).
 pub struct QuicStreamLayer {
-    endpoint: Endpoint,
+    /// One per I/O thread ([`lanes`]).
+    lanes: Vec<lanes::Lane>,
     local: SocketAddr,
     advertise: String,
     dialer: Arc<dial::Dialer>,
     acceptor: Arc<accept::Acceptor>,
-    /// Streams accepted, for the Listener.
+    /// Streams accepted, for the Listener, unless it takes them where
+    /// they are driven.
     streams: AsyncMutex<mpsc::Receiver<Inbound>>,
     shutdown: CancellationToken,
-    /// Where the endpoint runs.
-    runtime: Arc<runtime::IoRuntime>,
-    /// The endpoint's socket, closed with the layer.
-    socket: Arc<socket::ClosableSocket>,
-    /// The I/O threads the endpoint runs on, kept while it does.
+    /// The I/O threads the lanes run on, kept while they do.
     io: Arc<IoArbiters>,
 }
 
@@ -177,13 +178,12 @@ const CLOSE_LINGER: Duration = Duration::from_millis(200);
 const ACCEPTED_STREAMS: usize = 64;
 
 impl QuicStreamLayer {
-    /// Binds a UDP socket to `bind_addr` and starts accepting QUIC
-    /// connections; `advertise` as for TCP
-    /// ([`crate::stream::TcpStreamLayer::bind`]); `keys` say who this
-    /// node is and whom it expects. The endpoint and its connections are
-    /// driven on one of the `io_threads` I/O threads shared by the
-    /// transports of the actix system (on this thread when 0). Must be
-    /// called inside an actix system.
+    /// Binds `bind_addr` (UDP) and starts accepting QUIC connections;
+    /// `advertise` as for TCP ([`crate::stream::TcpStreamLayer::bind`]);
+    /// `keys` say who this node is and whom it expects. The layer has a
+    /// lane on each of the `io_threads` I/O threads shared by the
+    /// transports of the actix system (one on this thread when 0): see
+    /// [`lanes`]. Must be called inside an actix system.
     pub fn bind(
         bind_addr: &str,
         advertise: Option<&str>,
@@ -194,30 +194,18 @@ impl QuicStreamLayer {
     ) -> Result<QuicStreamLayer, TransportError> {
         let io = IoArbiters::shared(io_threads);
         let config_error = TransportError::Config;
-        let socket = UdpSocket::bind(bind_addr)
-            .map_err(|err| config_error(format!("cannot bind {bind_addr} (UDP): {err}")))?;
-        socket_buffers(&socket, &log);
-        let local = socket
-            .local_addr()
-            .map_err(|err| config_error(format!("cannot bind {bind_addr} (UDP): {err}")))?;
-        let advertise = crate::tcp::advertised(local, advertise)?;
         let identity = tls::Identity::new(&keys.key)?;
         let server = server_config(&identity, &limits)?;
         let client = client_config(&identity, &limits)?;
-        let runtime = Arc::new(
-            runtime::IoRuntime::on(&io, &advertise)
-                .map_err(|err| config_error(format!("cannot start QUIC: {err}")))?,
-        );
-        let socket = runtime
-            .closable_socket(socket)
-            .map_err(|err| config_error(format!("cannot listen on {bind_addr} (UDP): {err}")))?;
-        let endpoint = Endpoint::new_with_abstract_socket(
-            endpoint_config(&keys.key),
-            Some(server),
-            socket.clone(),
-            runtime.clone(),
-        )
-        .map_err(|err| config_error(format!("cannot start QUIC on {bind_addr}: {err}")))?;
+        let node_key = keys.key.clone();
+        let lane_config = lanes::LaneConfig {
+            server,
+            endpoint: &|| endpoint_config(&node_key),
+            log: &log,
+        };
+        let (lanes, local) = lanes::bind(bind_addr, &io, lane_config)
+            .map_err(|err| config_error(format!("cannot bind {bind_addr} (UDP): {err}")))?;
+        let advertise = crate::tcp::advertised(local, advertise)?;
         let accept = match keys.accept_any_key {
             true => Acceptance::AnyKey,
             false => Acceptance::Only(Arc::new(
@@ -228,32 +216,33 @@ impl QuicStreamLayer {
         let shutdown = CancellationToken::new();
         let (tx, rx) = mpsc::channel(ACCEPTED_STREAMS);
         let log = log.new(slog::o!("quic" => local.to_string()));
+        let accepting: Vec<Endpoint> = (lanes.iter())
+            .filter_map(|lane| lane.accepting.clone())
+            .collect();
         let acceptor = Arc::new(accept::Acceptor::new(
-            endpoint.clone(),
+            accepting,
             limits.clone(),
             accept,
             tx,
             shutdown.clone(),
             log.clone(),
         ));
-        runtime.spawn(accept::accept_loop(acceptor.clone()));
+        accept::start(&acceptor, &lanes, &io);
         let dialer = Arc::new(dial::Dialer::new(
-            endpoint.clone(),
+            lanes.iter().map(|lane| lane.dialling.clone()).collect(),
+            io.clone(),
             client,
             expected,
-            limits,
             log,
         ));
         Ok(QuicStreamLayer {
-            endpoint,
+            lanes,
             local,
             advertise,
             dialer,
             acceptor,
             streams: AsyncMutex::new(rx),
             shutdown,
-            runtime,
-            socket,
             io,
         })
     }
@@ -406,10 +395,16 @@ impl StreamLayer for QuicStreamLayer {
         true
     }
 
-    fn driven_on(&self) -> Option<String> {
-        // The endpoint and every connection's driver run on the I/O
-        // thread of the advertised address (see `bind`).
-        (!self.io.is_empty()).then(|| self.advertise.clone())
+    fn calls_where_driven(&self) -> bool {
+        // A connection to a peer address is dialled, and driven, on the
+        // lane of that address (see `lanes`).
+        !self.io.is_empty()
+    }
+
+    /// With I/O threads, each lane hands the streams of its connections
+    /// to the Listener on its own thread.
+    fn take_where_driven(&self, take: TakeInbound) -> bool {
+        !self.io.is_empty() && self.acceptor.take.set(take).is_ok()
     }
 
     fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, String)>> {
@@ -469,8 +464,12 @@ impl StreamLayer for QuicStreamLayer {
             return;
         }
         self.shutdown.cancel();
-        self.endpoint
-            .close(VarInt::from_u32(Closed::Closing as u32), b"closing");
+        let endpoints: Vec<Endpoint> = (self.lanes.iter())
+            .flat_map(|lane| lane.endpoints().cloned())
+            .collect();
+        for endpoint in &endpoints {
+            endpoint.close(VarInt::from_u32(Closed::Closing as u32), b"closing");
+        }
         self.dialer.forget_all();
         // Streams accepted but never taken hold their connections, and so
         // the socket. Whoever holds the lock (the Listener, waiting for the
@@ -481,11 +480,14 @@ impl StreamLayer for QuicStreamLayer {
         }
         // The port goes free, as TCP's does, even while clones of the
         // transport, or handles to its connections, live on: once the
-        // peers were told (or after a moment), the socket is closed.
-        let (endpoint, socket) = (self.endpoint.clone(), self.socket.clone());
-        self.runtime.spawn(async move {
-            let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
-            socket.close();
+        // peers were told (or after a moment), the sockets are closed.
+        let sockets: Vec<_> = self.lanes.iter().flat_map(lanes::Lane::sockets).collect();
+        self.lanes[0].runtime.spawn(async move {
+            let idle = futures::future::join_all(endpoints.iter().map(Endpoint::wait_idle));
+            let _ = tokio::time::timeout(CLOSE_LINGER, idle).await;
+            for socket in sockets {
+                socket.close();
+            }
         });
     }
 }

@@ -1,11 +1,11 @@
-//! Where QUIC's own work runs: the endpoint's and every connection's
-//! driver (packets in and out, timers, loss recovery, crypto) on one of
-//! the transport's I/O threads, whichever thread makes the calls. Their
-//! streams are served and called on that thread too (see
-//! [`StreamLayer::driven_on`](babble_net_core::stream::StreamLayer::driven_on)),
-//! so a burst of packets never stalls the node's thread, a slow node
-//! thread never delays acknowledgements, and no connection's state is
-//! shared between two threads.
+//! Where QUIC's own work runs. A layer has one lane per I/O thread (one,
+//! on the node's thread, when it has none): each lane's endpoints and
+//! their connections' drivers (packets in and out, timers, loss recovery,
+//! crypto) run on its thread, whichever thread makes the calls. Their
+//! streams are served and called on that thread too, so a burst of
+//! packets never stalls the node's thread, a slow node thread never
+//! delays acknowledgements, and no connection's state is shared between
+//! two threads.
 
 use std::future::Future;
 use std::io;
@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use babble_net_actors::io_arbiters::IoArbiters;
+use actix_rt::ArbiterHandle;
 use quinn::{AsyncTimer, AsyncUdpSocket, Runtime, TokioRuntime};
 use tokio::runtime::Handle;
 
@@ -27,17 +27,17 @@ pub(super) struct IoRuntime {
 }
 
 impl IoRuntime {
-    /// On the I/O arbiter for `key` (on this thread's own runtime when
-    /// the transport has no I/O threads). Must be called inside a tokio
-    /// runtime.
-    pub(super) fn on(io: &IoArbiters, key: &str) -> io::Result<IoRuntime> {
-        if io.is_empty() {
-            return Ok(IoRuntime {
-                handle: Handle::current(),
-            });
+    /// On this thread's tokio runtime. Must be called inside one.
+    pub(super) fn here() -> IoRuntime {
+        IoRuntime {
+            handle: Handle::current(),
         }
+    }
+
+    /// On the runtime of `arbiter`, an I/O thread.
+    pub(super) fn on(arbiter: &ArbiterHandle) -> io::Result<IoRuntime> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let sent = io.for_key(key).spawn_fn(move || {
+        let sent = arbiter.spawn_fn(move || {
             let _ = tx.send(Handle::current());
         });
         // Another thread answers at once: this wait is only for its

@@ -125,15 +125,14 @@ pub trait StreamLayer: Send + Sync + 'static {
         false
     }
 
-    /// The key of the I/O thread that drives this layer's connections
-    /// (the key the transport's I/O threads are picked by), when they are
-    /// driven on one: its inbound connections are then taken in and served
-    /// there, and calls made there, so that a connection's bytes never
-    /// cross threads and only decoded requests and replies do (QUIC).
-    /// `None` (the default): inbound connections are served on the
-    /// Listener's thread and calls made on the caller's.
-    fn driven_on(&self) -> Option<String> {
-        None
+    /// Whether the layer dials and drives its connection to a peer
+    /// address on the I/O thread the transport's I/O threads pick for that
+    /// address (`IoArbiters::for_key`): calls to it are then made there,
+    /// so that a connection's bytes never cross threads and only requests
+    /// and decoded replies do (QUIC). `false` (the default): calls are
+    /// made on the caller's thread.
+    fn calls_where_driven(&self) -> bool {
+        false
     }
 
     /// Lets the layer hand each inbound connection to `take` itself, on
@@ -144,7 +143,9 @@ pub trait StreamLayer: Send + Sync + 'static {
     /// never cross threads and only decoded requests and replies do.
     /// `take` must be called from a task of an actix arbiter (its local
     /// set). Returns whether the layer will; by default `false`, and
-    /// connections are accepted through `accept_inbound`.
+    /// connections are accepted through `accept_inbound`. Those a layer
+    /// accepted before it was given `take` still come through
+    /// `accept_inbound`.
     fn take_where_driven(&self, take: TakeInbound) -> bool {
         let _ = take;
         false

@@ -11,11 +11,9 @@
 //! Connections are served on the Listener's own arbiter (the transport's),
 //! where the accept loop and the Dispatcher also run: a small request is
 //! read, parsed and answered there with no hand-off to another thread. A
-//! layer that drives its connections on an I/O thread (QUIC,
-//! [`StreamLayer::driven_on`]) has them accepted, taken in and served
-//! there instead, and one that drives them on several (WebRTC: each peer
-//! connection on its peer's, [`StreamLayer::take_where_driven`]) hands
-//! each in on its thread: only the decoded request crosses to the
+//! layer that drives its connections on I/O threads (QUIC, WebRTC:
+//! [`StreamLayer::take_where_driven`]) hands each in on the thread that
+//! drives it, where it is served: only the decoded request crosses to the
 //! Dispatcher's thread, through the fair queue, and its answer back. A
 //! request larger than `large_frame` is parsed, and a reply larger than it
 //! encoded, on the transport's I/O arbiters ([`IoArbiters`]) while the
@@ -229,48 +227,29 @@ impl Actor for Listener {
             intake.shutdown.clone(),
             intake.log.clone(),
         );
-        // A layer whose connections are driven on I/O threads has them
-        // taken in and served there, where their bytes are: what crosses
-        // to this thread is the decoded request, through the fair queue
-        // (DESIGN.md, "Threads"). One driving them on several threads
-        // (WebRTC) hands each to the Listener itself, on its thread. Weak:
-        // the layer keeps the hand, and the Listener the layer.
+        // A layer whose connections are driven on I/O threads (QUIC,
+        // WebRTC) hands each to the Listener itself, on the thread that
+        // drives it, where it is served: what crosses to this thread is
+        // the decoded request, through the fair queue (DESIGN.md,
+        // "Threads"). Weak: the layer keeps the hand, and the Listener the
+        // layer.
         let weak = Arc::downgrade(intake);
         let take: TakeInbound = Arc::new(move |inbound| {
             if let Some(intake) = weak.upgrade() {
                 intake.take(inbound);
             }
         });
-        if !intake.io.is_empty() && intake.layer.take_where_driven(take) {
-            actix_rt::spawn(async move {
-                shutdown.cancelled().await;
-                let _ = done_tx.send(());
-            });
-            return;
+        if !intake.io.is_empty() {
+            intake.layer.take_where_driven(take);
         }
-        // One driving them all on one thread (QUIC) has its accept loop
-        // run there. If the I/O threads have stopped, nothing is accepted
-        // and `done_tx` is dropped with the closure.
-        let driven_on = intake.layer.driven_on().filter(|_| !intake.io.is_empty());
-        // Otherwise the accept loop runs here. Either way it takes each
-        // connection in where it runs, before it accepts the next.
+        // The accept loop runs here, and takes each connection in before
+        // it accepts the next: all of them, or, where the layer hands them
+        // in itself, those it accepted before it was given the hand.
         let intake = intake.clone();
-        let accepting = move || {
-            actix_rt::spawn(async move {
-                accept_loop(layer, shutdown, intake, log).await;
-                let _ = done_tx.send(());
-            })
-        };
-        match driven_on {
-            Some(key) => {
-                self.intake.io.for_key(&key).spawn_fn(move || {
-                    accepting();
-                });
-            }
-            None => {
-                accepting();
-            }
-        }
+        actix_rt::spawn(async move {
+            accept_loop(layer, shutdown, intake, log).await;
+            let _ = done_tx.send(());
+        });
     }
 }
 
