@@ -483,6 +483,11 @@ fn raw_peer_from(
 /// A bare QUIC layer keyed to `key` that accepts any key: streams as the
 /// Listener would get them.
 fn open_layer(key: &NodeKey) -> babble_net::quic::QuicStreamLayer {
+    open_layer_on(key, 1)
+}
+
+/// The same, on `io_threads` I/O threads.
+fn open_layer_on(key: &NodeKey, io_threads: usize) -> babble_net::quic::QuicStreamLayer {
     babble_net::quic::QuicStreamLayer::bind(
         "127.0.0.1:0",
         None,
@@ -492,7 +497,7 @@ fn open_layer(key: &NodeKey) -> babble_net::quic::QuicStreamLayer {
             accept_any_key: true,
         },
         limits::quic(&Config::default()),
-        1,
+        io_threads,
         logging::discard(),
     )
     .unwrap()
@@ -861,6 +866,36 @@ async fn large_windows_are_lent_one_per_source_and_given_back() {
         }
     })
     .await;
+}
+
+/// With two I/O threads, a layer accepts on both: every lane has an
+/// endpoint on the listening port, and the system spreads the peers'
+/// connections over them (Linux). Peers dialling from 24 ports all land
+/// on one lane only if each of 24 keyed hashes picks it (about one chance
+/// in eight million).
+#[cfg(target_os = "linux")]
+#[actix_rt::test]
+async fn connections_from_many_ports_are_spread_over_the_lanes() {
+    use babble_net::stream::StreamLayer;
+    use tokio::io::AsyncWriteExt;
+    let key = NodeKey::generate();
+    let server = open_layer_on(&key, 2);
+    let target = server.advertise_addr();
+    let mut peers = Vec::new();
+    for at in 0..24 {
+        // From addresses of their own: one address may start only so
+        // many handshakes a second.
+        let ip = format!("127.0.0.{}", at + 2);
+        let peer = raw_peer_from(&ip, &target, key.public(), &NodeKey::generate());
+        let mut stream = peer.dial(&target, Duration::from_secs(5)).await.unwrap();
+        stream.write_all(b"\x01").await.unwrap();
+        within(server.accept_inbound()).await.unwrap();
+        peers.push((peer, stream));
+    }
+    let by_lane = server.connections_by_lane();
+    assert_eq!(by_lane.len(), 2, "a lane accepting on each I/O thread");
+    assert_eq!(by_lane.iter().sum::<usize>(), 24, "{by_lane:?}");
+    assert!(by_lane.iter().all(|&held| held > 0), "{by_lane:?}");
 }
 
 /// Closing lets the port go even while a stream of one of its

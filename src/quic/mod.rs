@@ -253,6 +253,17 @@ impl QuicStreamLayer {
         self.acceptor.connections()
     }
 
+    /// The connections (open or closing) of each lane's accepting
+    /// endpoint, one entry per lane that accepts ([`lanes`]): how the
+    /// peers' connections are spread over the I/O threads. With one lane,
+    /// its endpoint also holds the connections it dialled.
+    pub fn connections_by_lane(&self) -> Vec<usize> {
+        (self.lanes.iter())
+            .filter_map(|lane| lane.accepting.as_ref())
+            .map(Endpoint::open_connections)
+            .collect()
+    }
+
     /// Inbound QUIC connections lent large flow-control windows now (at
     /// most [`QuicLimits::large_windows`], at most two per source address).
     pub fn large_window_connections(&self) -> usize {
