@@ -735,6 +735,32 @@ async fn serve(args: ServeArgs) {
     let _ = transport.close().await;
 }
 
+/// Large answers at most waiting for their check, per caller.
+const CHECKS_PENDING: usize = 4;
+
+/// Counts a call: its latency if its answer was the expected one, else
+/// an error (the first few printed).
+fn tally<E: std::fmt::Display>(
+    checked: Result<bool, E>,
+    latency: u64,
+    latencies: &mut Vec<u64>,
+    errors: &mut u64,
+) {
+    match checked {
+        Ok(true) => latencies.push(latency),
+        Ok(false) => {
+            *errors += 1;
+            eprintln!("rpcbench: the answer differs from the expected one");
+        }
+        Err(err) => {
+            *errors += 1;
+            if *errors <= 3 {
+                eprintln!("rpcbench: {err}");
+            }
+        }
+    }
+}
+
 async fn call(args: CallArgs) -> Report {
     let shape = args.shape.shape();
     let command = workload::request(&args.rpc, args.sync_limit, shape).unwrap_or_else(|| {
@@ -796,7 +822,6 @@ async fn call(args: CallArgs) -> Report {
     let remaining = Rc::new(RefCell::new(args.calls));
     let first_reported = Rc::new(std::cell::Cell::new(false));
     let expected = Arc::new(expected);
-    let off_thread_checks = ticks.is_some();
     let pace = args.pace_ms.map(Duration::from_millis);
     let started = Instant::now();
     let workers: Vec<_> = (0..args.concurrency.max(1))
@@ -812,6 +837,7 @@ async fn call(args: CallArgs) -> Report {
             actix_rt::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
+                let mut checks = std::collections::VecDeque::new();
                 let mut paced = pace.map(|every| {
                     let mut ticks = tokio::time::interval(every);
                     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -835,32 +861,30 @@ async fn call(args: CallArgs) -> Report {
                         eprintln!("rpcbench: first call took {} us", t0.elapsed().as_micros());
                     }
                     let latency = t0.elapsed().as_micros() as u64;
-                    // With a ticker, the check of a large answer (and its
-                    // freeing) runs on a helper thread: the ticker measures
-                    // the transport's stalls, not this harness's.
-                    let result = match result {
-                        Ok(response) if off_thread_checks && response.size_hint() > 1 << 20 => {
-                            let expected = expected.clone();
-                            tokio::task::spawn_blocking(move || response == *expected)
-                                .await
-                                .map_err(|e| e.to_string())
-                        }
-                        Ok(response) => Ok(response == *expected),
-                        Err(err) => Err(err.to_string()),
-                    };
+                    // A large answer is checked (and freed) on a helper
+                    // thread while the next call goes: the timed loop
+                    // measures the transport, not this harness's check,
+                    // and a ticker the transport's stalls. At most
+                    // `CHECKS_PENDING` answers wait for their check.
                     match result {
-                        Ok(true) => latencies.push(latency),
-                        Ok(false) => {
-                            errors += 1;
-                            eprintln!("rpcbench: the answer differs from the expected one");
-                        }
-                        Err(err) => {
-                            errors += 1;
-                            if errors <= 3 {
-                                eprintln!("rpcbench: {err}");
+                        Ok(response) if response.size_hint() > 1 << 20 => {
+                            let expected = expected.clone();
+                            let check = tokio::task::spawn_blocking(move || response == *expected);
+                            checks.push_back((check, latency));
+                            if checks.len() > CHECKS_PENDING {
+                                let (check, latency) = checks.pop_front().expect("a check waits");
+                                tally(check.await, latency, &mut latencies, &mut errors);
                             }
                         }
+                        Ok(response) => {
+                            let matched = Ok::<_, String>(response == *expected);
+                            tally(matched, latency, &mut latencies, &mut errors);
+                        }
+                        Err(err) => tally(Err(err), latency, &mut latencies, &mut errors),
                     }
+                }
+                for (check, latency) in checks {
+                    tally(check.await, latency, &mut latencies, &mut errors);
                 }
                 (latencies, errors)
             })
