@@ -57,18 +57,6 @@ impl Role {
     }
 }
 
-/// The RPC types in the order of [`CallMetrics`]'s tables.
-const RPCS: [RpcType; 4] = [
-    RpcType::Sync,
-    RpcType::EagerSync,
-    RpcType::FastForward,
-    RpcType::Join,
-];
-
-fn rpc_index(rpc: RpcType) -> usize {
-    RPCS.iter().position(|r| *r == rpc).unwrap_or(0)
-}
-
 /// See the [module docs](self). Cheap to share (`Arc`) between the parts
 /// of one transport.
 pub struct CallMetrics {
@@ -99,11 +87,6 @@ impl CallMetrics {
         }
     }
 
-    /// The `transport` label.
-    pub fn transport(&self) -> &'static str {
-        self.transport
-    }
-
     /// `bytes` were read (`In`) or written (`Out`).
     pub fn bytes(&self, direction: Direction, bytes: usize) {
         let transport = self.transport;
@@ -119,7 +102,8 @@ impl CallMetrics {
     pub fn rpc_done(&self, direction: Direction, rpc: RpcType, ok: bool, took: Duration) {
         let transport = self.transport;
         let (way, label) = (direction.label(), rpc_label(rpc));
-        let at = rpc_index(rpc);
+        // Tables are indexed by the RPC type's wire byte.
+        let at = rpc as usize;
         self.rpcs[direction as usize][at][usize::from(!ok)]
             .get_or_init(|| {
                 let result = if ok { "ok" } else { "error" };

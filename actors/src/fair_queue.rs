@@ -54,24 +54,18 @@ struct Counters {
 }
 
 impl Counters {
+    /// Counts are indexed by the RPC type's wire byte.
     fn count(&self, rpc_type: RpcType) {
-        let index = match rpc_type {
-            RpcType::Sync => 0,
-            RpcType::EagerSync => 1,
-            RpcType::FastForward => 2,
-            RpcType::Join => 3,
-        };
-        self.by_type[index].fetch_add(1, Ordering::Relaxed);
+        self.by_type[rpc_type as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> DispatchStats {
-        let [sync, eager_sync, fast_forward, join] =
-            [0, 1, 2, 3].map(|i| self.by_type[i].load(Ordering::Relaxed));
+        let load = |rpc_type: RpcType| self.by_type[rpc_type as usize].load(Ordering::Relaxed);
         DispatchStats {
-            sync,
-            eager_sync,
-            fast_forward,
-            join,
+            sync: load(RpcType::Sync),
+            eager_sync: load(RpcType::EagerSync),
+            fast_forward: load(RpcType::FastForward),
+            join: load(RpcType::Join),
             refused: self.refused.load(Ordering::Relaxed),
         }
     }
