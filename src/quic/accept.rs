@@ -27,8 +27,11 @@
 //!   ([`super::windows`]), at most two per source at a time.
 //! * Each stream a peer opens (at most `max_streams` at once per
 //!   connection, QUIC's own flow control) reaches the Listener as an
-//!   inbound connection carrying the verified key; while the Listener's
-//!   hand-off is full, no more streams are taken. A connection counts as
+//!   inbound connection carrying the verified key: taken in at once on
+//!   its lane's thread, where the Listener's places and budgets apply to
+//!   it, when the layer has I/O threads; else through a hand-off of
+//!   [`ACCEPTED_STREAMS`](super::ACCEPTED_STREAMS), and while that is
+//!   full no more streams are taken. A connection counts as
 //!   used when one of its calls is answered, not when a stream opens, so
 //!   opening streams keeps no place fresh.
 

@@ -85,7 +85,7 @@ pub(super) fn bind(
             .map(IoRuntime::on)
             .collect::<io::Result<_>>()?,
     };
-    let accepting = accepting_sockets(addr, runtimes.len())?;
+    let accepting = accepting_sockets(addr, accepting(io))?;
     let local = accepting[0].local_addr()?;
     let mut accepting = accepting.into_iter();
     let mut lanes = Vec::with_capacity(runtimes.len());
@@ -131,10 +131,18 @@ pub(super) fn bind(
     Ok((lanes, local))
 }
 
-/// `count` sockets bound to `addr` sharing its port, where the system
-/// spreads a shared port's datagrams by peer (Linux); else one.
+/// How many lanes accept, on `io`'s threads.
+pub(super) fn accepting(io: &IoArbiters) -> usize {
+    match cfg!(target_os = "linux") {
+        true => io.len().max(1),
+        false => 1,
+    }
+}
+
+/// `count` sockets bound to `addr`, sharing its port when more than one
+/// (see [`accepting`]).
 fn accepting_sockets(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
-    if count < 2 || !cfg!(target_os = "linux") {
+    if count < 2 {
         return Ok(vec![UdpSocket::bind(addr)?]);
     }
     let first = shared_port(addr)?;

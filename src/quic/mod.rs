@@ -195,7 +195,7 @@ impl QuicStreamLayer {
         let io = IoArbiters::shared(io_threads);
         let config_error = TransportError::Config;
         let identity = tls::Identity::new(&keys.key)?;
-        let server = server_config(&identity, &limits)?;
+        let server = server_config(&identity, &limits, lanes::accepting(&io))?;
         let client = client_config(&identity, &limits)?;
         let node_key = keys.key.clone();
         let lane_config = lanes::LaneConfig {
@@ -371,16 +371,18 @@ fn transport(limits: &QuicLimits, side: Side) -> Result<TransportConfig, Transpo
     Ok(config)
 }
 
-/// The accepting side's configuration. What it keeps of connections it
-/// has not accepted yet is small: the accept loop takes (or refuses) each
-/// at once, and 0-RTT is off.
+/// The configuration of each of `lanes` accepting endpoints. What they
+/// keep of connections not accepted yet is small: each lane's accept loop
+/// takes (or refuses) each at once, 0-RTT is off, and all lanes together
+/// keep at most four times `max_handshakes` of them.
 fn server_config(
     identity: &tls::Identity,
     limits: &QuicLimits,
+    lanes: usize,
 ) -> Result<quinn::ServerConfig, TransportError> {
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(identity)?));
     server.transport_config(Arc::new(transport(limits, Side::Accepting)?));
-    let incoming = limits.max_handshakes.saturating_mul(4).max(1);
+    let incoming = (limits.max_handshakes.saturating_mul(4) / lanes.max(1)).max(1);
     server.max_incoming(incoming);
     server.incoming_buffer_size(limits.incoming_buffer);
     server.incoming_buffer_size_total(limits.incoming_buffer.saturating_mul(incoming as u64));
@@ -524,7 +526,7 @@ mod tests {
     fn the_configured_buffers_reach_quinn() {
         let limits = crate::limits::quic(&crate::Config::default());
         let identity = tls::Identity::new(&NodeKey::generate()).unwrap();
-        let server = format!("{:?}", server_config(&identity, &limits).unwrap());
+        let server = format!("{:?}", server_config(&identity, &limits, 1).unwrap());
         let dialling = format!("{:?}", transport(&limits, Side::Dialling).unwrap());
         for expected in [
             "datagram_receive_buffer_size: None".to_owned(),
