@@ -528,9 +528,11 @@ roles.
 |---|---|---|---|---|---|---|---|
 {stall_rows}
 
-With a ticker, the caller checks (and frees) each large answer on a helper
-thread, so that the figure is the transport's, not the benchmark's own
-comparison of 50,000 events (about 10 ms of work on the node's thread).
+The caller checks (and frees) each answer over 1 MiB on a helper thread
+while its next call goes (at most four wait for their check), so that
+every figure here is the transport's, not the benchmark's own comparison
+(a FastForward's answer, or 50,000 events: about 10 ms of work on the
+node's thread).
 
 A thread waiting for a reply, or that has just written one, polls its I/O
 driver for 50 µs before it sleeps: at most 50 µs of CPU per exchange on
