@@ -30,7 +30,7 @@ use quinn::{Endpoint, EndpointConfig};
 use slog::Logger;
 
 use super::runtime::IoRuntime;
-use super::socket::ClosableSocket;
+use super::socket::{socket_buffers, ClosableSocket};
 
 /// See the [module docs](self).
 pub(super) struct Lane {
@@ -93,7 +93,7 @@ pub(super) fn bind(
     for runtime in runtimes {
         let runtime = Arc::new(runtime);
         let endpoint = |socket: UdpSocket, server: Option<quinn::ServerConfig>| {
-            super::socket_buffers(&socket, config.log);
+            socket_buffers(&socket, config.log);
             let socket = runtime.closable_socket(socket)?;
             let endpoint = Endpoint::new_with_abstract_socket(
                 (config.endpoint)(),

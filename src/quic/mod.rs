@@ -35,7 +35,7 @@ mod windows;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -309,27 +309,6 @@ fn endpoint_config(key: &NodeKey) -> EndpointConfig {
     let mut config = EndpointConfig::new(Arc::new(reset));
     config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(ids)));
     config
-}
-
-/// The kernel buffer asked for each way of the UDP socket.
-///
-/// QUIC sends a window of packets at once; when they arrive faster than
-/// the driver reads them, a full receive buffer drops them, and each drop
-/// costs a loss-detection delay (tens of milliseconds). The system's
-/// default (about 208 KiB on Linux) is less than one inbound connection's
-/// window; the kernel grants at most `net.core.rmem_max` /
-/// `net.core.wmem_max`.
-const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
-
-/// Asks for [`SOCKET_BUFFER`] each way, and says at debug level what the
-/// kernel granted (a node works with less, but loses packets under load).
-fn socket_buffers(socket: &UdpSocket, log: &Logger) {
-    let socket = socket2::SockRef::from(socket);
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    slog::debug!(log, "QUIC socket buffers";
-        "receive" => socket.recv_buffer_size().unwrap_or(0),
-        "send" => socket.send_buffer_size().unwrap_or(0));
 }
 
 /// Which connections a transport configuration is for.

@@ -1,4 +1,5 @@
-//! The layer's UDP socket, which closing the layer lets go of at once.
+//! The layer's UDP sockets, which closing the layer lets go of at once,
+//! and the kernel buffers each asks for.
 //!
 //! quinn gives its socket to every connection, and a connection keeps it
 //! while any handle to it lives (a stream some task still holds, a
@@ -9,13 +10,14 @@
 //! nothing is sent (an error) or received (never ready).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{ready, Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use quinn::{AsyncUdpSocket, UdpPoller};
+use slog::Logger;
 use tokio::io::Interest;
 
 /// See the [module docs](self).
@@ -115,4 +117,25 @@ impl UdpPoller for Writable {
             None => Poll::Ready(Err(closed())),
         }
     }
+}
+
+/// The kernel buffer asked for each way of the UDP socket.
+///
+/// QUIC sends a window of packets at once; when they arrive faster than
+/// the driver reads them, a full receive buffer drops them, and each drop
+/// costs a loss-detection delay (tens of milliseconds). The system's
+/// default (about 208 KiB on Linux) is less than one inbound connection's
+/// window; the kernel grants at most `net.core.rmem_max` /
+/// `net.core.wmem_max`.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Asks for [`SOCKET_BUFFER`] each way, and says at debug level what the
+/// kernel granted (a node works with less, but loses packets under load).
+pub(super) fn socket_buffers(socket: &UdpSocket, log: &Logger) {
+    let socket = socket2::SockRef::from(socket);
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    slog::debug!(log, "QUIC socket buffers";
+        "receive" => socket.recv_buffer_size().unwrap_or(0),
+        "send" => socket.send_buffer_size().unwrap_or(0));
 }
