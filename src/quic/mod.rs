@@ -156,7 +156,7 @@ impl Closed {
 
 /// See the [module docs](self).
 pub struct QuicStreamLayer {
-    /// One per I/O thread ([`lanes`]).
+    /// One per I/O thread (module `lanes`).
     lanes: Vec<lanes::Lane>,
     local: SocketAddr,
     advertise: String,
@@ -183,7 +183,7 @@ impl QuicStreamLayer {
     /// `keys` say who this node is and whom it expects. The layer has a
     /// lane on each of the `io_threads` I/O threads shared by the
     /// transports of the actix system (one on this thread when 0): see
-    /// [`lanes`]. Must be called inside an actix system.
+    /// docs/QUIC.md, "Threads". Must be called inside an actix system.
     pub fn bind(
         bind_addr: &str,
         advertise: Option<&str>,
@@ -254,9 +254,10 @@ impl QuicStreamLayer {
     }
 
     /// The connections (open or closing) of each lane's accepting
-    /// endpoint, one entry per lane that accepts ([`lanes`]): how the
-    /// peers' connections are spread over the I/O threads. With one lane,
-    /// its endpoint also holds the connections it dialled.
+    /// endpoint, one entry per lane that accepts (docs/QUIC.md,
+    /// "Threads"): how the peers' connections are spread over the I/O
+    /// threads. With one lane, its endpoint also holds the connections it
+    /// dialled.
     pub fn connections_by_lane(&self) -> Vec<usize> {
         (self.lanes.iter())
             .filter_map(|lane| lane.accepting.as_ref())
