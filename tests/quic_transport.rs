@@ -898,6 +898,29 @@ async fn connections_from_many_ports_are_spread_over_the_lanes() {
     assert!(by_lane.iter().all(|&held| held > 0), "{by_lane:?}");
 }
 
+/// A layer may be bound to a host name: it listens on the first address
+/// the name resolves to where it can, on every lane.
+#[actix_rt::test]
+async fn a_layer_binds_a_host_name() {
+    use babble_net::stream::StreamLayer;
+    let layer = babble_net::quic::QuicStreamLayer::bind(
+        "localhost:0",
+        None,
+        babble_net::quic::QuicKeys {
+            key: NodeKey::generate(),
+            peers: Default::default(),
+            accept_any_key: true,
+        },
+        limits::quic(&Config::default()),
+        2,
+        logging::discard(),
+    )
+    .unwrap();
+    let local: std::net::SocketAddr = layer.local_addr().parse().unwrap();
+    assert!(local.ip().is_loopback(), "{local}");
+    assert_ne!(local.port(), 0);
+}
+
 /// Closing lets the port go even while a stream of one of its
 /// connections is still held (by a task that has not finished with it):
 /// a node restarted on its address can bind it.

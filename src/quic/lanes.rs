@@ -75,17 +75,13 @@ pub(super) fn bind(
     io: &IoArbiters,
     config: LaneConfig,
 ) -> io::Result<(Vec<Lane>, SocketAddr)> {
-    let addr = bind_addr
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to bind"))?;
+    let (addr, accepting) = bind_first(bind_addr, accepting(io))?;
     let runtimes = match io.is_empty() {
         true => vec![IoRuntime::here()],
         false => (io.arbiters().iter())
             .map(IoRuntime::on)
             .collect::<io::Result<_>>()?,
     };
-    let accepting = accepting_sockets(addr, accepting(io))?;
     let local = accepting[0].local_addr()?;
     let mut accepting = accepting.into_iter();
     let mut lanes = Vec::with_capacity(runtimes.len());
@@ -137,6 +133,19 @@ pub(super) fn accepting(io: &IoArbiters) -> usize {
         true => io.len().max(1),
         false => 1,
     }
+}
+
+/// The accepting sockets, bound to the first address `bind_addr` names
+/// (a host name may name several) where they can be, and that address.
+fn bind_first(bind_addr: &str, count: usize) -> io::Result<(SocketAddr, Vec<UdpSocket>)> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to bind");
+    for addr in bind_addr.to_socket_addrs()? {
+        match accepting_sockets(addr, count) {
+            Ok(sockets) => return Ok((addr, sockets)),
+            Err(err) => last = err,
+        }
+    }
+    Err(last)
 }
 
 /// `count` sockets bound to `addr`, sharing its port when more than one
