@@ -75,7 +75,7 @@ pub(super) fn bind(
     io: &IoArbiters,
     config: LaneConfig,
 ) -> io::Result<(Vec<Lane>, SocketAddr)> {
-    let (addr, accepting) = bind_first(bind_addr, accepting(io))?;
+    let (addr, accepting) = bind_first(bind_addr, accepting_lanes(io))?;
     let runtimes = match io.is_empty() {
         true => vec![IoRuntime::here()],
         false => (io.arbiters().iter())
@@ -128,7 +128,7 @@ pub(super) fn bind(
 }
 
 /// How many lanes accept, on `io`'s threads.
-pub(super) fn accepting(io: &IoArbiters) -> usize {
+pub(super) fn accepting_lanes(io: &IoArbiters) -> usize {
     match cfg!(target_os = "linux") {
         true => io.len().max(1),
         false => 1,
@@ -149,7 +149,7 @@ fn bind_first(bind_addr: &str, count: usize) -> io::Result<(SocketAddr, Vec<UdpS
 }
 
 /// `count` sockets bound to `addr`, sharing its port when more than one
-/// (see [`accepting`]).
+/// (see [`accepting_lanes`]).
 fn accepting_sockets(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
     if count < 2 {
         return Ok(vec![UdpSocket::bind(addr)?]);

@@ -195,7 +195,7 @@ impl QuicStreamLayer {
         let io = IoArbiters::shared(io_threads);
         let config_error = TransportError::Config;
         let identity = tls::Identity::new(&keys.key)?;
-        let server = server_config(&identity, &limits, lanes::accepting(&io))?;
+        let server = server_config(&identity, &limits, lanes::accepting_lanes(&io))?;
         let client = client_config(&identity, &limits)?;
         let node_key = keys.key.clone();
         let lane_config = lanes::LaneConfig {
