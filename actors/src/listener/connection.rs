@@ -117,6 +117,9 @@ pub(super) async fn serve(
     };
     let peer_key = upgraded.peer_key.or(cx.peer_key);
     let source = Source::of(&cx.remote, cx.address, peer_key.as_ref());
+    // The source's room is found once; each request then only takes a
+    // place in it.
+    let queue = cx.queue.sender(&source);
     let mut stream = DeadlineStream::new(upgraded.connection);
     let mut buf = BytesMut::new();
     let mut codec = ServerCodec::new(cx.limits.max_request_size);
@@ -170,7 +173,7 @@ pub(super) async fn serve(
         rpc.peer_key = peer_key;
         let answered = async {
             // A closed queue answers the RPC itself.
-            cx.queue.push(&source, rpc).await;
+            queue.push(rpc).await;
             pending.await
         };
         // Nothing bounds the node's own answer time here; a caller that
