@@ -175,28 +175,43 @@ struct Core {
 }
 
 impl Core {
-    /// Sorts what arrived into the turns, until the inbox is empty (with
-    /// `cx`'s waker registered for more, when given).
-    fn take_arrivals(&mut self, mut cx: Option<&mut Context<'_>>) {
-        loop {
-            let arrival = match cx.as_deref_mut() {
-                Some(cx) => match self.inbox.poll_recv(cx) {
-                    Poll::Ready(arrival) => arrival,
-                    Poll::Pending => return,
-                },
-                None => self.inbox.try_recv().ok(),
-            };
-            match arrival {
-                Some(Arrival::Rpc(queued)) => self.turns.enqueue(queued),
-                Some(Arrival::Wake) => {}
-                None => return,
+    /// Sorts everything that arrived into the turns. `try_recv` spends
+    /// none of the task's budget, so a receiver whose budget ran out still
+    /// sees a newcomer's request.
+    fn take_arrivals(&mut self) {
+        while let Ok(arrival) = self.inbox.try_recv() {
+            self.sort(arrival);
+        }
+    }
+
+    /// With nothing in turn: registers `cx` to be woken by the next
+    /// arrival, or sorts one that came meanwhile (`true`).
+    ///
+    /// Only a receiver about to wait asks to be woken: one woken by every
+    /// arrival while it still has turns to hand out would be polled again
+    /// at once after its yield (see [`QueueReceiver::poll_recv`]), before
+    /// the runtime looks for I/O, and a newcomer's request would not be
+    /// read until the runtime's own interval came round.
+    fn wait_for_arrivals(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.inbox.poll_recv(cx) {
+            Poll::Ready(Some(arrival)) => {
+                self.sort(arrival);
+                true
             }
+            _ => false,
+        }
+    }
+
+    fn sort(&mut self, arrival: Arrival) {
+        match arrival {
+            Arrival::Rpc(queued) => self.turns.enqueue(queued),
+            Arrival::Wake => {}
         }
     }
 
     /// Everything waiting, arrived or in turn, taken out.
     fn drain(&mut self) -> Vec<Queued> {
-        self.take_arrivals(None);
+        self.take_arrivals();
         std::iter::from_fn(|| self.turns.pop()).collect()
     }
 }
@@ -392,7 +407,7 @@ impl FairQueue {
         if core.generation != generation {
             return Poll::Ready(None);
         }
-        core.take_arrivals(Some(cx));
+        core.take_arrivals();
         loop {
             while let Some(queued) = core.turns.pop() {
                 // Nobody waits for an abandoned RPC's answer: spare the node.
@@ -400,16 +415,18 @@ impl FairQueue {
                     return Poll::Ready(Some(queued.rpc));
                 }
             }
-            if self.mode.load(Ordering::SeqCst) != CLOSED {
+            if self.mode.load(Ordering::SeqCst) == CLOSED {
+                // Closed: end once nothing is left, and say so first, so
+                // that a sender racing the close refuses its own RPC
+                // (`settle`).
+                core.ended = true;
+                fence(Ordering::SeqCst);
+                core.take_arrivals();
+                if core.turns.waiting() == 0 {
+                    return Poll::Ready(None);
+                }
+            } else if !core.wait_for_arrivals(cx) {
                 return Poll::Pending;
-            }
-            // Closed: end once nothing is left, and say so first, so that
-            // a sender racing the close refuses its own RPC (`settle`).
-            core.ended = true;
-            fence(Ordering::SeqCst);
-            core.take_arrivals(None);
-            if core.turns.waiting() == 0 {
-                return Poll::Ready(None);
             }
         }
     }
@@ -662,6 +679,44 @@ mod tests {
         assert_eq!(ids(&mut receiver, 1).await, vec![1]);
         blocked.await;
         assert_eq!(ids(&mut receiver, 1).await, vec![2]);
+    }
+
+    /// A receiver with turns still to hand out is not woken by arrivals:
+    /// woken, it would be polled again right after yielding, before the
+    /// runtime reads a newcomer's request (the fairness runs of
+    /// docs/PERFORMANCE.md measure what that costs).
+    #[tokio::test]
+    async fn arrivals_wake_only_a_receiver_that_waits() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl futures::task::ArcWake for Count {
+            fn wake_by_ref(count: &Arc<Self>) {
+                count.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(Default::default()));
+        let waker = futures::task::waker(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (queue, receiver) = FairQueue::new(8);
+        let mut pending = Vec::new();
+        let flood = source("10.0.0.2", None);
+        for i in 0..2 {
+            let (rpc, reply) = rpc(i);
+            queue.push(&flood, rpc).await;
+            pending.push(reply);
+        }
+        // Handed one, with another in turn: an arrival leaves it be. (The
+        // queue is polled as the receiver polls it, without its yields.)
+        assert!(queue.poll_recv(0, &mut cx).is_ready());
+        let (honest, _reply) = rpc(7);
+        queue.push(&source("10.0.0.3", None), honest).await;
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        // Waiting with nothing in turn, it is woken by the next arrival.
+        while let Poll::Ready(Some(_)) = queue.poll_recv(0, &mut cx) {}
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        let (late, _late_reply) = rpc(8);
+        queue.push(&flood, late).await;
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        drop(receiver);
     }
 
     #[test]
