@@ -13,8 +13,9 @@
 //! holds at most `per_source` RPCs per source. A source with neither RPCs
 //! nor connections waiting keeps its (empty) entry, so that its next
 //! request, often microseconds after its last, finds it made, until the
-//! sources known number more than 64 plus twice those busy at the last
-//! count: then the next new source has the idle ones forgotten.
+//! sources known number more than 64 plus twice those in use (held by a
+//! connection or an RPC) at the last count: then the next connection to
+//! look its source up has the idle ones forgotten.
 //!
 //! An RPC whose caller has gone (its connection shed or closed) while it
 //! waited is dropped rather than handed to the node.
@@ -24,24 +25,27 @@
 //! Connections push from wherever they are served (an I/O thread, or the
 //! node's), and the receiver takes on the node's thread; the two sides
 //! share no lock on an RPC's way. A connection finds its source's room
-//! once ([`FairQueue::sender`]; the senders share the map of rooms), then
-//! takes a place in it with an atomic counter and hands the RPC over a
-//! lock-free channel. The receiver alone sorts what arrived into the
-//! sources' turns, and gives the place back with the counter again. Only
-//! a sender whose source is full waits on a list the place's return
-//! touches.
+//! when it starts ([`FairQueue::sender`]: the senders share the map of
+//! rooms under a lock the receiver never takes; a QUIC stream, which
+//! carries one call, is a connection here), then takes a place in the
+//! room with an atomic counter and hands the RPC over a lock-free
+//! channel. The receiver alone sorts what arrived into the sources'
+//! turns, and gives the place back with the counter again. Only a sender
+//! whose source is full waits on a list the place's return touches, and
+//! the receiver never waits for a sender: an RPC still being handed over
+//! is taken on the next poll.
 
 mod room;
 mod turns;
 
+use std::collections::HashMap;
 use std::future::{poll_fn, Future};
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use std::collections::HashMap;
 use tokio::sync::mpsc;
 
 use self::room::{AddressCount, Room};
@@ -169,18 +173,32 @@ struct Core {
     turns: Turns,
     /// Which receiver is current; older ones end.
     generation: u64,
-    /// The current receiver has ended on a closed queue: nobody takes
-    /// what still arrives.
+    /// No receiver takes what arrives: the current one was dropped, or
+    /// ended on a closed queue. A sender then refuses its own RPC.
     ended: bool,
 }
 
 impl Core {
-    /// Sorts everything that arrived into the turns. `try_recv` spends
-    /// none of the task's budget, so a receiver whose budget ran out still
-    /// sees a newcomer's request.
+    /// Sorts everything that arrived into the turns, without waiting and
+    /// whatever the task's budget: a receiver whose budget ran out would
+    /// otherwise leave a newcomer's request unsorted. (The channel's
+    /// `try_recv` would park the thread while a sender is in the middle of
+    /// its hand-off; polled, the channel just says nothing more is ready,
+    /// and that sender's hand-off wakes the receiver, or settles its RPC,
+    /// once done.) The waker given is a no-op: only a receiver about to
+    /// wait asks to be woken ([`Core::wait_for_arrivals`]).
     fn take_arrivals(&mut self) {
-        while let Ok(arrival) = self.inbox.try_recv() {
-            self.sort(arrival);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        loop {
+            let polled = {
+                let inbox = &mut self.inbox;
+                let next = tokio::task::coop::unconstrained(poll_fn(|cx| inbox.poll_recv(cx)));
+                pin!(next).poll(&mut cx)
+            };
+            match polled {
+                Poll::Ready(Some(arrival)) => self.sort(arrival),
+                _ => return,
+            }
         }
     }
 
@@ -352,10 +370,15 @@ impl FairQueue {
     /// Refuses what waits in the inbox when nobody will take it.
     fn settle(&self) {
         let mut core = self.core();
+        if !core.ended {
+            // A receiver still takes what arrives (a closed queue is
+            // drained before its receiver ends).
+            return;
+        }
         let why = match self.mode.load(Ordering::SeqCst) {
+            RECEIVING => return,
             NOT_CONSUMING_MODE => NOT_CONSUMING,
-            CLOSED if core.ended => SHUTTING_DOWN,
-            _ => return,
+            _ => SHUTTING_DOWN,
         };
         let left = core.drain();
         drop(core);
@@ -425,6 +448,8 @@ impl FairQueue {
                 if core.turns.waiting() == 0 {
                     return Poll::Ready(None);
                 }
+                // Late arrivals to hand out: not ended after all.
+                core.ended = false;
             } else if !core.wait_for_arrivals(cx) {
                 return Poll::Pending;
             }
@@ -436,18 +461,18 @@ impl FairQueue {
         if core.generation != generation {
             return;
         }
+        // From here nobody takes what arrives, until a new receiver: a
+        // sender whose RPC arrives later refuses it itself (`settle`),
+        // whatever the mode becomes meanwhile (a close, say).
+        core.ended = true;
         let why = match self.mode.compare_exchange(
             RECEIVING,
             NOT_CONSUMING_MODE,
             Ordering::SeqCst,
             Ordering::SeqCst,
         ) {
-            Ok(_) => NOT_CONSUMING,
-            Err(NOT_CONSUMING_MODE) => NOT_CONSUMING,
-            Err(_) => {
-                core.ended = true;
-                SHUTTING_DOWN
-            }
+            Ok(_) | Err(NOT_CONSUMING_MODE) => NOT_CONSUMING,
+            Err(_) => SHUTTING_DOWN,
         };
         fence(Ordering::SeqCst);
         let left = core.drain();
@@ -647,7 +672,7 @@ mod tests {
         let (queue, mut receiver) = FairQueue::new(4);
         let known = |queue: &FairQueue| {
             let rooms = queue.rooms.lock().unwrap().count;
-            (rooms, queue.core().turns.addresses())
+            (rooms, queue.core().turns.known().1)
         };
         // Idle sources keep their entries, up to the bound...
         let bound = IDLE_SOURCES_KEPT as u32 + 1;
@@ -663,6 +688,22 @@ mod tests {
         queue.push(&source("10.0.0.4", None), next).await;
         assert_eq!(ids(&mut receiver, 1).await, vec![3]);
         assert_eq!(known(&queue), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn an_address_minting_keys_leaves_a_bounded_trail() {
+        let (queue, mut receiver) = FairQueue::new(4);
+        for i in 0..1000u32 {
+            let (rpc, _reply) = rpc(i);
+            let key = format!("minted-{i}");
+            queue.push(&source("10.0.0.2", Some(&key)), rpc).await;
+            ids(&mut receiver, 1).await;
+        }
+        let rooms = queue.rooms.lock().unwrap().count;
+        let (addresses, lines) = queue.core().turns.known();
+        assert!(rooms <= IDLE_SOURCES_KEPT + 1, "{rooms} rooms kept");
+        assert!(lines <= IDLE_SOURCES_KEPT + 1, "{lines} lines kept");
+        assert_eq!(addresses, 1);
     }
 
     #[tokio::test]
@@ -781,6 +822,25 @@ mod tests {
         drop(receiver);
         assert_eq!(ids(&mut newer, 1).await, vec![4]);
         assert_eq!(queue.stats().refused, 2);
+    }
+
+    /// A sender past its checks when the receiver went, and then the
+    /// queue closed, hands its RPC over to nobody: it refuses it itself.
+    #[tokio::test]
+    async fn an_rpc_handed_over_after_the_receiver_went_and_the_queue_closed_is_refused() {
+        let (queue, receiver) = FairQueue::new(4);
+        let sender = queue.sender(&source("a", None));
+        let place = sender.room.enter().await;
+        drop(receiver);
+        queue.close();
+        let (late, reply) = rpc(1);
+        let _ = queue.inbox.send(Arrival::Rpc(Queued { rpc: late, place }));
+        queue.settle();
+        let answered = futures::poll!(Box::pin(reply));
+        match answered {
+            Poll::Ready(reply) => assert_eq!(reply.error, SHUTTING_DOWN),
+            Poll::Pending => panic!("the RPC was left unanswered"),
+        }
     }
 
     #[tokio::test]

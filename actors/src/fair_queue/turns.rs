@@ -14,7 +14,8 @@ use crate::rpc::Rpc;
 
 /// Idle lines (nothing waiting) kept beyond twice the busy ones before
 /// they are forgotten: a source's next request, often microseconds after
-/// its last, finds its line made.
+/// its last, finds its line made. Lines, not addresses, are counted: one
+/// address minting keys makes a line per key.
 const IDLE_LINES_KEPT: usize = 64;
 
 /// An RPC waiting, with the place it takes in its source's room.
@@ -37,6 +38,10 @@ pub(super) struct Turns {
     turn: VecDeque<u64>,
     /// RPCs waiting here, all sources together.
     waiting: usize,
+    /// Lines kept, busy or idle.
+    lines: usize,
+    /// Lines with RPCs waiting.
+    busy_lines: usize,
 }
 
 impl Turns {
@@ -45,6 +50,8 @@ impl Turns {
             addresses: FxHashMap::default(),
             turn: VecDeque::new(),
             waiting: 0,
+            lines: 0,
+            busy_lines: 0,
         }
     }
 
@@ -53,21 +60,25 @@ impl Turns {
         self.waiting
     }
 
-    /// Addresses known, busy or idle.
+    /// Addresses and lines known, busy or idle.
     #[cfg(test)]
-    pub(super) fn addresses(&self) -> usize {
-        self.addresses.len()
+    pub(super) fn known(&self) -> (usize, usize) {
+        (self.addresses.len(), self.lines)
     }
 
     /// Puts `queued` at the end of its source's line.
     pub(super) fn enqueue(&mut self, queued: Queued) {
-        if self.addresses.len() > 2 * self.turn.len() + IDLE_LINES_KEPT {
+        if self.lines > 2 * self.busy_lines + IDLE_LINES_KEPT {
             self.prune();
         }
         let (address_id, key_id) = (queued.place.room().address, queued.place.room().key);
         let address = self.addresses.entry(address_id).or_default();
-        let line = address.keys.entry(key_id).or_default();
+        let line = address.keys.entry(key_id).or_insert_with(|| {
+            self.lines += 1;
+            VecDeque::new()
+        });
         if line.is_empty() {
+            self.busy_lines += 1;
             if address.turn.is_empty() {
                 self.turn.push_back(address_id);
             }
@@ -83,6 +94,7 @@ impl Turns {
             address.keys.retain(|_, line| !line.is_empty());
             !address.keys.is_empty()
         });
+        self.lines = self.busy_lines;
     }
 
     /// The next RPC in turn.
@@ -103,6 +115,8 @@ impl Turns {
         let queued = line.pop_front().expect("a key in turn has an RPC");
         if !line.is_empty() {
             address.turn.push_back(key_id);
+        } else {
+            self.busy_lines -= 1;
         }
         if !address.turn.is_empty() {
             self.turn.push_back(address_id);

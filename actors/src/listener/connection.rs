@@ -117,8 +117,9 @@ pub(super) async fn serve(
     };
     let peer_key = upgraded.peer_key.or(cx.peer_key);
     let source = Source::of(&cx.remote, cx.address, peer_key.as_ref());
-    // The source's room is found once; each request then only takes a
-    // place in it.
+    // The source's room is found once per connection (a QUIC stream,
+    // which carries one call, is a connection here); each request then
+    // only takes a place in it.
     let queue = cx.queue.sender(&source);
     let mut stream = DeadlineStream::new(upgraded.connection);
     let mut buf = BytesMut::new();
