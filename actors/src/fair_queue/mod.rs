@@ -118,7 +118,6 @@ struct Rooms {
 }
 
 struct AddressRooms {
-    id: u64,
     counted: Arc<AddressCount>,
     keys: HashMap<Option<Arc<str>>, Arc<Room>>,
 }
@@ -135,8 +134,7 @@ impl Rooms {
             .or_insert_with(|| {
                 *next_id += 1;
                 AddressRooms {
-                    id: *next_id,
-                    counted: Arc::new(AddressCount::new(gauges.clone())),
+                    counted: Arc::new(AddressCount::new(*next_id, gauges.clone())),
                     keys: HashMap::new(),
                 }
             });
@@ -145,12 +143,7 @@ impl Rooms {
         }
         self.next_id += 1;
         self.count += 1;
-        let room = Arc::new(Room::new(
-            address.id,
-            self.next_id,
-            per_source,
-            address.counted.clone(),
-        ));
+        let room = Arc::new(Room::new(self.next_id, per_source, address.counted.clone()));
         address.keys.insert(source.key.clone(), room.clone());
         room
     }

@@ -18,16 +18,18 @@ use tokio::sync::Notify;
 
 use crate::metrics::QueueGauges;
 
-/// What an address's rooms share: its RPCs waiting, all keys together,
-/// and the gauges that show them.
+/// What an address's rooms share: the number the queue gave the address,
+/// its RPCs waiting, all keys together, and the gauges that show them.
 pub(super) struct AddressCount {
+    id: u64,
     waiting: AtomicUsize,
     gauges: QueueGauges,
 }
 
 impl AddressCount {
-    pub(super) fn new(gauges: QueueGauges) -> AddressCount {
+    pub(super) fn new(id: u64, gauges: QueueGauges) -> AddressCount {
         AddressCount {
+            id,
             waiting: AtomicUsize::new(0),
             gauges,
         }
@@ -36,8 +38,6 @@ impl AddressCount {
 
 /// A source's room, and the numbers the node's thread knows it by.
 pub(super) struct Room {
-    /// The source's address, numbered by the queue (see [`super::Rooms`]).
-    pub(super) address: u64,
     /// The source itself (address and key), numbered by the queue.
     pub(super) key: u64,
     capacity: usize,
@@ -49,9 +49,8 @@ pub(super) struct Room {
 
 impl Room {
     /// An empty room with `capacity` places.
-    pub(super) fn new(address: u64, key: u64, capacity: usize, counted: Arc<AddressCount>) -> Room {
+    pub(super) fn new(key: u64, capacity: usize, counted: Arc<AddressCount>) -> Room {
         Room {
-            address,
             key,
             capacity,
             used: AtomicUsize::new(0),
@@ -91,6 +90,11 @@ impl Room {
             }
         }
         None
+    }
+
+    /// The number the queue gave the source's address.
+    pub(super) fn address(&self) -> u64 {
+        self.counted.id
     }
 
     /// Whether anybody holds the room: a sender, or an RPC waiting in it.
@@ -137,8 +141,8 @@ mod tests {
     use super::*;
 
     fn room(capacity: usize) -> Arc<Room> {
-        let counted = Arc::new(AddressCount::new(QueueGauges::none()));
-        Arc::new(Room::new(0, 0, capacity, counted))
+        let counted = Arc::new(AddressCount::new(0, QueueGauges::none()));
+        Arc::new(Room::new(0, capacity, counted))
     }
 
     #[tokio::test]

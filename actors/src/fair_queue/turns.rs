@@ -71,7 +71,7 @@ impl Turns {
         if self.lines > 2 * self.busy_lines + IDLE_LINES_KEPT {
             self.prune();
         }
-        let (address_id, key_id) = (queued.place.room().address, queued.place.room().key);
+        let (address_id, key_id) = (queued.place.room().address(), queued.place.room().key);
         let address = self.addresses.entry(address_id).or_default();
         let line = address.keys.entry(key_id).or_insert_with(|| {
             self.lines += 1;
